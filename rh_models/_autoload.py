@@ -1,0 +1,79 @@
+"""Make ``--model rh-hf`` and our tasks visible to the *stock* ``lm_eval`` CLI, at near-zero start-up cost.
+
+lm-eval 0.4.13 has no plugin discovery, so the wheel ships ``rh_eval_autoload.pth`` which imports this
+module at every interpreter start. Importing lm-eval here would cost ~50 ms in every Python process, so we
+only install an import hook: when (and if) ``lm_eval.models`` is imported, ``rh-hf`` is registered right
+after it; when ``lm_eval.tasks.manager`` is imported, our ``task_configs`` folder is added to every
+``TaskManager``'s include paths. Nothing here imports torch, transformers or lm-eval.
+"""
+
+from __future__ import annotations
+
+import importlib.abc
+import importlib.machinery
+import sys
+from types import ModuleType
+from typing import Callable
+
+
+def _after_models(module: ModuleType) -> None:
+    from rh_models import register
+
+    register()
+
+
+def _after_task_manager(module: ModuleType) -> None:
+    from rh_tasks import add_task_configs_to_task_manager
+
+    add_task_configs_to_task_manager(module.TaskManager)
+
+
+_HOOKS: dict[str, Callable[[ModuleType], None]] = {
+    "lm_eval.models": _after_models,
+    "lm_eval.tasks.manager": _after_task_manager,
+}
+
+
+class _HookedLoader(importlib.abc.Loader):
+    """Delegates to the real loader, then runs our hook on the freshly executed module."""
+
+    def __init__(self, loader: importlib.abc.Loader, hook: Callable[[ModuleType], None]) -> None:
+        self._loader = loader
+        self._hook = hook
+
+    def create_module(self, spec):  # noqa: D102
+        return self._loader.create_module(spec)
+
+    def exec_module(self, module: ModuleType) -> None:  # noqa: D102
+        self._loader.exec_module(module)
+        self._hook(module)
+
+    def __getattr__(self, name: str):  # resource readers, is_package, ... of the real loader
+        return getattr(self._loader, name)
+
+
+class _AfterImportFinder(importlib.abc.MetaPathFinder):
+    """Finds nothing itself; wraps the real spec of the few lm-eval modules we must extend."""
+
+    def find_spec(self, fullname, path, target=None):  # noqa: D102
+        hook = _HOOKS.get(fullname)
+        if hook is None:
+            return None
+        spec = importlib.machinery.PathFinder.find_spec(fullname, path, target)
+        if spec is None or spec.loader is None:
+            return None
+        spec.loader = _HookedLoader(spec.loader, hook)
+        return spec
+
+
+def install() -> None:
+    """Install the hook once; if lm-eval was imported already, apply the hooks now."""
+    if any(isinstance(f, _AfterImportFinder) for f in sys.meta_path):
+        return
+    sys.meta_path.insert(0, _AfterImportFinder())
+    for name, hook in _HOOKS.items():
+        if name in sys.modules:
+            hook(sys.modules[name])
+
+
+install()

