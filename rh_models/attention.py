@@ -1,0 +1,265 @@
+"""The one extension point: an attention function registered with transformers' ``AttentionInterface``.
+
+Usage::
+
+    from rh_models.attention import HeadControl
+    control = HeadControl.attach(model)                 # model now runs "rh_<its own implementation>"
+    control.set_mask(head_set, method="zero", scope="all")
+    control.start_recording(); model.generate(...); rows = control.stop_recording()
+    control.detach()                                    # back to the stock implementation
+
+Why a registered function: transformers looks attention up by name (``config._attn_implementation``), so
+registering ``rh_sdpa`` / ``rh_eager`` / ``rh_flash_attention_2`` ... that *call the model's own*
+implementation lets us mask and record on any architecture that uses the interface, without copying or
+patching model files. The matching mask builder is registered under the same name, so the model builds
+exactly the masks (and keeps exactly the fast paths) it would build for the stock implementation.
+
+* Masking acts on *query* heads in the attention output ``(batch, q_len, heads, head_dim)``, which is what
+  the output projection consumes: ``zero`` sets the head's slice to 0; ``uniform`` (the paper's method)
+  zeroes the head's query so softmax is uniform over exactly the positions the model's mask lets it see.
+* Recording computes ``q . K`` for the *last query row only* (the row that produces the next token) and
+  keeps the arg-max position per head — no eager attention, no ``output_attentions``.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from transformers import AttentionInterface
+from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+from rh_models.errors import RHError
+from rh_models.heads import HeadSet
+
+PREFIX = "rh_"
+MASK_METHODS = ("zero", "uniform")
+MASK_SCOPES = ("all", "decode")
+
+
+def wrapped_name(base: str) -> str:
+    return PREFIX + base
+
+
+def _base_function(base: str, module: torch.nn.Module) -> Callable:
+    """The model's own attention implementation for ``base`` (``eager`` lives in each modeling file)."""
+    if base == "eager":
+        modeling = sys.modules[type(module).__module__]
+        function = getattr(modeling, "eager_attention_forward", None)
+        if function is None:
+            raise RHError(f"{type(module).__name__} has no eager_attention_forward; cannot wrap eager attention")
+        return function
+    return ALL_ATTENTION_FUNCTIONS[base]
+
+
+@dataclass
+class TopOneRows:
+    """Top-1 attended positions of the last query row, one entry per (forward step, layer).
+
+    ``positions[step][layer]`` is a ``(batch, heads)`` tensor of key indices into that layer's cache;
+    ``kv_lengths[step][layer]`` is the cache length it indexes (shorter than the sequence for sliding
+    layers that keep only a window), so absolute position = index + seq_len_at_step - kv_length.
+    """
+
+    positions: list[list[torch.Tensor]] = field(default_factory=list)
+    kv_lengths: list[list[int]] = field(default_factory=list)
+
+    def absolute(self, prompt_length: int) -> torch.Tensor:
+        """``(steps, batch, layers, heads)`` absolute positions in the padded prompt+generation sequence."""
+        steps = []
+        for step, (layers, lengths) in enumerate(zip(self.positions, self.kv_lengths)):
+            seen = prompt_length + step
+            steps.append(torch.stack([p + (seen - n) for p, n in zip(layers, lengths)], dim=1))
+        return torch.stack(steps).cpu()
+
+
+class HeadControl:
+    """Per-model state read by the registered attention function: which heads to mask, whether to record."""
+
+    def __init__(self, model: torch.nn.Module, base: str, n_layers: int, n_heads: int) -> None:
+        self.model = model
+        self.base = base
+        self.n_layers = n_layers
+        self.n_heads = n_heads
+        self.mask_by_layer: dict[int, torch.Tensor] = {}
+        self.method = "zero"
+        self.scope = "all"
+        self.heads = HeadSet((), n_layers, n_heads)
+        self.rows: TopOneRows | None = None
+        self.calls_per_layer = [0] * n_layers  # for the self-check: proof that our function really runs
+
+    # ------------------------------------------------------------------ lifecycle
+    @classmethod
+    def attach(cls, model: torch.nn.Module) -> "HeadControl":
+        """Switch ``model`` to our wrapper of its current attention implementation."""
+        existing = getattr(model, "_rh_control", None)
+        if existing is not None:
+            return existing
+        config = model.config
+        base = config._attn_implementation or "eager"
+        if base.startswith(PREFIX):
+            raise RHError("model already uses an rh attention function but has no control attached")
+        if base != "eager" and base not in ALL_ATTENTION_FUNCTIONS:
+            raise RHError(f"attention implementation {base!r} is not in transformers' AttentionInterface")
+        register(base)
+        text = config.get_text_config() if hasattr(config, "get_text_config") else config
+        n_layers, n_heads = int(text.num_hidden_layers), int(text.num_attention_heads)
+        modules = attention_modules(model, n_layers)
+        can_set = getattr(model, "_can_set_attn_implementation", lambda: True)()
+        if not can_set:
+            raise RHError(
+                f"{type(model).__name__} does not route attention through transformers' AttentionInterface; "
+                "rh-eval cannot mask or record its heads"
+            )
+        control = cls(model, base, n_layers, n_heads)
+        for layer, module in enumerate(modules):
+            module._rh_layer = layer
+            module._rh_control = control
+        model.set_attn_implementation(wrapped_name(base))
+        if model.config._attn_implementation != wrapped_name(base):
+            raise RHError(f"could not switch {type(model).__name__} to {wrapped_name(base)}")
+        model._rh_control = control
+        return control
+
+    def detach(self) -> None:
+        self.model.set_attn_implementation(self.base)
+        for module in self.model.modules():
+            if getattr(module, "_rh_control", None) is self:
+                del module._rh_control, module._rh_layer
+        del self.model._rh_control
+
+    # ------------------------------------------------------------------ masking
+    def set_mask(self, heads: HeadSet, method: str = "zero", scope: str = "all") -> None:
+        if method not in MASK_METHODS:
+            raise RHError(f"mask_method={method!r} is not supported; choose one of {', '.join(MASK_METHODS)}")
+        if scope not in MASK_SCOPES:
+            raise RHError(f"mask_scope={scope!r} is not supported; choose one of {', '.join(MASK_SCOPES)}")
+        if (heads.n_layers, heads.n_heads) != (self.n_layers, self.n_heads):
+            raise RHError(
+                f"head set is for {heads.n_layers} x {heads.n_heads} heads, the model has {self.n_layers} x {self.n_heads}"
+            )
+        device = next(self.model.parameters()).device
+        self.heads, self.method, self.scope = heads, method, scope
+        self.mask_by_layer = {
+            layer: torch.tensor(query_heads, dtype=torch.long, device=device)
+            for layer, query_heads in heads.by_layer().items()
+        }
+
+    # ------------------------------------------------------------------ recording
+    def start_recording(self) -> None:
+        self.rows = TopOneRows()
+
+    def stop_recording(self) -> TopOneRows:
+        rows, self.rows = self.rows, None
+        if rows is None:
+            raise RuntimeError("stop_recording() without start_recording()")
+        return rows
+
+    # ------------------------------------------------------------------ the hot path
+    def __call__(self, base_fn: Callable, module, query, key, value, attention_mask, **kwargs):
+        layer = module._rh_layer
+        self.calls_per_layer[layer] += 1
+        masked = self.mask_by_layer.get(layer)
+        if masked is not None and self.scope == "decode" and not _is_decode_step(query, key):
+            masked = None
+        if self.rows is not None:
+            self._record(layer, module, query, key, attention_mask, kwargs)
+        if masked is not None and self.method == "uniform":
+            # q = 0 -> every visible logit equals 0 (softcap/scale keep it 0) -> uniform over visible keys
+            query = query.index_fill(1, masked, 0.0)
+        output, weights = base_fn(module, query, key, value, attention_mask, **kwargs)
+        if masked is not None and self.method == "zero":
+            if output.shape[2] != self.n_heads:
+                raise RHError(f"unexpected attention output layout {tuple(output.shape)} in {type(module).__name__}")
+            output = output.index_fill(2, masked, 0.0)
+        return output, weights
+
+    def _record(self, layer, module, query, key, attention_mask, kwargs) -> None:
+        batch, n_heads, _, head_dim = query.shape
+        kv_heads, kv_length = key.shape[1], key.shape[2]
+        last = query[:, :, -1, :].reshape(batch, kv_heads, n_heads // kv_heads, head_dim)
+        scores = torch.matmul(last, key.transpose(-1, -2)).reshape(batch, n_heads, kv_length)
+        scaling = kwargs.get("scaling")
+        scores = scores * (scaling if scaling is not None else head_dim**-0.5)  # as eager does: same ties
+        bias = kwargs.get("position_bias")
+        if bias is not None:
+            scores = scores + bias[..., -1, :]
+        visible = _last_row_visibility(attention_mask, batch, kv_length)
+        if visible is not None:
+            scores = scores.masked_fill(~visible[:, None, :], float("-inf"))
+        if layer == 0 or not self.rows.positions:
+            self.rows.positions.append([None] * self.n_layers)
+            self.rows.kv_lengths.append([0] * self.n_layers)
+        self.rows.positions[-1][layer] = scores.argmax(dim=-1)
+        self.rows.kv_lengths[-1][layer] = kv_length
+
+
+def _is_decode_step(query: torch.Tensor, key: torch.Tensor) -> bool:
+    """A decoding step feeds one new token against a longer cache (prefill feeds the whole prompt)."""
+    return query.shape[2] == 1 and key.shape[2] > 1
+
+
+def _last_row_visibility(mask: torch.Tensor | None, batch: int, kv_length: int) -> torch.Tensor | None:
+    """``(batch, kv)`` bool: which keys the last query row may attend, from any mask layout transformers uses."""
+    if mask is None:
+        return None  # no padding and causal: the last row sees the whole cache
+    if mask.ndim == 4:  # sdpa (bool, True = attend) or eager (additive float, very negative = blocked)
+        row = mask[:, 0, -1, :kv_length]
+        visible = row if row.dtype == torch.bool else row > torch.finfo(row.dtype).min / 2
+    elif mask.ndim == 2:  # flash: (batch, kv) padding mask, 1 = token
+        visible = mask[:, -kv_length:].bool()
+    else:
+        raise RHError(f"unsupported attention-mask layout {tuple(mask.shape)} for recording")
+    return visible.expand(batch, kv_length)
+
+
+def attention_modules(model: torch.nn.Module, n_layers: int) -> list[torch.nn.Module]:
+    """The self-attention module of each decoder layer, in layer order.
+
+    Found by class name (``...Attention``) outermost-first; ``layer_idx`` orders them when present. A count
+    different from the number of layers means we do not understand this architecture: refuse, loudly.
+    """
+    found: list[torch.nn.Module] = []
+    inside: set[int] = set()
+    for module in model.modules():
+        if id(module) in inside:
+            continue
+        name = type(module).__name__
+        if name.endswith("Attention") and "Cross" not in name and not getattr(module, "is_cross_attention", False):
+            found.append(module)
+            inside.update(id(child) for child in module.modules())
+    if len(found) != n_layers:
+        raise RHError(
+            f"found {len(found)} attention modules in {type(model).__name__} but it has {n_layers} layers; "
+            "rh-eval cannot map heads to layers for this architecture"
+        )
+    if all(isinstance(getattr(m, "layer_idx", None), int) for m in found):
+        found.sort(key=lambda m: m.layer_idx)
+    return found
+
+
+_REGISTERED: set[str] = set()
+
+
+def register(base: str) -> str:
+    """Register ``rh_<base>`` (attention function and mask builder) once per process."""
+    name = wrapped_name(base)
+    if name in _REGISTERED:
+        return name
+
+    def rh_attention(module, query, key, value, attention_mask, **kwargs):
+        control: HeadControl | None = getattr(module, "_rh_control", None)
+        base_fn = _base_function(base, module)
+        if control is None:  # a module we did not attach (e.g. a vision tower): behave as the base
+            return base_fn(module, query, key, value, attention_mask, **kwargs)
+        return control(base_fn, module, query, key, value, attention_mask, **kwargs)
+
+    rh_attention.__name__ = f"rh_attention_{base}"
+    AttentionInterface.register(name, rh_attention)
+    mask_base = base if base in ALL_MASK_ATTENTION_FUNCTIONS._global_mapping else "eager"
+    AttentionMaskInterface.register(name, ALL_MASK_ATTENTION_FUNCTIONS._global_mapping[mask_base])
+    _REGISTERED.add(name)
+    return name

@@ -1,0 +1,292 @@
+"""``rh-hf``: lm-eval's ``HFLM`` with per-head masking and retrieval-score recording.
+
+Usage (stock CLI)::
+
+    lm_eval --model rh-hf \\
+        --model_args pretrained=smollm2-135m,head_scores=scores.json,mask_heads=top:6,mask_method=uniform \\
+        --tasks rh_niah
+
+    lm_eval --model rh-hf --model_args pretrained=smollm2-135m,record_scores=out/scores.json --tasks rh_niah
+
+or from Python, swapping masks on one loaded model (what ``rh compare`` does)::
+
+    lm = RHHFLM(pretrained="smollm2-135m", head_scores="scores.json")
+    lm.set_mask("random:6", seed=1)
+
+Every argument ``hf`` accepts works unchanged; ours are popped before ``HFLM.__init__`` sees them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from lm_eval.api.registry import register_model
+from lm_eval.models.huggingface import HFLM
+
+from rh_models.attention import MASK_METHODS, MASK_SCOPES, HeadControl
+from rh_models.errors import RHError, install_excepthook
+from rh_models.heads import HeadScores, HeadSet, select_heads
+from rh_models.recorder import ScoreRecorder, carries_needle
+from rh_models.zoo import is_alias, resolve_pretrained
+
+_PROBE_TOKENS = 16
+
+
+def _as_bool(value: Any) -> bool:
+    return value if isinstance(value, bool) else str(value).strip().lower() in ("1", "true", "yes", "on")
+
+
+def _as_optional_int(value: Any, name: str) -> int | None:
+    if value in (None, "", "none", "None"):
+        return None
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise RHError(f"{name} must be an integer, got {value!r}") from None
+
+
+@register_model("rh-hf")
+class RHHFLM(HFLM):
+    """HFLM whose attention runs through :mod:`rh_models.attention` (mask + record)."""
+
+    def __init__(
+        self,
+        pretrained: Any = "smollm2-135m",
+        mask_heads: str = "none",
+        head_scores: str | None = None,
+        mask_method: str = "zero",
+        mask_scope: str = "all",
+        mask_seed: int = 0,
+        random_exclude: int | None = None,
+        random_match: str | None = None,
+        record_scores: str | None = None,
+        record_min_rouge: float = 0.5,
+        record_count_repeats: bool = False,
+        record_overwrite: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        install_excepthook()
+        mask_heads = str(mask_heads)
+        if str(mask_method) not in MASK_METHODS:
+            raise RHError(f"mask_method={mask_method!r} is not supported; choose one of {', '.join(MASK_METHODS)}")
+        if str(mask_scope) not in MASK_SCOPES:
+            raise RHError(f"mask_scope={mask_scope!r} is not supported; choose one of {', '.join(MASK_SCOPES)}")
+        if head_scores is None and mask_heads.strip().lower().startswith("top"):
+            raise RHError(f"mask_heads={mask_heads} needs head_scores=PATH (a score file from `rh detect`)")
+        select_heads(mask_heads, 10**9, 10**9, HeadScores({}, 1, 1) if head_scores else None)  # syntax, pre-load
+        if head_scores is not None and not Path(head_scores).is_file():
+            raise RHError(f"head-score file {head_scores} does not exist")
+        if record_scores and Path(record_scores).exists() and not _as_bool(record_overwrite):
+            raise RHError(f"{record_scores} exists; remove it or pass record_overwrite=true")
+
+        self.model_alias = pretrained if is_alias(pretrained) else None
+        if isinstance(pretrained, str):
+            pretrained = resolve_pretrained(pretrained)
+        if kwargs.get("device") in (None, "cuda") and not torch.cuda.is_available():
+            kwargs["device"] = "cpu"
+        super().__init__(pretrained=pretrained, **kwargs)
+
+        self.control = HeadControl.attach(self.model)
+        self.n_layers, self.n_heads = self.control.n_layers, self.control.n_heads
+        self.head_scores = HeadScores.load(head_scores, self.n_layers, self.n_heads) if head_scores else None
+        self._mask_request: dict[str, Any] = {}
+        self.set_mask(
+            mask_heads,
+            method=str(mask_method),
+            scope=str(mask_scope),
+            seed=int(mask_seed),
+            random_exclude=_as_optional_int(random_exclude, "random_exclude"),
+            random_match=random_match,
+        )
+        self.recorder = (
+            ScoreRecorder(
+                self.tokenizer,
+                self.n_layers,
+                self.n_heads,
+                record_scores,
+                min_rouge=float(record_min_rouge),
+                count_repeats=_as_bool(record_count_repeats),
+            )
+            if record_scores
+            else None
+        )
+        self._batch_contexts: list[str] = []
+        self._requests_by_context: dict[str, Any] = {}
+
+    # ------------------------------------------------------------------ masking
+    def set_mask(
+        self,
+        mask_heads: str | HeadSet = "none",
+        method: str = "zero",
+        scope: str = "all",
+        seed: int = 0,
+        random_exclude: int | None = None,
+        random_match: str | None = None,
+    ) -> HeadSet:
+        """Mask these heads from now on (replacing any previous mask) and prove that it took effect."""
+        heads = (
+            mask_heads
+            if isinstance(mask_heads, HeadSet)
+            else select_heads(
+                str(mask_heads),
+                self.n_layers,
+                self.n_heads,
+                scores=self.head_scores,
+                seed=seed,
+                random_exclude=random_exclude,
+                random_match=random_match,
+            )
+        )
+        self.control.set_mask(heads, method=method, scope=scope)
+        self._mask_request = {
+            "spec": mask_heads.spec() if isinstance(mask_heads, HeadSet) else str(mask_heads),
+            "seed": seed,
+            "random_exclude": random_exclude,
+            "random_match": random_match,
+        }
+        self.verify_mask()
+        return heads
+
+    def mask_info(self) -> dict[str, Any]:
+        """Everything needed to reproduce the current condition; lands in lm-eval's results JSON."""
+        return {
+            **self._mask_request,
+            "heads": [list(h) for h in self.control.heads],
+            "method": self.control.method,
+            "scope": self.control.scope,
+            "head_scores": self.head_scores.source if self.head_scores else None,
+            "attention": self.control.base,
+            "n_layers": self.n_layers,
+            "n_heads": self.n_heads,
+        }
+
+    def verify_mask(self) -> None:
+        """One probe forward with and without the mask: every masked head's output must change.
+
+        This is what makes "never a silent no-op" true: if a model bypassed our attention function, or the
+        output layout were not what we assume, the check fails here instead of producing a plausible table.
+        """
+        heads = self.control.heads
+        if not len(heads):
+            return
+        projections = output_projections(self.model, self.control)
+        captured: dict[int, torch.Tensor] = {}
+        hooks = [
+            projections[layer].register_forward_pre_hook(
+                lambda module, args, layer=layer: captured.__setitem__(layer, args[0].detach().clone())
+            )
+            for layer in heads.by_layer()
+        ]
+        probe = torch.arange(_PROBE_TOKENS, device=self.device).unsqueeze(0) % (self.model.config.get_text_config().vocab_size - 1) + 1
+        saved_mask, saved_scope = self.control.mask_by_layer, self.control.scope
+        try:
+            with torch.no_grad():
+                self.control.scope = "all"
+                self.model(probe)
+                masked = dict(captured)
+                self.control.mask_by_layer = {}
+                self.model(probe)
+        finally:
+            self.control.mask_by_layer, self.control.scope = saved_mask, saved_scope
+            for hook in hooks:
+                hook.remove()
+        for layer, query_heads in heads.by_layer().items():
+            if layer not in masked:
+                raise RHError(f"self-check: layer {layer}'s output projection never ran; masking cannot be verified")
+            width = masked[layer].shape[-1] // self.n_heads
+            for head in query_heads:
+                after = masked[layer][..., head * width : (head + 1) * width]
+                before = captured[layer][..., head * width : (head + 1) * width]
+                changed = not torch.equal(after, before)
+                if not changed or (self.control.method == "zero" and after.abs().max() != 0):
+                    raise RHError(
+                        f"self-check failed: masking head {layer}-{head} did not change its output "
+                        f"({type(self.model).__name__}, {self.control.base}); refusing to run a silent no-op"
+                    )
+
+    def get_model_info(self) -> dict:
+        info = super().get_model_info()
+        info["rh_mask"] = self.mask_info()
+        if self.model_alias:
+            info["rh_model_alias"] = self.model_alias
+        return info
+
+    # ------------------------------------------------------------------ recording
+    def generate_until(self, requests, disable_tqdm: bool = False):
+        if self.recorder is None:
+            return super().generate_until(requests, disable_tqdm)
+        self._requests_by_context = {r.args[0]: r for r in requests if carries_needle(r.doc)}
+        try:
+            results = super().generate_until(requests, disable_tqdm)
+        finally:
+            self._requests_by_context = {}
+        if self.recorder.gather(self):
+            self.recorder.write(self.provenance(requests))
+        return results
+
+    def tok_batch_encode(self, strings, *args, **kwargs):
+        self._batch_contexts = list(strings)  # which prompts the next _model_generate call holds
+        return super().tok_batch_encode(strings, *args, **kwargs)
+
+    def _model_generate(self, context, max_length, stop, **generation_kwargs):
+        requests = [self._requests_by_context.get(c) for c in self._batch_contexts]
+        if self.recorder is None or not any(requests):
+            return super()._model_generate(context, max_length, stop, **generation_kwargs)
+        if int(generation_kwargs.get("num_beams", 1) or 1) > 1:
+            raise RHError("recording retrieval scores needs num_beams=1 (beam search reorders the cache)")
+        attention_mask = generation_kwargs.get("attention_mask")
+        if attention_mask is None:
+            attention_mask = torch.ones_like(context)
+        self.control.start_recording()
+        try:
+            output = super()._model_generate(context, max_length, stop, **generation_kwargs)
+        finally:
+            rows = self.control.stop_recording()
+        self.recorder.add_batch(self._batch_contexts, requests, context, attention_mask, output, rows, stop)
+        return output
+
+    def provenance(self, requests) -> dict[str, Any]:
+        """Where a score file came from: enough to tell two files apart and to redo one."""
+        import lm_eval
+        import transformers
+
+        config_json = json.dumps(self.model.config.to_dict(), sort_keys=True, default=str)
+        docs = [r.doc for r in requests if carries_needle(r.doc)]
+        return {
+            "model": self.model_alias or str(self.pretrained),
+            "model_revision": getattr(self, "revision", None),
+            "model_config_sha256": hashlib.sha256(config_json.encode()).hexdigest(),
+            "model_commit": getattr(self.model.config, "_commit_hash", None),
+            "n_layers": self.n_layers,
+            "n_heads": self.n_heads,
+            "attention": self.control.base,
+            "mask": self.mask_info(),
+            "transformers_version": transformers.__version__,
+            "lm_eval_version": getattr(lm_eval, "__version__", None),
+            "torch_version": torch.__version__,
+            "lengths": sorted({d.get("length") for d in docs if d.get("length") is not None}),
+            "depths": sorted({d.get("depth") for d in docs if d.get("depth") is not None}),
+            "needle_ids": sorted({str(d.get("needle_id")) for d in docs if d.get("needle_id") is not None}),
+            "chat_template": any(self.tokenizer.chat_template and "<|" in c for c in self._batch_contexts[:1]),
+        }
+
+
+_OUTPUT_PROJECTIONS = ("o_proj", "c_proj", "dense", "out_proj", "wo")
+
+
+def output_projections(model: torch.nn.Module, control: HeadControl) -> dict[int, torch.nn.Module]:
+    """Layer -> the module that consumes the concatenated head outputs (what masking must change)."""
+    found: dict[int, torch.nn.Module] = {}
+    for module in model.modules():
+        layer = getattr(module, "_rh_layer", None)
+        if getattr(module, "_rh_control", None) is not control or layer is None:
+            continue
+        projection = next((getattr(module, n) for n in _OUTPUT_PROJECTIONS if hasattr(module, n)), None)
+        if projection is None:
+            raise RHError(f"{type(module).__name__} has no known output projection; cannot verify masking")
+        found[layer] = projection
+    return found

@@ -1,0 +1,441 @@
+"""Leaderboard of masking conditions: full vs retrieval@K vs random@K, with drops and seed intervals.
+
+Usage::
+
+    from rh_tasks.leaderboard import ConditionResult, build_leaderboard, write_leaderboard
+    conditions = [ConditionResult.from_dir(d) for d in sorted(Path("out/conditions").iterdir())]
+    board = build_leaderboard(conditions)
+    paths = write_leaderboard(board, "out", overwrite=True)   # leaderboard.{md,csv,html,tex,json}
+    print(board.markdown())
+
+Why: the paper's claim is comparative. Masking the top-K retrieval heads should hurt far more than masking K
+random heads, and random draws vary a lot, so one random seed proves nothing. Each random@K row is
+therefore the mean over seeds with a 95 % Student-t interval, and every cell also shows how far it moved
+from the unmasked model. The JSON twin keeps everything a gate or a later analysis needs: per-seed
+values, intervals, and the exact heads of every condition.
+
+A *condition* is one lm-eval run with one mask: its record (``name``, ``kind`` = full/retrieval/random,
+``k``, ``seed``, ``heads``, ``method``, ``scope``) plus the ``results`` mapping of ``simple_evaluate``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+from scipy import stats
+
+from rh_models.errors import RHError
+
+FORMAT = "rh-eval-leaderboard"
+FORMAT_VERSION = 1
+KINDS = ("full", "retrieval", "random")
+EXTENSIONS = ("md", "csv", "html", "tex", "json")
+_NOT_METRICS = {"alias", "name", "sample_len", "sample_count", "samples"}
+
+
+# ----------------------------------------------------------------------------------------------- helpers
+
+
+def write_atomic(path: str | Path, text: str) -> Path:
+    """Write ``text`` to ``path`` via a temporary file in the same folder and ``os.replace``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_json(path: str | Path, what: str = "file") -> Any:
+    """Parse a JSON file, turning a missing or malformed file into an :class:`RHError`."""
+    path = Path(path)
+    if not path.is_file():
+        raise RHError(f"{what} {path} does not exist")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise RHError(f"{what} {path} is not valid JSON ({exc})") from None
+
+
+def is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def mean_interval(values: list[float], confidence: float = 0.95) -> tuple[float, tuple[float, float] | None]:
+    """Mean and Student-t ``confidence`` interval; no interval for a single value."""
+    if not values:
+        raise ValueError("mean_interval needs at least one value")
+    mean = sum(values) / len(values)
+    if len(values) < 2:
+        return mean, None
+    sem = stats.sem(values)
+    if sem == 0:  # every seed agrees: scipy would return nan for a zero scale
+        return mean, (mean, mean)
+    low, high = stats.t.interval(confidence, df=len(values) - 1, loc=mean, scale=sem)
+    return mean, (float(low), float(high))
+
+
+# ------------------------------------------------------------------------------------------------ inputs
+
+
+@dataclass(frozen=True, order=True)
+class Column:
+    """One task/metric/filter cell of lm-eval's ``results``; ``id`` is ``task/metric,filter``."""
+
+    task: str
+    metric: str
+    filter: str = "none"
+
+    @property
+    def id(self) -> str:
+        return f"{self.task}/{self.metric},{self.filter}"
+
+    @property
+    def label(self) -> str:
+        return f"{self.task} {self.metric}" + ("" if self.filter == "none" else f" ({self.filter})")
+
+    @classmethod
+    def parse(cls, column_id: str) -> "Column":
+        task, _, rest = column_id.rpartition("/")
+        metric, _, filt = rest.partition(",")
+        if not task or not metric:
+            raise RHError(f"bad column id {column_id!r}: expected task/metric,filter")
+        return cls(task, metric, filt or "none")
+
+
+def metric_values(results: dict[str, dict[str, Any]]) -> dict[Column, float]:
+    """Every numeric metric of an lm-eval ``results`` mapping, without stderrs, aliases and counts."""
+    values: dict[Column, float] = {}
+    for task, metrics in results.items():
+        if not isinstance(metrics, dict):
+            continue
+        for key, value in metrics.items():
+            metric, _, filt = key.partition(",")
+            if key in _NOT_METRICS or metric.endswith("_stderr") or not is_number(value):
+                continue
+            values[Column(task, metric, filt or "none")] = float(value)
+    return values
+
+
+@dataclass
+class ConditionResult:
+    """One evaluated condition: its record (mask and heads) and lm-eval's output for it."""
+
+    record: dict[str, Any]
+    results: dict[str, dict[str, Any]]
+    higher_is_better: dict[str, dict[str, bool]] = field(default_factory=dict)
+    samples_dir: str | None = None  # relative to the leaderboard's folder, for the gate's paired test
+
+    @property
+    def name(self) -> str:
+        return str(self.record["name"])
+
+    @property
+    def row_name(self) -> str:
+        kind = self.record["kind"]
+        return "full" if kind == "full" else f"{kind}@{self.record['k']}"
+
+    @classmethod
+    def from_dir(cls, path: str | Path, root: str | Path | None = None) -> "ConditionResult":
+        """Read ``condition.json`` and ``results.json`` written by ``rh compare`` into ``path``."""
+        path = Path(path)
+        record = read_json(path / "condition.json", "condition record")
+        output = read_json(path / "results.json", "condition results")
+        check_record(record, str(path / "condition.json"))
+        if not isinstance(output, dict) or not isinstance(output.get("results"), dict):
+            raise RHError(f"{path / 'results.json'} has no lm-eval 'results' mapping")
+        relative = os.path.relpath(path, root) if root is not None else str(path)
+        return cls(record, output["results"], output.get("higher_is_better") or {}, relative)
+
+
+def check_record(record: object, where: str) -> None:
+    """Reject a condition record that lacks what the leaderboard groups and reports by."""
+    if not isinstance(record, dict):
+        raise RHError(f"{where}: a condition record must be a JSON object")
+    missing = [key for key in ("name", "kind", "k", "heads") if key not in record]
+    if missing:
+        raise RHError(f"{where}: condition record lacks {', '.join(missing)}")
+    if record["kind"] not in KINDS:
+        raise RHError(f"{where}: kind {record['kind']!r} is not one of {', '.join(KINDS)}")
+
+
+# ----------------------------------------------------------------------------------------------- the table
+
+
+@dataclass
+class Row:
+    """A leaderboard row: one condition, or every seed of random@K."""
+
+    name: str
+    kind: str
+    k: int
+    conditions: list[str]
+    seeds: list[int | None]
+
+
+@dataclass
+class Cell:
+    value: float
+    interval: tuple[float, float] | None
+    drop: float | None  # full - value: positive when the score fell below the unmasked model's
+    per_seed: dict[str, float]  # seed (as text; "none" for unseeded) -> value
+
+
+@dataclass
+class Leaderboard:
+    rows: list[Row]
+    columns: list[Column]
+    cells: dict[tuple[str, str], Cell]  # (row name, column id) -> cell
+    higher_is_better: dict[str, bool | None]  # column id -> lm-eval's flag, None when unknown
+    conditions: dict[str, dict[str, Any]]  # condition name -> record (+ samples_dir)
+    confidence: float = 0.95
+
+    def cell(self, row: str, column: str | Column) -> Cell | None:
+        return self.cells.get((row, column.id if isinstance(column, Column) else column))
+
+    # -- renderings -------------------------------------------------------------------------------------
+    def display_matrix(self, ascii: bool = False) -> tuple[list[str], list[list[str]]]:
+        """Headers and text cells: ``score ± half-interval (change vs full)``; ``ascii`` for LaTeX's \\verb."""
+        headers = ["condition", "seeds"]
+        headers += [c.label if ascii else _with_arrow(c.label, self.higher_is_better.get(c.id)) for c in self.columns]
+        matrix = []
+        for row in self.rows:
+            texts = [row.name, str(len(row.seeds)) if row.kind == "random" else ""]
+            for column in self.columns:
+                text = _cell_text(self.cell(row.name, column), row.kind == "full")
+                texts.append(text.replace("±", "+/-").replace("−", "-").replace("–", "-") if ascii else text)
+            matrix.append(texts)
+        return headers, matrix
+
+    def _writer(self, writer_class: type, ascii: bool = False, **kwargs: Any):
+        from typepy import String
+
+        headers, matrix = self.display_matrix(ascii)
+        # all text: keeps "0.900" as written instead of re-formatting numbers column by column
+        return writer_class(headers=headers, value_matrix=matrix, type_hints=[String] * len(headers), **kwargs)
+
+    def markdown(self) -> str:
+        from pytablewriter import MarkdownTableWriter
+
+        writer = self._writer(MarkdownTableWriter, margin=1)
+        level = round(self.confidence * 100)
+        note = (
+            f"\nCells: score (change vs full). random@K: mean over seeds ± half-width of the {level} % "
+            "Student-t interval (no interval with one seed). ↑/↓ in a header: higher/lower is better.\n"
+        )
+        return writer.dumps().rstrip() + "\n" + note
+
+    def latex(self) -> str:
+        """pytablewriter's math-mode ``array`` of ``\\verb`` cells (ASCII only, so pdflatex accepts it)."""
+        from pytablewriter import LatexTableWriter
+
+        return "% inside math mode, e.g. \\[ \\input{leaderboard.tex} \\]\n" + self._writer(LatexTableWriter, ascii=True).dumps()
+
+    def html(self) -> str:
+        from pytablewriter import HtmlTableWriter
+
+        try:
+            return self._writer(HtmlTableWriter, table_name="leaderboard").dumps()
+        except ImportError:  # pytablewriter's html extra (dominate) is not installed
+            return _plain_html(*self.display_matrix())
+
+    def csv(self) -> str:
+        """Long format, one line per row x column, numbers only: easy to load anywhere."""
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(
+            ["condition", "kind", "k", "n_seeds", "task", "metric", "filter", "value", "ci_low", "ci_high",
+             "drop", "higher_is_better"]
+        )
+        for row in self.rows:
+            for column in self.columns:
+                cell = self.cell(row.name, column)
+                if cell is None:
+                    continue
+                low, high = cell.interval if cell.interval else ("", "")
+                writer.writerow(
+                    [row.name, row.kind, row.k, len(row.seeds), column.task, column.metric, column.filter,
+                     cell.value, low, high, "" if cell.drop is None else cell.drop,
+                     _flag_text(self.higher_is_better.get(column.id))]
+                )
+        return buffer.getvalue()
+
+    def to_json(self) -> dict[str, Any]:
+        def per_row(getter) -> dict[str, dict[str, Any]]:
+            return {
+                row.name: {
+                    column.id: getter(cell)
+                    for column in self.columns
+                    if (cell := self.cell(row.name, column)) is not None
+                }
+                for row in self.rows
+            }
+
+        return {
+            "format": FORMAT,
+            "version": FORMAT_VERSION,
+            "confidence": self.confidence,
+            "rows": [row.__dict__ for row in self.rows],
+            "columns": [
+                {"id": c.id, "task": c.task, "metric": c.metric, "filter": c.filter,
+                 "higher_is_better": self.higher_is_better.get(c.id)}
+                for c in self.columns
+            ],
+            "values": per_row(lambda cell: cell.value),
+            "intervals": per_row(lambda cell: list(cell.interval) if cell.interval else None),
+            "drops": per_row(lambda cell: cell.drop),
+            "per_seed": per_row(lambda cell: cell.per_seed),
+            "conditions": self.conditions,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], where: str = "leaderboard") -> "Leaderboard":
+        """Inverse of :meth:`to_json`; raises :class:`RHError` on anything malformed."""
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            raise RHError(f"{where} is not an rh-eval leaderboard (no \"format\": \"{FORMAT}\")")
+        try:
+            columns = [Column(c["task"], c["metric"], c["filter"]) for c in data["columns"]]
+            rows = [Row(r["name"], r["kind"], int(r["k"]), list(r["conditions"]), list(r["seeds"])) for r in data["rows"]]
+            cells: dict[tuple[str, str], Cell] = {}
+            for row in rows:
+                for column_id, value in data["values"].get(row.name, {}).items():
+                    if not is_number(value):
+                        raise RHError(f"{where}: value of {row.name} {column_id} is not a number")
+                    interval = data.get("intervals", {}).get(row.name, {}).get(column_id)
+                    cells[(row.name, column_id)] = Cell(
+                        float(value),
+                        tuple(interval) if interval else None,
+                        data.get("drops", {}).get(row.name, {}).get(column_id),
+                        data.get("per_seed", {}).get(row.name, {}).get(column_id) or {},
+                    )
+            higher = {c["id"]: c.get("higher_is_better") for c in data["columns"]}
+            return cls(rows, columns, cells, higher, dict(data.get("conditions") or {}), float(data.get("confidence", 0.95)))
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            if isinstance(exc, RHError):
+                raise
+            raise RHError(f"{where} is a malformed rh-eval leaderboard ({type(exc).__name__}: {exc})") from None
+
+
+def build_leaderboard(conditions: Iterable[ConditionResult], confidence: float = 0.95) -> Leaderboard:
+    """Group conditions into rows (random@K over seeds), compute means, t-intervals and drops vs full."""
+    conditions = list(conditions)
+    if not conditions:
+        raise RHError("no conditions to build a leaderboard from")
+    names = [c.name for c in conditions]
+    if len(set(names)) != len(names):
+        raise RHError(f"duplicate condition names: {sorted({n for n in names if names.count(n) > 1})}")
+
+    groups: dict[str, list[ConditionResult]] = {}
+    for condition in conditions:
+        check_record(condition.record, f"condition {condition.name}")
+        groups.setdefault(condition.row_name, []).append(condition)
+    kind_order = {kind: i for i, kind in enumerate(KINDS)}
+    ordered = sorted(groups.values(), key=lambda g: (int(g[0].record["k"]), kind_order[g[0].record["kind"]]))
+
+    values = {c.name: metric_values(c.results) for c in conditions}
+    columns = sorted({column for per in values.values() for column in per})
+    higher: dict[str, bool | None] = {}
+    for condition in conditions:
+        for column in values[condition.name]:
+            flag = condition.higher_is_better.get(column.task, {}).get(column.metric)
+            if isinstance(flag, bool):
+                higher.setdefault(column.id, flag)
+    for column in columns:
+        higher.setdefault(column.id, None)
+
+    rows: list[Row] = []
+    cells: dict[tuple[str, str], Cell] = {}
+    for group in ordered:
+        group.sort(key=lambda c: (c.record.get("seed") is None, c.record.get("seed") or 0, c.name))
+        first = group[0].record
+        row = Row(group[0].row_name, first["kind"], int(first["k"]), [c.name for c in group],
+                  [c.record.get("seed") for c in group])
+        rows.append(row)
+        for column in columns:
+            per_seed = {
+                str(c.record.get("seed")).lower(): values[c.name][column]
+                for c in group
+                if column in values[c.name]
+            }
+            if per_seed:
+                mean, interval = mean_interval(list(per_seed.values()), confidence)
+                cells[(row.name, column.id)] = Cell(mean, interval, None, per_seed)
+
+    full = next((row for row in rows if row.kind == "full"), None)
+    if full is not None:
+        for (row_name, column_id), cell in cells.items():
+            reference = cells.get((full.name, column_id))
+            if reference is not None:
+                cell.drop = reference.value - cell.value
+
+    records = {
+        c.name: {**c.record, "samples_dir": c.samples_dir} for c in conditions
+    }
+    return Leaderboard(rows, columns, cells, higher, records, confidence)
+
+
+# ------------------------------------------------------------------------------------------------ output
+
+
+def leaderboard_paths(out_dir: str | Path, stem: str = "leaderboard") -> dict[str, Path]:
+    return {ext: Path(out_dir) / f"{stem}.{ext}" for ext in EXTENSIONS}
+
+
+def write_leaderboard(
+    board: Leaderboard, out_dir: str | Path, overwrite: bool = False, stem: str = "leaderboard"
+) -> dict[str, Path]:
+    """Write ``leaderboard.{md,csv,html,tex,json}`` atomically; refuse to replace files unless ``overwrite``."""
+    paths = leaderboard_paths(out_dir, stem)
+    existing = [p for p in paths.values() if p.exists()]
+    if existing and not overwrite:
+        raise RHError(f"{existing[0]} exists; refusing to overwrite it (pass overwrite=True to replace)")
+    renderers = {
+        "md": board.markdown,
+        "csv": board.csv,
+        "html": board.html,
+        "tex": board.latex,
+        "json": lambda: json.dumps(board.to_json(), indent=2, ensure_ascii=False) + "\n",
+    }
+    for ext, path in paths.items():
+        write_atomic(path, renderers[ext]())
+    return paths
+
+
+def _cell_text(cell: Cell | None, is_full: bool) -> str:
+    if cell is None:
+        return "–"
+    text = f"{cell.value:.3f}"
+    if cell.interval is not None:
+        text += f" ± {(cell.interval[1] - cell.interval[0]) / 2:.3f}"
+    if cell.drop is not None and not is_full:
+        text += f" ({-cell.drop:+.3f})".replace("-", "−")
+    return text
+
+
+def _with_arrow(label: str, higher_is_better: bool | None) -> str:
+    return label + {True: " ↑", False: " ↓"}.get(higher_is_better, "")
+
+
+def _flag_text(flag: bool | None) -> str:
+    return "" if flag is None else str(flag).lower()
+
+
+def _plain_html(headers: list[str], matrix: list[list[str]]) -> str:
+    from html import escape
+
+    head = "".join(f"<th>{escape(h)}</th>" for h in headers)
+    body = "\n".join("<tr>" + "".join(f"<td>{escape(v)}</td>" for v in row) + "</tr>" for row in matrix)
+    return f"<table id=\"leaderboard\">\n<thead><tr>{head}</tr></thead>\n<tbody>\n{body}\n</tbody>\n</table>\n"
