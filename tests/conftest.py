@@ -1,0 +1,97 @@
+"""Shared fixtures: tiny random models of many architectures (built from configs, no download) and SmolLM2."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+import transformers  # noqa: E402
+
+VOCAB = 128
+_SMALL = dict(vocab_size=VOCAB, max_position_embeddings=256)
+
+
+def _llama_like(cls, **extra):
+    return cls(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+               num_key_value_heads=2, **_SMALL, **extra)
+
+
+TINY_CONFIGS = {
+    "llama": lambda: _llama_like(transformers.LlamaConfig),
+    "mistral": lambda: _llama_like(transformers.MistralConfig, sliding_window=None),
+    "qwen2": lambda: _llama_like(transformers.Qwen2Config),
+    "qwen3": lambda: _llama_like(transformers.Qwen3Config, head_dim=16),
+    "gemma": lambda: _llama_like(transformers.GemmaConfig, head_dim=16),
+    "gemma3": lambda: transformers.Gemma3TextConfig(
+        hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=1,
+        head_dim=16, sliding_window=6, layer_types=["sliding_attention", "full_attention"], **_SMALL
+    ),
+    "phi3": lambda: transformers.Phi3Config(
+        hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
+        pad_token_id=0, bos_token_id=1, eos_token_id=2, **_SMALL
+    ),
+    "gpt2": lambda: transformers.GPT2Config(n_embd=64, n_layer=2, n_head=4, vocab_size=VOCAB, n_positions=256),
+    "gpt_neox": lambda: transformers.GPTNeoXConfig(
+        hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4, **_SMALL
+    ),
+    "opt": lambda: transformers.OPTConfig(
+        hidden_size=64, ffn_dim=96, num_hidden_layers=2, num_attention_heads=4, word_embed_proj_dim=64,
+        vocab_size=VOCAB, max_position_embeddings=256
+    ),
+}
+ARCHITECTURES = sorted(TINY_CONFIGS)
+
+
+def tiny_model(arch: str, attn_implementation: str = "sdpa", seed: int = 0) -> transformers.PreTrainedModel:
+    torch.manual_seed(seed)
+    model = transformers.AutoModelForCausalLM.from_config(
+        TINY_CONFIGS[arch](), attn_implementation=attn_implementation, dtype=torch.float32
+    )
+    return model.eval()
+
+
+@pytest.fixture(scope="session")
+def smollm_dir() -> str:
+    """Local folder of the embedded SmolLM2-135M-Instruct (converted from the GGUF on first use)."""
+    from rh_models.zoo import resolve_pretrained
+
+    return resolve_pretrained("smollm2-135m")
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory, smollm_dir) -> Path:
+    """A tiny random llama saved with SmolLM2's tokenizer, loadable by lm-eval's `pretrained=`."""
+    path = tmp_path_factory.mktemp("tiny-llama")
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(
+        hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+        vocab_size=49152, max_position_embeddings=2048, bos_token_id=1, eos_token_id=2, pad_token_id=2,
+    )
+    transformers.AutoModelForCausalLM.from_config(config).save_pretrained(path)
+    transformers.AutoTokenizer.from_pretrained(smollm_dir).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_task_dir(tmp_path_factory) -> Path:
+    """A two-doc local generation task (`tiny_local`) for end-to-end CLI runs."""
+    path = tmp_path_factory.mktemp("tiny-task")
+    (path / "data.jsonl").write_text('{"q": "The sky is", "a": "blue"}\n{"q": "Two plus two is", "a": "four"}\n')
+    (path / "tiny.yaml").write_text(
+        "task: tiny_local\n"
+        "dataset_path: json\n"
+        f"dataset_kwargs:\n  data_files: {path / 'data.jsonl'}\n"
+        "test_split: train\n"
+        "output_type: generate_until\n"
+        'doc_to_text: "{{q}}"\n'
+        'doc_to_target: "{{a}}"\n'
+        "generation_kwargs:\n  until: [\"\\n\"]\n  max_gen_toks: 6\n  do_sample: false\n"
+        "metric_list:\n  - metric: exact_match\n    higher_is_better: true\n"
+    )
+    return path
