@@ -328,10 +328,12 @@ def compare_scores(
                     name, item.p_value = paired_test(base_scores, run_scores, bootstrap_iters)
                     item.test = f"{name} {size}"
             comparisons.append(item)
-    if not comparisons:
-        what = f" matching --metric {', '.join(patterns)}" if patterns else ""
+    if all(c.run is None for c in comparisons):
+        what = f" matching --metric {' '.join(patterns)}" if patterns else ""
+        wanted = sorted({c.column.id for c in comparisons})
         raise RHError(
-            f"nothing in common{what}: {run.path} has rows {run.rows}, {baseline.path} has rows {baseline.rows}"
+            f"nothing in common{what}: rows {run.rows} of {run.path} vs rows {baseline.rows} of {baseline.path}"
+            + (f"; metrics wanted: {', '.join(wanted[:5])}" if wanted else "")
         )
     return comparisons
 
