@@ -421,7 +421,7 @@ def _cell_text(cell: Cell | None, is_full: bool) -> str:
     if cell.interval is not None:
         text += f" ± {(cell.interval[1] - cell.interval[0]) / 2:.3f}"
     if cell.drop is not None and not is_full:
-        text += f" ({-cell.drop:+.3f})".replace("-", "−")
+        text += f" ({0.0 - cell.drop:+.3f})".replace("-", "−")  # 0.0 - x: no "-0.000"
     return text
 
 

@@ -1,0 +1,340 @@
+"""``rh compare``: full vs retrieval-masked vs random-masked, on one loaded model, into a leaderboard.
+
+Usage::
+
+    rh compare --model smollm2-135m --head-scores scores.json --tasks rh_niah,rh_vartrack,rh_vartrack_cot \\
+        --k 6,12 --seeds 3 --output-dir out --limit 20
+
+    out/conditions/<name>/results.json        lm-eval's output (no samples); its presence = condition done
+    out/conditions/<name>/samples_<task>.jsonl per-sample results (paired tests in `rh check`, NIAH heatmaps)
+    out/conditions/<name>/condition.json      kind, K, seed, method, scope and the exact heads masked
+    out/leaderboard.{md,csv,html,tex,json}    see rh_tasks.leaderboard
+    out/plots/*.png                           see rh_tasks.compare_plots
+
+Why: the paper's evidence is a contrast between conditions, so every condition must run on the *same*
+weights, tasks, limits and prompts. The model is loaded once and only the head mask is swapped between
+``simple_evaluate`` calls (each swap is self-checked by ``RHHFLM.set_mask``). Random controls vary a lot
+between draws, so ``random@K`` runs for every seed in ``0..S-1``. Runs are long on CPU: each finished
+condition is kept, a re-run with the same settings re-uses it, and a re-run with *different* settings is
+refused instead of silently mixing two experiments in one table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rh_models.errors import RHError
+from rh_tasks.leaderboard import ConditionResult, build_leaderboard, leaderboard_paths, read_json, write_atomic, write_leaderboard
+
+RUN_FILE = "run.json"
+METHODS = ("zero", "uniform")
+SCOPES = ("all", "decode")
+
+
+# ------------------------------------------------------------------------------------------------- planning
+
+
+@dataclass(frozen=True)
+class ConditionPlan:
+    """One condition to evaluate: which mask spec, and how it is named on disk and in the table."""
+
+    kind: str  # full | retrieval | random
+    k: int = 0
+    seed: int | None = None
+
+    @property
+    def name(self) -> str:
+        if self.kind == "full":
+            return "full"
+        return f"{self.kind}@{self.k}" + ("" if self.seed is None else f"-seed{self.seed}")
+
+    @property
+    def spec(self) -> str:
+        return {"full": "none", "retrieval": f"top:{self.k}", "random": f"random:{self.k}"}[self.kind]
+
+
+def plan_conditions(ks: list[int], seeds: int) -> list[ConditionPlan]:
+    """``full``, then per K: ``retrieval@K`` and ``random@K-seed0..S-1``."""
+    plans = [ConditionPlan("full")]
+    for k in ks:
+        plans.append(ConditionPlan("retrieval", k))
+        plans.extend(ConditionPlan("random", k, seed) for seed in range(seeds))
+    return plans
+
+
+def parse_list(text: str, what: str) -> list[str]:
+    items = [part.strip() for part in str(text).split(",") if part.strip()]
+    if not items:
+        raise RHError(f"{what} is empty")
+    if len(set(items)) != len(items):
+        raise RHError(f"{what} lists something twice: {text}")
+    return items
+
+
+def parse_ks(text: str) -> list[int]:
+    ks = []
+    for part in parse_list(text, "--k"):
+        if not part.isdigit() or int(part) <= 0:
+            raise RHError(f"--k takes positive integers separated by commas, got {part!r}")
+        ks.append(int(part))
+    return sorted(ks)
+
+
+def parse_limit(text: str | None) -> int | float | None:
+    if text in (None, ""):
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise RHError(f"--limit must be a number, got {text!r}") from None
+    if value <= 0:
+        raise RHError("--limit must be positive")
+    return value if value < 1 else int(value)
+
+
+def parse_metadata(text: str | None) -> dict[str, Any]:
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise RHError(f"--metadata is not valid JSON ({exc.msg}): {text}") from None
+    if not isinstance(value, dict):
+        raise RHError("--metadata must be a JSON object, e.g. '{\"max_seq_lengths\": [1024]}'")
+    return value
+
+
+# --------------------------------------------------------------------------------------------- run settings
+
+
+def run_settings(args: argparse.Namespace, tasks: list[str], head_scores: Path) -> dict[str, Any]:
+    """Everything that changes results: a resumed run must match it exactly (K and seeds may grow)."""
+    return {
+        "model": str(Path(args.model).resolve()) if Path(args.model).exists() else args.model,
+        "head_scores_sha256": hashlib.sha256(head_scores.read_bytes()).hexdigest(),
+        "tasks": tasks,
+        "method": args.method,
+        "scope": args.scope,
+        "random_match": args.random_match,
+        "limit": parse_limit(args.limit),
+        "metadata": parse_metadata(args.metadata),
+        "apply_chat_template": bool(args.apply_chat_template),
+        "num_fewshot": args.num_fewshot,
+        "include_path": [str(Path(p).resolve()) for p in args.include_path or []],
+    }
+
+
+def check_settings(out_dir: Path, settings: dict[str, Any]) -> bool:
+    """Record the settings in ``run.json``, or verify them on resume; True when resuming."""
+    path = out_dir / RUN_FILE
+    if not path.exists():
+        write_atomic(path, json.dumps({"settings": settings}, indent=2) + "\n")
+        return False
+    previous = read_json(path, "run record").get("settings", {})
+    differ = sorted(key for key in set(settings) | set(previous) if settings.get(key) != previous.get(key))
+    if differ:
+        details = "; ".join(f"{key}: was {previous.get(key)!r}, now {settings.get(key)!r}" for key in differ)
+        raise RHError(f"{out_dir} holds a run with other settings ({details}); use another --output-dir")
+    return True
+
+
+# ---------------------------------------------------------------------------------------------- evaluation
+
+
+def resolve_head_scores(args: argparse.Namespace, out_dir: Path) -> Path:
+    """The score file to rank heads by: --head-scores, an earlier detection in DIR, or detection now."""
+    if args.head_scores:
+        path = Path(args.head_scores)
+        if not path.is_file():
+            raise RHError(f"head-score file {path} does not exist")
+        return path
+    detected = out_dir / "head_scores.json"
+    if detected.is_file():
+        print(f"rh compare: no --head-scores; re-using the detection in {detected}")
+        return detected
+    try:
+        from rh_models.detect import detect
+    except ImportError:
+        raise RHError(
+            "no --head-scores given, and retrieval-head detection (rh_models.detect.detect) is not available "
+            "in this install; detection is required first: run `rh detect` and pass --head-scores"
+        ) from None
+    print(f"rh compare: no --head-scores; running retrieval-head detection first -> {detected}")
+    detect(model=args.model, output=str(detected))
+    if not detected.is_file():
+        raise RHError(f"detection finished without writing {detected}")
+    return detected
+
+
+def load_model(args: argparse.Namespace, head_scores: Path):
+    """Load the model once (``rh-hf``); conditions only swap its mask."""
+    from rh_models.lm import RHHFLM
+
+    batch_size: int | str = int(args.batch_size) if str(args.batch_size).isdigit() else args.batch_size
+    return RHHFLM(pretrained=args.model, batch_size=batch_size, head_scores=str(head_scores))
+
+
+def task_manager(args: argparse.Namespace, tasks: list[str]):
+    """lm-eval's TaskManager with --include-path and --metadata; unknown tasks fail before the model loads.
+
+    Indexing lm-eval's thousands of built-in tasks takes ~10 s, so our task folder and --include-path are
+    tried alone first; the built-ins are indexed only when a task is not found there.
+    """
+    from lm_eval.tasks import TaskManager
+
+    include = [str(p) for p in args.include_path or []] or None
+    metadata = parse_metadata(args.metadata)
+    manager = TaskManager(include_path=include, include_defaults=False, metadata=metadata)
+    if any(t not in manager.all_tasks for t in tasks):
+        manager = TaskManager(include_path=include, metadata=metadata)
+    unknown = [t for t in tasks if t not in manager.all_tasks]
+    if unknown:
+        raise RHError(f"unknown task(s) {', '.join(unknown)}; see `lm_eval --tasks list` (or pass --include-path)")
+    return manager
+
+
+def evaluate(lm: Any, tasks: list[str], args: argparse.Namespace, manager: Any) -> dict[str, Any]:
+    """One ``simple_evaluate`` call on the already-masked model, with per-sample logging."""
+    from lm_eval import simple_evaluate
+
+    output = simple_evaluate(
+        model=lm,
+        tasks=tasks,
+        limit=parse_limit(args.limit),
+        log_samples=True,
+        task_manager=manager,
+        apply_chat_template=bool(args.apply_chat_template),
+        num_fewshot=args.num_fewshot,
+    )
+    if output is None:
+        raise RHError("lm-eval returned no results (not rank 0?)")
+    return output
+
+
+def run_condition(lm: Any, plan: ConditionPlan, args: argparse.Namespace, tasks: list[str], manager: Any) -> tuple[dict, dict]:
+    """Swap the mask in, evaluate, and return (condition record, lm-eval output)."""
+    lm.set_mask(plan.spec, method=args.method, scope=args.scope, seed=plan.seed or 0, random_match=args.random_match)
+    info = lm.mask_info()
+    record = {
+        "name": plan.name,
+        "kind": plan.kind,
+        "k": plan.k,
+        "seed": plan.seed,
+        "heads": [list(h) for h in info["heads"]],
+        "method": info.get("method", args.method),
+        "scope": info.get("scope", args.scope),
+        "spec": info.get("spec", plan.spec),
+        "random_match": args.random_match if plan.kind == "random" else None,
+        "mask": info,
+    }
+    if plan.kind != "full" and len(record["heads"]) != plan.k:
+        raise RHError(f"{plan.name}: the mask holds {len(record['heads'])} heads, expected {plan.k}")
+    return record, evaluate(lm, tasks, args, manager)
+
+
+def write_condition(folder: Path, record: dict[str, Any], output: dict[str, Any]) -> None:
+    """Samples and record first, ``results.json`` last: its presence marks the condition as finished."""
+    from lm_eval.utils import handle_non_serializable
+
+    for task, samples in (output.get("samples") or {}).items():
+        lines = [json.dumps(_sanitize_sample(s), default=handle_non_serializable, ensure_ascii=False) for s in samples]
+        write_atomic(folder / f"samples_{task}.jsonl", "".join(line + "\n" for line in lines))
+    write_atomic(folder / "condition.json", json.dumps(record, indent=2) + "\n")
+    results = {key: value for key, value in output.items() if key != "samples"}
+    write_atomic(folder / "results.json", json.dumps(results, indent=2, default=handle_non_serializable, ensure_ascii=False) + "\n")
+
+
+def _sanitize_sample(sample: dict[str, Any]) -> dict[str, Any]:
+    """The shape lm-eval's own ``samples_<task>_<date>.jsonl`` lines have (same keys, same sanitising)."""
+    from lm_eval.utils import sanitize_list
+
+    sample = dict(sample)
+    arguments = sample.get("arguments") or []
+    sample["arguments"] = {
+        f"gen_args_{i}": {f"arg_{j}": value for j, value in enumerate(args)} for i, args in enumerate(arguments)
+    }
+    for key in ("resps", "filtered_resps"):
+        if key in sample:
+            sample[key] = sanitize_list(sample[key])
+    if "target" in sample:
+        sample["target"] = str(sample["target"])
+    return sample
+
+
+# ------------------------------------------------------------------------------------------------------ CLI
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default="smollm2-135m", help="alias (see `rh models`) or a local HF folder")
+    parser.add_argument("--head-scores", help="score file from `rh detect`; without it detection runs first")
+    parser.add_argument("--tasks", required=True, help="comma-separated lm-eval tasks, e.g. rh_niah,rh_vartrack_cot")
+    parser.add_argument("--k", default="6", help="comma-separated numbers of heads to mask (default 6)")
+    parser.add_argument("--seeds", type=int, default=3, help="random-head draws per K: seeds 0..S-1 (default 3)")
+    parser.add_argument("--output-dir", required=True, help="folder for conditions/, leaderboard.* and plots/")
+    parser.add_argument("--method", choices=METHODS, default="zero", help="how a masked head is silenced")
+    parser.add_argument("--scope", choices=SCOPES, default="all", help="mask on every forward or only while decoding")
+    parser.add_argument("--random-match", choices=("layer",), default=None,
+                        help="draw random heads from the same layers as the top-K retrieval heads")
+    parser.add_argument("--limit", help="examples per task (a fraction if < 1); for quick runs")
+    parser.add_argument("--metadata", help="JSON object passed to the tasks, e.g. '{\"max_seq_lengths\": [1024]}'")
+    parser.add_argument("--batch-size", default="1", help="lm-eval batch size (default 1)")
+    parser.add_argument("--apply-chat-template", action="store_true", help="format prompts with the chat template")
+    parser.add_argument("--num-fewshot", type=int, default=None, help="override the tasks' few-shot count")
+    parser.add_argument("--include-path", action="append", default=[], help="extra folder of task YAMLs (repeatable)")
+    parser.add_argument("--no-plots", action="store_true", help="write the leaderboard only")
+
+
+def run(args: argparse.Namespace) -> int:
+    tasks = parse_list(args.tasks, "--tasks")
+    ks = parse_ks(args.k)
+    if args.seeds < 0:
+        raise RHError("--seeds must be 0 or more")
+    if args.num_fewshot is not None and args.num_fewshot < 0:
+        raise RHError("--num-fewshot must be 0 or more")
+    parse_limit(args.limit)
+    parse_metadata(args.metadata)
+    out_dir = Path(args.output_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise RHError(f"--output-dir {out_dir} is a file")
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    head_scores = resolve_head_scores(args, out_dir)
+    check_settings(out_dir, run_settings(args, tasks, head_scores))
+    plans = plan_conditions(ks, args.seeds)
+    folders = {plan.name: out_dir / "conditions" / plan.name for plan in plans}
+    pending = [plan for plan in plans if not (folders[plan.name] / "results.json").is_file()]
+    for plan in plans:
+        if plan not in pending:
+            print(f"rh compare: {plan.name}: re-using {folders[plan.name] / 'results.json'}")
+
+    if pending:
+        from lm_eval.utils import make_table
+        from tqdm import tqdm
+
+        manager = task_manager(args, tasks)
+        lm = load_model(args, head_scores)
+        progress = tqdm(pending, desc="conditions", unit="condition", file=sys.stderr)
+        for plan in progress:
+            progress.set_postfix_str(plan.name)
+            record, output = run_condition(lm, plan, args, tasks, manager)
+            write_condition(folders[plan.name], record, output)
+            tqdm.write(f"\n{plan.name} ({len(record['heads'])} heads masked, {record['method']}/{record['scope']})")
+            tqdm.write(make_table(output))
+
+    board = build_leaderboard([ConditionResult.from_dir(folders[p.name], root=out_dir) for p in plans])
+    replacing = any(path.exists() for path in leaderboard_paths(out_dir).values())
+    paths = write_leaderboard(board, out_dir, overwrite=True)
+    print(board.markdown())
+    print(f"rh compare: leaderboard {'updated' if replacing else 'written'}: {paths['md'].with_suffix('.*')}")
+    if not args.no_plots:
+        from rh_tasks.compare_plots import make_plots
+
+        plots = make_plots(board, out_dir / "plots", conditions_dir=out_dir / "conditions", tasks=tasks)
+        print(f"rh compare: {len(plots)} plots in {out_dir / 'plots'}")
+    return 0

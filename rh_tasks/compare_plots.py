@@ -1,0 +1,214 @@
+"""Plots of a comparison: dose-response per metric, CoT-vs-direct bars, NIAH heatmaps per condition.
+
+Usage::
+
+    from rh_tasks.compare_plots import make_plots
+    paths = make_plots(board, "out/plots", conditions_dir="out/conditions")   # list of written PNGs
+
+Why: the paper's finding is a *shape*. Scores should fall steeply as more retrieval heads are masked and
+barely move for as many random heads; a curve with the random seeds' interval as a band shows that at a
+glance, where a table needs careful reading. Chain-of-thought is predicted to suffer more than direct
+answering, hence bars of each ``<task>_cot`` next to ``<task>``. For needle-in-a-haystack, *where* the
+needle is lost (context length x depth) matters, hence a heatmap per condition and its difference to full.
+
+Figures use matplotlib's object API with the Agg canvas (no pyplot global state, no display needed) and
+are written atomically (temporary file + ``os.replace``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import tempfile
+from pathlib import Path
+from typing import Iterable
+
+from rh_tasks.leaderboard import Column, Leaderboard
+
+COT_SUFFIX = "_cot"
+
+
+def _figure(width: float = 6.0, height: float = 4.0):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def save_figure(figure, out: str | Path) -> Path:
+    """Save a figure to ``out`` atomically."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.stem}.", suffix=out.suffix or ".png", dir=out.parent)
+    os.close(fd)
+    try:
+        figure.savefig(tmp, dpi=120)
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return out
+
+
+def safe_name(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-") or "plot"
+
+
+# ------------------------------------------------------------------------------------------ dose-response
+
+
+def dose_response(board: Leaderboard, column: Column, out: str | Path) -> Path | None:
+    """Score vs K: the retrieval line and the random mean with its interval band; None without K > 0 rows."""
+    full = next((board.cell(r.name, column) for r in board.rows if r.kind == "full"), None)
+    series: dict[str, list[tuple[int, float, float, float]]] = {"retrieval": [], "random": []}
+    for row in board.rows:
+        cell = board.cell(row.name, column)
+        if row.kind in series and cell is not None:
+            low, high = cell.interval if cell.interval else (cell.value, cell.value)
+            series[row.kind].append((row.k, cell.value, low, high))
+    if not series["retrieval"] and not series["random"]:
+        return None
+
+    figure = _figure()
+    axes = figure.add_subplot()
+    styles = {"retrieval": ("tab:red", "o", "retrieval heads masked"), "random": ("tab:blue", "s", "random heads masked")}
+    for kind, points in series.items():
+        if not points:
+            continue
+        if full is not None:
+            points = [(0, full.value, full.value, full.value), *points]
+        points.sort()
+        ks, means, lows, highs = zip(*points)
+        color, marker, label = styles[kind]
+        if kind == "random":
+            seeds = max((len(r.seeds) for r in board.rows if r.kind == "random"), default=0)
+            label += f" (mean of {seeds} seeds)" if seeds > 1 else ""
+            if any(h > l for l, h in zip(lows, highs)):
+                axes.fill_between(ks, lows, highs, color=color, alpha=0.2, linewidth=0,
+                                  label=f"{round(board.confidence * 100)} % interval")
+        axes.plot(ks, means, color=color, marker=marker, label=label)
+    if full is not None:
+        axes.axhline(full.value, color="gray", linestyle=":", linewidth=1, label="full (no mask)")
+    direction = {True: " (higher is better)", False: " (lower is better)"}.get(board.higher_is_better.get(column.id), "")
+    axes.set_xticks(sorted({0, *(k for points in series.values() for k, *_ in points)}))
+    axes.set_xlabel("heads masked (K)")
+    axes.set_ylabel(column.metric + direction)
+    axes.set_title(f"{column.label}: dose-response")
+    axes.legend(fontsize="small")
+    axes.grid(alpha=0.3)
+    return save_figure(figure, out)
+
+
+# ----------------------------------------------------------------------------------------- CoT vs direct
+
+
+def cot_pairs(tasks: Iterable[str]) -> list[tuple[str, str]]:
+    """(cot task, direct task) for every ``X_cot`` whose ``X`` is also present."""
+    names = set(tasks)
+    return sorted((t, t[: -len(COT_SUFFIX)]) for t in names if t.endswith(COT_SUFFIX) and t[: -len(COT_SUFFIX)] in names)
+
+
+def cot_vs_direct(board: Leaderboard, cot: Column, direct: Column, out: str | Path) -> Path:
+    """Grouped bars per condition: direct answering next to chain-of-thought, with random-seed intervals."""
+    import numpy as np
+
+    rows = [r for r in board.rows if board.cell(r.name, cot) or board.cell(r.name, direct)]
+    figure = _figure(max(6.0, 1.1 * len(rows) + 2), 4.0)
+    axes = figure.add_subplot()
+    x = np.arange(len(rows))
+    width = 0.38
+    for offset, column, label, color in ((-width / 2, direct, direct.task, "tab:gray"), (width / 2, cot, cot.task, "tab:green")):
+        values, errors = [], [[], []]
+        for row in rows:
+            cell = board.cell(row.name, column)
+            value = cell.value if cell else np.nan
+            low, high = cell.interval if cell and cell.interval else (np.nan, np.nan)  # nan: no error bar
+            values.append(value)
+            errors[0].append(value - low)
+            errors[1].append(high - value)
+        axes.bar(x + offset, values, width, yerr=errors, capsize=3, label=label, color=color)
+    axes.set_xticks(x, [r.name for r in rows], rotation=30, ha="right")
+    metric = direct.metric if direct.metric == cot.metric else f"{direct.metric} / {cot.metric}"
+    axes.set_ylabel(metric)
+    axes.set_title(f"chain-of-thought vs direct: {cot.task} / {direct.task}")
+    axes.legend(fontsize="small")
+    axes.grid(axis="y", alpha=0.3)
+    return save_figure(figure, out)
+
+
+def cot_column_pairs(board: Leaderboard) -> list[tuple[Column, Column]]:
+    """(cot column, direct column): same metric and filter, or the metric's only filter on each side."""
+    by_task: dict[str, list[Column]] = {}
+    for column in board.columns:
+        by_task.setdefault(column.task, []).append(column)
+    pairs = []
+    for cot_task, direct_task in cot_pairs(by_task):
+        for cot in by_task[cot_task]:
+            direct_same = [d for d in by_task[direct_task] if d.metric == cot.metric]
+            cot_same = [c for c in by_task[cot_task] if c.metric == cot.metric]
+            direct = next((d for d in direct_same if d.filter == cot.filter), None)
+            if direct is None and len(direct_same) == 1 and len(cot_same) == 1:
+                direct = direct_same[0]  # e.g. CoT's answer-extraction filter vs direct's "none"
+            if direct is not None:
+                pairs.append((cot, direct))
+    return pairs
+
+
+# --------------------------------------------------------------------------------------------- NIAH heatmaps
+
+
+def niah_heatmaps(board: Leaderboard, conditions_dir: str | Path, out_dir: str | Path, tasks: Iterable[str]) -> list[Path]:
+    """Length x depth heatmap per condition and its difference to full, for every NIAH task with samples."""
+    try:
+        from rh_tasks.plots import niah_cells, plot_niah_heatmap
+    except ImportError as exc:
+        print(f"rh compare: NIAH heatmaps skipped ({exc})", file=sys.stderr)
+        return []
+    conditions_dir, out_dir = Path(conditions_dir), Path(out_dir)
+    written: list[Path] = []
+    for task in sorted(t for t in set(tasks) if "niah" in t):
+        cells = {}
+        for row in board.rows:
+            for name in row.conditions:
+                path = conditions_dir / name / f"samples_{task}.jsonl"
+                if path.is_file():
+                    found = niah_cells(path)
+                    if found:
+                        cells[name] = found
+        full = next((cells.get(name) for row in board.rows if row.kind == "full" for name in row.conditions), None)
+        for name, grid in cells.items():
+            stem = safe_name(f"niah_{task}_{name}")
+            plot_niah_heatmap(grid, out_dir / f"{stem}.png", title=f"{task}: {name}")
+            written.append(out_dir / f"{stem}.png")
+            if full is not None and grid is not full:
+                diff = {cell: grid[cell] - full[cell] for cell in grid if cell in full}
+                if diff:
+                    out = out_dir / f"{stem}_minus_full.png"
+                    plot_niah_heatmap(diff, out, title=f"{task}: {name} minus full", vmin=-1, vmax=1, diff=True)
+                    written.append(out)
+    return written
+
+
+# ---------------------------------------------------------------------------------------------------- all
+
+
+def make_plots(
+    board: Leaderboard, out_dir: str | Path, conditions_dir: str | Path | None = None, tasks: Iterable[str] | None = None
+) -> list[Path]:
+    """Every plot that the board (and, for NIAH, the per-condition samples) supports."""
+    out_dir = Path(out_dir)
+    written: list[Path] = []
+    for column in board.columns:
+        path = dose_response(board, column, out_dir / f"dose_{safe_name(column.task)}_{safe_name(column.metric)}_{safe_name(column.filter)}.png")
+        if path is not None:
+            written.append(path)
+    for cot, direct in cot_column_pairs(board):
+        name = f"cot_vs_direct_{safe_name(direct.task)}_{safe_name(cot.metric)}_{safe_name(cot.filter)}.png"
+        written.append(cot_vs_direct(board, cot, direct, out_dir / name))
+    if conditions_dir is not None:
+        task_names = list(tasks) if tasks is not None else sorted({c.task for c in board.columns})
+        written.extend(niah_heatmaps(board, conditions_dir, out_dir, task_names))
+    return written

@@ -1,0 +1,282 @@
+"""`rh compare`: planning, resume (finished conditions are re-used), settings guard, detection hand-off,
+plots from a hand-made leaderboard, and one end-to-end run on a tiny random llama."""
+
+from __future__ import annotations
+
+import json
+import sys
+import types
+from pathlib import Path
+
+import pytest
+
+from rh_models.cli import main
+from rh_tasks import compare
+from rh_tasks.compare import ConditionPlan, parse_ks, parse_limit, parse_metadata, plan_conditions
+from rh_tasks.compare_plots import cot_column_pairs, cot_pairs, make_plots
+from rh_tasks.leaderboard import ConditionResult, build_leaderboard
+from rh_models.errors import RHError
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def test_plan_names_and_specs():
+    plans = plan_conditions([6, 12], 2)
+    assert [p.name for p in plans] == [
+        "full", "retrieval@6", "random@6-seed0", "random@6-seed1", "retrieval@12", "random@12-seed0", "random@12-seed1",
+    ]
+    assert [p.spec for p in plans[:3]] == ["none", "top:6", "random:6"]
+    assert ConditionPlan("random", 3, 1).seed == 1
+
+
+def test_argument_parsing():
+    assert parse_ks("12, 6") == [6, 12]
+    for bad in ("", "0", "6,six", "6,6"):
+        with pytest.raises(RHError):
+            parse_ks(bad)
+    assert parse_limit("10") == 10 and parse_limit("0.5") == 0.5 and parse_limit(None) is None
+    with pytest.raises(RHError):
+        parse_limit("ten")
+    assert parse_metadata('{"max_seq_lengths": [512]}') == {"max_seq_lengths": [512]}
+    for bad in ("{oops", "[1]"):
+        with pytest.raises(RHError):
+            parse_metadata(bad)
+
+
+# ------------------------------------------------------------------------------------------ resume (fakes)
+
+
+class FakeLM:
+    """Stands in for RHHFLM: remembers the mask; heads depend on the spec and seed like the real one's."""
+
+    def __init__(self):
+        self.info = {}
+
+    def set_mask(self, spec, method="zero", scope="all", seed=0, random_match=None):
+        k = int(spec.split(":")[1]) if ":" in spec else 0
+        heads = [] if spec == "none" else [[0, h] for h in range(k)] if spec.startswith("top") else [[1, (seed + h) % 4] for h in range(k)]
+        self.info = {"spec": spec, "seed": seed, "heads": heads, "method": method, "scope": scope}
+
+    def mask_info(self):
+        return dict(self.info)
+
+
+@pytest.fixture
+def fake_eval(monkeypatch):
+    calls = {"evaluate": [], "load": 0}
+
+    def load_model(args, head_scores):
+        calls["load"] += 1
+        return FakeLM()
+
+    def evaluate(lm, tasks, args, manager):
+        info = lm.mask_info()
+        calls["evaluate"].append(info["spec"] + f"/{info['seed']}")
+        score = {"none": 1.0}.get(info["spec"], 0.25 if info["spec"].startswith("top") else 0.75 + 0.05 * info["seed"])
+        docs = [{"doc_id": i, "doc": {"q": i}, "target": 1, "arguments": [("ctx", {"until": ["\n"]})],
+                 "resps": [["a"]], "filtered_resps": ["a"], "filter": "none", "metrics": ["acc"],
+                 "acc": float(i < 4 * score), "doc_hash": f"h{i}"} for i in range(4)]
+        return {"results": {task: {"alias": task, "acc,none": score, "acc_stderr,none": 0.1} for task in tasks},
+                "higher_is_better": {task: {"acc": True} for task in tasks}, "versions": {t: 1 for t in tasks},
+                "n-shot": {t: 0 for t in tasks}, "samples": {task: docs for task in tasks}}
+
+    monkeypatch.setattr(compare, "load_model", load_model)
+    monkeypatch.setattr(compare, "evaluate", evaluate)
+    monkeypatch.setattr(compare, "task_manager", lambda args, tasks: None)
+    return calls
+
+
+def _compare(out: Path, scores: Path, *extra: str) -> int:
+    return main(["compare", "--model", "fake", "--head-scores", str(scores), "--tasks", "t_a,t_a_cot",
+                 "--k", "2", "--seeds", "2", "--output-dir", str(out), "--no-plots", *extra])
+
+
+@pytest.fixture
+def scores(tmp_path) -> Path:
+    path = tmp_path / "scores.json"
+    path.write_text(json.dumps({"0-0": [0.9], "0-1": [0.5], "1-0": [0.0], "1-1": [0.0]}))
+    return path
+
+
+def test_second_run_reuses_conditions(tmp_path, scores, fake_eval, capsys):
+    out = tmp_path / "out"
+    assert _compare(out, scores) == 0
+    assert fake_eval["evaluate"] == ["none/0", "top:2/0", "random:2/0", "random:2/1"] and fake_eval["load"] == 1
+    first = capsys.readouterr().out
+    assert "leaderboard written" in first and "| random@2 " in first
+    for name in ("full", "retrieval@2", "random@2-seed0", "random@2-seed1"):
+        folder = out / "conditions" / name
+        assert {p.name for p in folder.iterdir()} == {"results.json", "condition.json", "samples_t_a.jsonl", "samples_t_a_cot.jsonl"}
+        assert "samples" not in json.loads((folder / "results.json").read_text())
+    sample = json.loads((out / "conditions" / "full" / "samples_t_a.jsonl").read_text().splitlines()[0])
+    assert sample["arguments"] == {"gen_args_0": {"arg_0": "ctx", "arg_1": {"until": ["\n"]}}}  # lm-eval's shape
+    assert sample["target"] == "1" and sample["resps"] == [["a"]]
+    record = json.loads((out / "conditions" / "random@2-seed1" / "condition.json").read_text())
+    assert (record["kind"], record["k"], record["seed"], record["heads"]) == ("random", 2, 1, [[1, 1], [1, 2]])
+
+    fake_eval["evaluate"].clear()
+    assert _compare(out, scores) == 0
+    second = capsys.readouterr().out
+    assert fake_eval["evaluate"] == [] and fake_eval["load"] == 1  # nothing run, model not even loaded
+    assert second.count("re-using") == 4 and "leaderboard updated" in second
+    board = json.loads((out / "leaderboard.json").read_text())
+    assert board["values"]["random@2"]["t_a/acc,none"] == pytest.approx(0.775)
+    assert board["conditions"]["retrieval@2"]["heads"] == [[0, 0], [0, 1]]
+
+
+def test_interrupted_and_extended_runs_only_do_the_missing_work(tmp_path, scores, fake_eval, capsys):
+    out = tmp_path / "out"
+    assert _compare(out, scores) == 0
+    (out / "conditions" / "random@2-seed1" / "results.json").unlink()  # as if killed mid-condition
+    fake_eval["evaluate"].clear()
+    assert _compare(out, scores, "--k", "2,3") == 0
+    assert fake_eval["evaluate"] == ["random:2/1", "top:3/0", "random:3/0", "random:3/1"]
+    rows = [r["name"] for r in json.loads((out / "leaderboard.json").read_text())["rows"]]
+    assert rows == ["full", "retrieval@2", "random@2", "retrieval@3", "random@3"]
+
+
+def test_other_settings_in_the_same_folder_are_refused(tmp_path, scores, fake_eval, capsys):
+    out = tmp_path / "out"
+    assert _compare(out, scores) == 0
+    capsys.readouterr()
+    assert _compare(out, scores, "--method", "uniform") == 2
+    assert "other settings" in capsys.readouterr().err
+    scores.write_text(json.dumps({"0-0": [0.1]}))
+    assert _compare(out, scores) == 2
+
+
+def test_bad_arguments_exit_2_before_any_work(tmp_path, scores, fake_eval, capsys):
+    assert _compare(tmp_path / "a", scores, "--k", "0") == 2
+    assert _compare(tmp_path / "b", scores, "--seeds", "-1") == 2
+    assert _compare(tmp_path / "c", tmp_path / "missing.json") == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert fake_eval["evaluate"] == [] and fake_eval["load"] == 0
+
+
+def test_missing_head_scores_needs_detection(tmp_path, fake_eval, monkeypatch, capsys):
+    args = ["compare", "--model", "fake", "--tasks", "t_a", "--k", "2", "--seeds", "1",
+            "--output-dir", str(tmp_path / "out"), "--no-plots"]
+    monkeypatch.setitem(sys.modules, "rh_models.detect", None)  # detection not importable
+    assert main(args) == 2
+    assert "detection is required" in capsys.readouterr().err
+
+    detected = []
+    fake = types.ModuleType("rh_models.detect")
+
+    def detect(model, output):
+        detected.append(model)
+        Path(output).write_text(json.dumps({"0-0": [0.9], "0-1": [0.0], "1-0": [0.0], "1-1": [0.0]}))
+
+    fake.detect = detect
+    monkeypatch.setitem(sys.modules, "rh_models.detect", fake)
+    assert main(args) == 0
+    assert detected == ["fake"] and "running retrieval-head detection first" in capsys.readouterr().out
+    assert main(args) == 0  # the detection in the output folder is re-used, not redone
+    assert detected == ["fake"] and "re-using the detection" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------------------------------------- plots
+
+
+def _board(tasks=("rh_vartrack", "rh_vartrack_cot", "rh_niah")):
+    def result(name, kind, k, seed, score):
+        record = {"name": name, "kind": kind, "k": k, "seed": seed, "heads": [], "method": "zero", "scope": "all"}
+        results = {t: {"exact_match,none": score * (0.5 if t.endswith("_cot") else 1.0)} for t in tasks}
+        return ConditionResult(record, results, {}, f"conditions/{name}")
+
+    conditions = [result("full", "full", 0, None, 1.0)]
+    for k in (2, 4):
+        conditions.append(result(f"retrieval@{k}", "retrieval", k, None, 1.0 - 0.2 * k))
+        conditions += [result(f"random@{k}-seed{s}", "random", k, s, 0.95 - 0.01 * k - 0.02 * s) for s in range(3)]
+    return build_leaderboard(conditions)
+
+
+def test_cot_pairs():
+    assert cot_pairs(["rh_vartrack_cot", "rh_vartrack", "rh_niah", "orphan_cot"]) == [("rh_vartrack_cot", "rh_vartrack")]
+    pairs = cot_column_pairs(_board())
+    assert [(c.task, d.task) for c, d in pairs] == [("rh_vartrack_cot", "rh_vartrack")]
+
+
+def test_dose_response_and_cot_plots_are_written(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "rh_tasks.plots", None)  # NIAH heatmaps unavailable: skipped, not fatal
+    paths = make_plots(_board(), tmp_path / "plots", conditions_dir=tmp_path / "conditions")
+    names = sorted(p.name for p in paths)
+    assert names == [
+        "cot_vs_direct_rh_vartrack_exact_match_none.png",
+        "dose_rh_niah_exact_match_none.png",
+        "dose_rh_vartrack_cot_exact_match_none.png",
+        "dose_rh_vartrack_exact_match_none.png",
+    ]
+    for path in paths:
+        assert path.read_bytes()[:8] == PNG and path.stat().st_size > 5000
+
+
+def test_niah_heatmaps_per_condition_and_difference(tmp_path, monkeypatch):
+    board = _board()
+    cells_by_condition = {}
+    for row in board.rows:
+        for i, name in enumerate(row.conditions):
+            folder = tmp_path / "conditions" / name
+            folder.mkdir(parents=True)
+            (folder / "samples_rh_niah.jsonl").write_text("{}\n")
+            cells_by_condition[str(folder / "samples_rh_niah.jsonl")] = {(1000, 0.5): 1.0 - 0.1 * i, (2000, 0.5): 0.5}
+
+    calls = []
+    fake = types.ModuleType("rh_tasks.plots")
+    fake.niah_cells = lambda path: cells_by_condition[str(path)]
+
+    def plot_niah_heatmap(cells, out, title=None, vmin=0, vmax=1, diff=False):
+        calls.append((Path(out).name, dict(cells), vmin, vmax, diff))
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_bytes(PNG)
+
+    fake.plot_niah_heatmap = plot_niah_heatmap
+    monkeypatch.setitem(sys.modules, "rh_tasks.plots", fake)
+    paths = make_plots(board, tmp_path / "plots", conditions_dir=tmp_path / "conditions", tasks=["rh_niah"])
+    heatmaps = {name: (cells, vmin, vmax, diff) for name, cells, vmin, vmax, diff in calls}
+    assert len(heatmaps) == 9 + 8  # every condition (1 + 2 + 6), and each non-full one minus full
+    assert heatmaps["niah_rh_niah_full.png"] == ({(1000, 0.5): 1.0, (2000, 0.5): 0.5}, 0, 1, False)
+    diff_cells, vmin, vmax, diff = heatmaps["niah_rh_niah_random-2-seed1_minus_full.png"]
+    assert diff and (vmin, vmax) == (-1, 1)
+    assert diff_cells == {(1000, 0.5): pytest.approx(-0.1), (2000, 0.5): 0.0}
+    assert all(p.exists() for p in paths)
+
+
+# --------------------------------------------------------------------------------------- end to end (real)
+
+
+@pytest.mark.smollm
+def test_end_to_end_tiny_llama(tmp_path, tiny_llama_dir, tiny_task_dir, monkeypatch, capsys):
+    scores = tmp_path / "scores.json"
+    scores.write_text(json.dumps({f"{l}-{h}": [{(0, 1): 0.9, (1, 2): 0.5}.get((l, h), 0.0)] for l in range(2) for h in range(4)}))
+    out = tmp_path / "out"
+    args = ["compare", "--model", str(tiny_llama_dir), "--head-scores", str(scores), "--tasks", "tiny_local",
+            "--k", "2", "--seeds", "2", "--output-dir", str(out), "--include-path", str(tiny_task_dir), "--limit", "2"]
+    assert main(args) == 0
+    conditions = {p.name: json.loads((p / "condition.json").read_text()) for p in (out / "conditions").iterdir()}
+    assert sorted(conditions) == ["full", "random@2-seed0", "random@2-seed1", "retrieval@2"]
+    assert conditions["full"]["heads"] == []
+    assert conditions["retrieval@2"]["heads"] == [[0, 1], [1, 2]]  # the top-2 of the score file
+    for seed in (0, 1):
+        heads = conditions[f"random@2-seed{seed}"]["heads"]
+        assert len(heads) == 2 and not {tuple(h) for h in heads} & {(0, 1), (1, 2)}  # retrieval heads excluded
+    lines = (out / "conditions" / "retrieval@2" / "samples_tiny_local.jsonl").read_text().splitlines()
+    assert [json.loads(l)["doc_id"] for l in lines] == [0, 1] and "exact_match" in json.loads(lines[0])
+    results = json.loads((out / "conditions" / "retrieval@2" / "results.json").read_text())
+    assert results["config"]["rh_mask"]["heads"] == [[0, 1], [1, 2]]
+    board = json.loads((out / "leaderboard.json").read_text())
+    assert [r["name"] for r in board["rows"]] == ["full", "retrieval@2", "random@2"]
+    assert "tiny_local/exact_match,none" in board["values"]["random@2"]
+    assert (out / "plots" / "dose_tiny_local_exact_match_none.png").read_bytes()[:8] == PNG
+
+    def no_reload(*a, **k):
+        raise AssertionError("the model must not be loaded when every condition is finished")
+
+    monkeypatch.setattr(compare, "load_model", no_reload)
+    capsys.readouterr()
+    assert main(args) == 0
+    assert capsys.readouterr().out.count("re-using") == 4
+
+    baseline = tmp_path / "baseline.json"
+    assert main(["check", "--update-baseline", "--results", str(out), "--baseline", str(baseline)]) == 0
+    assert main(["check", "--results", str(out / "leaderboard.json"), "--baseline", str(baseline)]) == 0
