@@ -98,9 +98,9 @@ def resolve_input(path: str | Path, what: str) -> Path:
     if path.is_dir():
         if (path / "leaderboard.json").is_file():
             return path / "leaderboard.json"
-        found = sorted(path.rglob("results*.json"), key=lambda p: p.name)
+        found = sorted(path.rglob("results_*.json"), key=lambda p: p.name)  # lm-eval: results_<date>.json
         if not found:
-            raise RHError(f"{what} folder {path} has no leaderboard.json and no lm-eval results*.json")
+            raise RHError(f"{what} folder {path} has no leaderboard.json and no lm-eval results_*.json")
         if len(found) > 1:
             print(f"rh check: {what}: {len(found)} results files under {path}; using the newest, {found[-1]}", file=sys.stderr)
         return found[-1]
@@ -123,10 +123,12 @@ def load_scores(path: str | Path, what: str = "results") -> RunScores:
         scores = RunScores(path, "leaderboard", values, dict(board.higher_is_better), samples, data)
     elif isinstance(data, dict) and isinstance(data.get("results"), dict):
         values = {(PLAIN_ROW, column.id): value for column, value in metric_values(data["results"]).items()}
+        flags = data.get("higher_is_better")
         higher: dict[str, bool | None] = {}
         for row, column_id in values:
             column = Column.parse(column_id)
-            flag = (data.get("higher_is_better") or {}).get(column.task, {}).get(column.metric)
+            task_flags = flags.get(column.task) if isinstance(flags, dict) else None
+            flag = task_flags.get(column.metric) if isinstance(task_flags, dict) else None
             higher[column_id] = flag if isinstance(flag, bool) else None
         scores = RunScores(path, "lm-eval", values, higher, {PLAIN_ROW: [_plain_source(path)]}, data)
     else:

@@ -350,7 +350,8 @@ def build_leaderboard(conditions: Iterable[ConditionResult], confidence: float =
     higher: dict[str, bool | None] = {}
     for condition in conditions:
         for column in values[condition.name]:
-            flag = condition.higher_is_better.get(column.task, {}).get(column.metric)
+            task_flags = condition.higher_is_better.get(column.task) if isinstance(condition.higher_is_better, dict) else None
+            flag = task_flags.get(column.metric) if isinstance(task_flags, dict) else None
             if isinstance(flag, bool):
                 higher.setdefault(column.id, flag)
     for column in columns:

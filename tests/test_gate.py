@@ -88,6 +88,10 @@ def test_unusable_inputs_are_2(tmp_path, capsys):
     assert "--update-baseline" in capsys.readouterr().err
     assert check("--results", str(good), "--baseline", str(good), "--tolerance", "-1") == 2
     assert check("--results", str(good), "--baseline", str(good), "--metric", "bleu") == 2
+    odd = tmp_path / "odd.json"  # a garbled higher_is_better is ignored (higher assumed), not a crash
+    odd.write_text(json.dumps({"results": {"t": {"acc,none": 0.5}}, "higher_is_better": ["x"]}))
+    assert check("--results", str(odd), "--baseline", str(good)) == 0
+    assert check("--results", str(tmp_path), "--baseline", str(good)) == 2  # folder without results_*.json
 
 
 def test_metric_filter(tmp_path):
