@@ -67,6 +67,7 @@ class RHHFLM(HFLM):
         record_min_rouge: float = 0.5,
         record_count_repeats: bool = False,
         record_overwrite: bool = False,
+        prefix_reuse: bool = False,
         **kwargs: Any,
     ) -> None:
         install_excepthook()
@@ -116,6 +117,11 @@ class RHHFLM(HFLM):
         )
         self._batch_contexts: list[str] = []
         self._requests_by_context: dict[str, Any] = {}
+        self.write_scores_after_generate = True  # `rh detect` writes its own, resumable files instead
+        self.prefix_reuse = _as_bool(prefix_reuse)
+        self._prefix_cache: Any = None
+        self._prefix_ids: list[int] = []
+        self.prefix_tokens_reused = 0
 
     # ------------------------------------------------------------------ masking
     def set_mask(
@@ -142,6 +148,7 @@ class RHHFLM(HFLM):
             )
         )
         self.control.set_mask(heads, method=method, scope=scope)
+        self._prefix_cache, self._prefix_ids = None, []  # cached keys/values were computed under the old mask
         self._mask_request = {
             "spec": mask_heads.spec() if isinstance(mask_heads, HeadSet) else str(mask_heads),
             "seed": seed,
@@ -224,7 +231,7 @@ class RHHFLM(HFLM):
             results = super().generate_until(requests, disable_tqdm)
         finally:
             self._requests_by_context = {}
-        if self.recorder.gather(self):
+        if self.write_scores_after_generate and self.recorder.gather(self):
             self.recorder.write(self.provenance(requests))
         return results
 
@@ -235,7 +242,7 @@ class RHHFLM(HFLM):
     def _model_generate(self, context, max_length, stop, **generation_kwargs):
         requests = [self._requests_by_context.get(c) for c in self._batch_contexts]
         if self.recorder is None or not any(requests):
-            return super()._model_generate(context, max_length, stop, **generation_kwargs)
+            return self._generate(context, max_length, stop, **generation_kwargs)
         if int(generation_kwargs.get("num_beams", 1) or 1) > 1:
             raise RHError("recording retrieval scores needs num_beams=1 (beam search reorders the cache)")
         attention_mask = generation_kwargs.get("attention_mask")
@@ -243,10 +250,35 @@ class RHHFLM(HFLM):
             attention_mask = torch.ones_like(context)
         self.control.start_recording()
         try:
-            output = super()._model_generate(context, max_length, stop, **generation_kwargs)
+            output = self._generate(context, max_length, stop, **generation_kwargs)
         finally:
             rows = self.control.stop_recording()
         self.recorder.add_batch(self._batch_contexts, requests, context, attention_mask, output, rows, stop)
+        return output
+
+    def _generate(self, context, max_length, stop, **generation_kwargs):
+        """HFLM's generation, optionally resuming from the KV cache of the previous prompt's common prefix.
+
+        NIAH cells of one length share the haystack text before the needle; with ``prefix_reuse`` (batch size
+        1) only the tokens after the shared prefix are prefilled. At least two tokens are always recomputed so
+        the step that produces the first answer token is a real prefill row.
+        """
+        if not self.prefix_reuse or context.shape[0] != 1:
+            return super()._model_generate(context, max_length, stop, **generation_kwargs)
+        from transformers import DynamicCache
+
+        ids = context[0].tolist()
+        limit = min(len(self._prefix_ids), len(ids) - 2)
+        common = next((i for i in range(limit) if ids[i] != self._prefix_ids[i]), max(limit, 0))
+        cache = self._prefix_cache
+        if cache is None or common == 0:
+            cache, common = DynamicCache(config=self.model.config), 0
+        elif cache.get_seq_length() > common:
+            cache.crop(common - cache.get_seq_length())  # negative: drop that many trailing positions
+        self._prefix_cache, self._prefix_ids = None, []
+        output = super()._model_generate(context, max_length, stop, past_key_values=cache, **generation_kwargs)
+        self._prefix_cache, self._prefix_ids = cache, ids
+        self.prefix_tokens_reused += common
         return output
 
     def provenance(self, requests) -> dict[str, Any]:

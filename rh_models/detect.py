@@ -1,0 +1,239 @@
+"""``rh detect``: the paper's retrieval-head detection, resumable, through our NIAH task and ``rh-hf`` code.
+
+Usage::
+
+    rh detect --model smollm2-135m --output scores.json --lengths 500,1000,2000 --depths 0,25,50,75,100 \\
+        --plot heads.png
+
+Protocol (Wu et al. 2024): for each context length x needle depth x needle, greedy-decode the answer while
+recording every head's top-1 attended position; a test whose answer is right (ROUGE-1 recall of the real
+needle > 0.5) adds each head's retrieval score to that head's list. The default grid is the paper's: 20
+lengths x 10 depths (0..100) x 3 needles, capped by the model's context.
+
+Why a loop of our own rather than one ``simple_evaluate`` call: each finished test is appended to
+``<output>.tests.jsonl`` so an interrupted run resumes where it stopped, and tests are ordered so that
+consecutive prompts share the haystack before the needle, which ``rh-hf``'s ``prefix_reuse`` turns into
+skipped prefill. Prompts, needles and scoring are the same code the ``rh_niah`` task and ``rh-hf`` use.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from rh_models.errors import RHError
+from rh_models.heads import HeadScores, format_heads
+from rh_models.scores import write_json_atomic
+
+DEFAULT_NUM_LENGTHS = 20
+DEFAULT_MIN_LENGTH = 1000
+DEFAULT_DEPTHS = tuple(range(0, 101, 10))
+STOP = ["\n", "<|im_end|>", "</s>", "<|eot_id|>", "<end_of_turn>"]
+
+
+def work_file(output: Path) -> Path:
+    return output.with_suffix(".tests.jsonl")
+
+
+def evenly_spaced_lengths(max_length: int, count: int, min_length: int = DEFAULT_MIN_LENGTH) -> list[int]:
+    """The paper's sweep: ``count`` lengths from ``min_length`` to ``max_length`` (rounded to 10 tokens)."""
+    if count < 1:
+        raise RHError("--num-lengths must be at least 1")
+    low = min(min_length, max_length)
+    if count == 1:
+        return [max_length // 10 * 10]
+    step = (max_length - low) / (count - 1)
+    return sorted({int(round((low + i * step) / 10) * 10) for i in range(count)})
+
+
+def _test_key(doc: dict) -> str:
+    return f"{doc['needle_id']}|{doc['cell']}"
+
+
+def _load_finished(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    rows = []
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            if number == len(path.read_text().splitlines()):
+                break  # a half-written last line from an interrupted run: redo that test
+            raise RHError(f"{path} line {number} is malformed; delete it or run with --force") from None
+    return rows
+
+
+def detect(
+    model: Any,
+    output: str | Path,
+    lengths: list[int] | None = None,
+    max_length: int | None = None,
+    num_lengths: int = DEFAULT_NUM_LENGTHS,
+    depths: list[int] | tuple[int, ...] = DEFAULT_DEPTHS,
+    needles: str = "paper",
+    haystack: str = "pg_essays",
+    samples: int | None = 3,
+    seed: int = 0,
+    max_gen_toks: int = 32,
+    chat_template: bool = False,
+    prefix_reuse: bool = True,
+    force: bool = False,
+    min_rouge: float = 0.5,
+    count_repeats: bool = False,
+    progress: bool = True,
+    model_args: dict | None = None,
+) -> dict:
+    """Run detection and write ``output`` (paper format) plus ``.meta.json``; returns the summary dict.
+
+    ``model`` is a model name/alias/path or an already loaded :class:`~rh_models.lm.RHHFLM`.
+    """
+    from lm_eval.api.instance import Instance
+    from tqdm import tqdm
+
+    from rh_models.lm import RHHFLM
+    from rh_models.recorder import ScoreRecorder
+    from rh_tasks.niah import build_docs
+
+    output = Path(output)
+    work = work_file(output)
+    if force:
+        output.unlink(missing_ok=True)
+        work.unlink(missing_ok=True)
+    elif output.exists() and not work.exists():
+        raise RHError(f"{output} exists and has no resumable {work.name}; pass --force to overwrite it")
+
+    lm = model if isinstance(model, RHHFLM) else RHHFLM(pretrained=model, batch_size=1, **(model_args or {}))
+    lm.prefix_reuse = prefix_reuse
+    budget = min(max_length or lm.max_length, lm.max_length) - max_gen_toks - 16
+    if lengths is None:
+        lengths = evenly_spaced_lengths(budget, num_lengths)
+    docs = build_docs(
+        lm.tokenizer, lengths=lengths, depths=depths, needles=needles, haystack=haystack, seed=seed,
+        max_length=lm.max_length, max_gen_toks=max_gen_toks, chat_template=chat_template, samples=samples,
+    )
+    # consecutive prompts of one (needle, length) share the hay before the needle: deepest needle first
+    docs.sort(key=lambda d: (d["needle_id"], d["length"], -d["depth"]))
+
+    recorder = ScoreRecorder(lm.tokenizer, lm.n_layers, lm.n_heads, output, min_rouge, count_repeats)
+    finished = {row["key"]: row for row in _load_finished(work)}
+    for row in finished.values():
+        recorder.accumulator.add(None)
+        if row["scores"] is not None:
+            recorder.accumulator.per_test.append(row["scores"])
+        recorder.tests.append(row["test"])
+    previous_recorder, lm.recorder = lm.recorder, recorder
+    lm.write_scores_after_generate = False
+    todo = [d for d in docs if _test_key(d) not in finished]
+    gen_kwargs = {"until": STOP, "max_gen_toks": max_gen_toks, "do_sample": False}
+    started = time.perf_counter()
+    work.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with work.open("a") as sink:
+            for index, doc in enumerate(tqdm(todo, desc="rh detect", disable=not progress, unit="test")):
+                instance = Instance("generate_until", doc, (doc["prompt"], dict(gen_kwargs)), index,
+                                    metadata=("rh_detect", index, 1))
+                contributing_before = recorder.accumulator.tests_contributing
+                lm.generate_until([instance], disable_tqdm=True)
+                contributed = recorder.accumulator.tests_contributing > contributing_before
+                row = {
+                    "key": _test_key(doc),
+                    "test": recorder.tests[-1],
+                    "scores": recorder.accumulator.per_test[-1] if contributed else None,
+                }
+                sink.write(json.dumps(row) + "\n")
+                sink.flush()
+    finally:
+        lm.recorder = previous_recorder
+        lm.write_scores_after_generate = True
+    elapsed = time.perf_counter() - started
+
+    provenance = lm.provenance([])
+    provenance.update({"lengths": sorted(set(lengths)), "depths": sorted(set(depths)), "needles": needles,
+                       "haystack": haystack, "seed": seed, "samples": samples, "chat_template": chat_template,
+                       "max_gen_toks": max_gen_toks, "protocol": "rh detect"})
+    recorder.accumulator.write(output)
+    summary = summarize(HeadScores.load(output, lm.n_layers, lm.n_heads), recorder)
+    summary.update({"seconds_this_run": round(elapsed, 1), "tests_run_now": len(todo),
+                    "prefix_tokens_reused": lm.prefix_tokens_reused})
+    write_json_atomic(recorder.meta_path, {**provenance, **summary, "tests": recorder.tests})
+    return summary
+
+
+def summarize(scores: HeadScores, recorder=None, top: int = 20) -> dict:
+    """What a reader wants first: how sparse the retrieval heads are and which ones they are."""
+    total = scores.n_layers * scores.n_heads
+    ranked = scores.ranked()
+    summary = {
+        "heads": total,
+        "fraction_above_0.1": sum(s > 0.1 for _, s in ranked) / total,
+        "fraction_above_0.5": sum(s > 0.5 for _, s in ranked) / total,
+        "top": [[format_heads([h]), round(s, 4)] for h, s in ranked[:top]],
+    }
+    if recorder is not None:
+        summary["tests_seen"] = recorder.accumulator.tests_seen
+        summary["tests_contributing"] = recorder.accumulator.tests_contributing
+    return summary
+
+
+def print_summary(summary: dict, output: Path) -> None:
+    print(f"tests: {summary.get('tests_seen')} run, {summary.get('tests_contributing')} answered correctly "
+          f"(only those contribute)")
+    print(f"heads with mean score > 0.1: {summary['fraction_above_0.1']:.1%}; > 0.5: {summary['fraction_above_0.5']:.1%}")
+    print("top heads: " + ", ".join(f"{head} ({score:.3f})" for head, score in summary["top"]))
+    print(f"wrote {output}")
+
+
+# ---------------------------------------------------------------------------------------------------- CLI
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default="smollm2-135m", help="alias, local folder or hub id (default: smollm2-135m)")
+    parser.add_argument("--output", required=True, type=Path, help="score file to write (paper format)")
+    parser.add_argument("--lengths", type=_int_list, help="context lengths in the model's tokens, e.g. 500,1000,2000")
+    parser.add_argument("--max-length", type=int, help="longest context (default: the model's maximum)")
+    parser.add_argument("--num-lengths", type=int, default=DEFAULT_NUM_LENGTHS, help="lengths from 1K to --max-length")
+    parser.add_argument("--depths", type=_int_list, default=list(DEFAULT_DEPTHS), help="needle depths in percent")
+    parser.add_argument("--needles", default="paper", help="needle kind: paper (default), kv, multikey, ...")
+    parser.add_argument("--samples", type=int, default=3, help="needles per cell (default 3, as the paper)")
+    parser.add_argument("--haystack", default="pg_essays", help="pg_essays, noise, needles, a folder of .txt")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--batch-size", type=int, default=1, help="1 enables haystack-prefix KV reuse")
+    parser.add_argument("--max-gen-toks", type=int, default=32)
+    parser.add_argument("--chat-template", action="store_true", help="render prompts with the chat template")
+    parser.add_argument("--no-prefix-reuse", action="store_true", help="prefill every prompt from scratch")
+    parser.add_argument("--count-repeats", action="store_true", help="count repeated copies as the paper's code does")
+    parser.add_argument("--min-rouge", type=float, default=0.5, help="correctness threshold (ROUGE-1 recall)")
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--dtype", default=None)
+    parser.add_argument("--force", action="store_true", help="overwrite an existing score file")
+    parser.add_argument("--plot", type=Path, help="write a layers x heads heatmap of mean scores")
+
+
+def run(args: argparse.Namespace) -> int:
+    model_args = {k: v for k, v in (("device", args.device), ("dtype", args.dtype)) if v}
+    if args.batch_size != 1:
+        raise RHError("rh detect runs one test at a time (--batch-size 1) so it can resume and reuse prefixes")
+    summary = detect(
+        args.model, args.output, lengths=args.lengths, max_length=args.max_length, num_lengths=args.num_lengths,
+        depths=args.depths, needles=args.needles, haystack=args.haystack, samples=args.samples, seed=args.seed,
+        max_gen_toks=args.max_gen_toks, chat_template=args.chat_template, prefix_reuse=not args.no_prefix_reuse,
+        force=args.force, min_rouge=args.min_rouge, count_repeats=args.count_repeats, model_args=model_args,
+    )
+    print_summary(summary, args.output)
+    if args.plot:
+        from rh_models.head_plot import plot_head_scores
+
+        plot_head_scores(HeadScores.load(args.output), args.plot)
+        print(f"wrote {args.plot}")
+    return 0

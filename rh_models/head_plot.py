@@ -1,0 +1,42 @@
+"""Layers x heads heatmap of mean retrieval scores (``rh detect --plot``, ``rh plot heads``).
+
+Usage::
+
+    plot_head_scores(HeadScores.load("scores.json"), "heads.png")
+
+Why a heatmap: retrieval heads are sparse (a few percent of heads) and cluster in middle layers; one picture
+shows both, and comparing two pictures shows whether a mask hit the heads it meant to.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rh_models.heads import HeadScores
+
+
+def plot_head_scores(scores: HeadScores, out: str | Path, title: str | None = None) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    grid = np.array([[scores.mean((layer, head)) for head in range(scores.n_heads)] for layer in range(scores.n_layers)])
+    height = max(3.0, 0.22 * scores.n_layers)
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.45 * scores.n_heads + 2), height))
+    image = ax.imshow(grid, aspect="auto", cmap="viridis", vmin=0.0, vmax=max(0.5, float(grid.max())), origin="lower")
+    ax.set_xlabel("query head")
+    ax.set_ylabel("layer")
+    ax.set_title(title or f"mean retrieval score ({scores.source or 'scores'})", fontsize=9)
+    ax.set_xticks(range(scores.n_heads))
+    fig.colorbar(image, ax=ax, label="retrieval score")
+    for (layer, head), value in np.ndenumerate(grid):
+        if value > 0.1:
+            ax.text(head, layer, f"{value:.2f}", ha="center", va="center", fontsize=6, color="white")
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=130)
+    plt.close(fig)
+    return out
