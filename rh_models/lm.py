@@ -90,6 +90,11 @@ class RHHFLM(HFLM):
         if kwargs.get("device") in (None, "cuda") and not torch.cuda.is_available():
             kwargs["device"] = "cpu"
         super().__init__(pretrained=pretrained, **kwargs)
+        accelerator = getattr(self, "accelerator", None)
+        if accelerator is not None and accelerator.num_processes > 1 and self._world_size == 1:
+            # stock HFLM shards requests only across GPUs; shard CPU processes (gloo) the same way so that
+            # `accelerate launch -m lm_eval --model rh-hf` splits the docs and records scores per rank
+            self._rank, self._world_size = accelerator.process_index, accelerator.num_processes
 
         self.control = HeadControl.attach(self.model)
         self.n_layers, self.n_heads = self.control.n_layers, self.control.n_heads

@@ -1,0 +1,250 @@
+"""Copy events, retrieval scores, the recorder's needle bookkeeping, and `rh detect`'s files and resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from lm_eval.api.instance import Instance
+
+from rh_models.attention import TopOneRows
+from rh_models.errors import RHError
+from rh_models.heads import HeadScores
+from rh_models.heads_cli import compare_scores
+from rh_models.recorder import ScoreRecorder, kept_steps
+from rh_models.scores import ScoreAccumulator, copy_events, retrieval_scores
+
+N_LAYERS, N_HEADS = 2, 3
+
+
+def test_copy_events_need_needle_position_and_same_token():
+    #            0  1  2  3  4  5  6 | generated: 7  8  9
+    sequence = torch.tensor([9, 9, 40, 41, 42, 9, 9, 40, 41, 42])
+    needle = [2, 3, 4]
+    top1 = torch.zeros(3, N_LAYERS, N_HEADS, dtype=torch.long)
+    top1[:, 0, 1] = torch.tensor([2, 3, 4])  # copies each needle token as it is generated
+    top1[:, 1, 0] = torch.tensor([3, 4, 2])  # looks at the needle, but never at the token being generated
+    top1[:, 1, 2] = torch.tensor([5, 6, 0])  # looks outside the needle
+    events = copy_events(top1, sequence, prompt_length=7, needle_positions=needle, steps=3)
+    assert {(e.layer, e.head) for e in events} == {(0, 1)}
+    assert [(e.step, e.position, e.token) for e in events] == [(0, 2, 40), (1, 3, 41), (2, 4, 42)]
+    scores = retrieval_scores(events, len(needle), N_LAYERS, N_HEADS)
+    expected = torch.zeros(N_LAYERS, N_HEADS)
+    expected[0, 1] = 1.0
+    assert torch.equal(scores, expected)
+    # only the steps that belong to the kept answer count
+    assert len(copy_events(top1, sequence, 7, needle, steps=1)) == 1
+
+
+def test_distinct_positions_by_default_repeats_on_request():
+    sequence = torch.tensor([7, 50, 51, 7, 50, 50, 50])
+    top1 = torch.zeros(3, 1, 1, dtype=torch.long)
+    top1[:, 0, 0] = torch.tensor([1, 1, 1])  # the same needle position copied three times
+    events = copy_events(top1, sequence, prompt_length=4, needle_positions=[1, 2], steps=3)
+    assert retrieval_scores(events, 2, 1, 1).item() == pytest.approx(0.5)
+    assert retrieval_scores(events, 2, 1, 1, count_repeats=True).item() == pytest.approx(1.5)  # the paper's code
+
+
+def test_accumulator_paper_format_and_contributing_count(tmp_path):
+    accumulator = ScoreAccumulator(N_LAYERS, N_HEADS)
+    first = torch.zeros(N_LAYERS, N_HEADS)
+    first[1, 2] = 0.5
+    accumulator.add(first)
+    accumulator.add(None)  # a wrong answer: counted as seen, contributes nothing
+    accumulator.add(torch.ones(N_LAYERS, N_HEADS))
+    accumulator.write(tmp_path / "s.json")
+    raw = json.loads((tmp_path / "s.json").read_text())
+    assert raw["1-2"] == [0.5, 1.0] and raw["0-0"] == [0.0, 1.0] and len(raw) == 6
+    assert (accumulator.tests_seen, accumulator.tests_contributing) == (3, 2)
+    assert HeadScores.load(tmp_path / "s.json", N_LAYERS, N_HEADS).top(1) == [(1, 2)]
+
+
+class _Request:
+    def __init__(self, doc):
+        self.doc, self.task_name, self.doc_id = doc, "rh_niah", 0
+
+
+def _forced_copy_batch(tokenizer, answer: str, pad: int = 3):
+    """A left-padded batch row whose generation copies the needle, with head (1, 2) forced onto it."""
+    needle = "The magic word for today is periwinkle."
+    context = f"Some filler text. {needle} More filler.\nQuestion: What is the magic word?\nAnswer:"
+    ids = tokenizer(context, add_special_tokens=False)["input_ids"]
+    needle_ids = tokenizer(" " + needle.split(" is ")[1].rstrip("."), add_special_tokens=False)["input_ids"]
+    generated = tokenizer(" " + answer, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id] * 2
+    row = torch.tensor([tokenizer.pad_token_id] * pad + ids)
+    output = torch.cat([row, torch.tensor(generated)]).unsqueeze(0)
+    start = context.index("periwinkle")
+    offsets = tokenizer(context, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    word_tokens = [pad + i for i, (s, e) in enumerate(offsets) if s < start + len("periwinkle") and e > start]
+    rows = TopOneRows()
+    for step in range(len(generated)):
+        per_layer = [torch.full((1, N_HEADS), pad) for _ in range(N_LAYERS)]  # everyone else: filler
+        if step < len(word_tokens):
+            per_layer[1][0, 2] = word_tokens[step] if generated[step] == output[0, word_tokens[step]] else pad
+        rows.positions.append(per_layer)
+        rows.kv_lengths.append([row.shape[0] + step] * N_LAYERS)
+    doc = {"rh_needles": [needle], "rh_answers": ["periwinkle"], "cell": "100-50"}
+    mask = torch.tensor([[0] * pad + [1] * len(ids)])
+    return context, doc, row.unsqueeze(0), mask, output, rows, needle_ids
+
+
+def test_recorder_scores_forced_copy_head_and_applies_correctness_filter(smollm_dir, tmp_path):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(smollm_dir)
+    recorder = ScoreRecorder(tokenizer, N_LAYERS, N_HEADS, tmp_path / "scores.json")
+    context, doc, row, mask, output, rows, _ = _forced_copy_batch(tokenizer, "periwinkle")
+    recorder.add_batch([context], [_Request(doc)], row, mask, output, rows, stop=["\n"])
+    needle_tokens = len(tokenizer(doc["rh_needles"][0], add_special_tokens=False)["input_ids"])
+    word_tokens = len(tokenizer(" periwinkle", add_special_tokens=False)["input_ids"])
+    scores = torch.tensor(recorder.accumulator.per_test[0]).view(N_LAYERS, N_HEADS)
+    assert scores[1, 2] == pytest.approx(word_tokens / needle_tokens) and scores[1, 2] > 0
+    assert scores.sum() == scores[1, 2]  # every other head scores 0
+    assert recorder.tests[-1]["contributing"] and recorder.tests[-1]["answer"].strip() == "periwinkle"
+    assert {e["head"] for e in recorder.events} == {2}
+
+    context, doc, row, mask, output, rows, _ = _forced_copy_batch(tokenizer, "lavender")
+    recorder.add_batch([context], [_Request(doc)], row, mask, output, rows, stop=["\n"])
+    assert recorder.accumulator.tests_seen == 2 and recorder.accumulator.tests_contributing == 1
+
+    recorder.write({"model": "hand-built"})
+    meta = json.loads(recorder.meta_path.read_text())
+    assert (meta["tests_seen"], meta["tests_contributing"], meta["model"]) == (2, 1, "hand-built")
+    assert recorder.events_path.read_text().count("\n") == len(recorder.events)
+
+
+def test_recorder_refuses_missing_or_truncated_needles(smollm_dir, tmp_path):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(smollm_dir)
+    recorder = ScoreRecorder(tokenizer, N_LAYERS, N_HEADS, tmp_path / "scores.json")
+    context, doc, row, mask, output, rows, _ = _forced_copy_batch(tokenizer, "periwinkle")
+    with pytest.raises(RHError, match="needle not found in the prompt"):
+        recorder.add_batch([context], [_Request({**doc, "rh_needles": ["absent"]})], row, mask, output, rows, ["\n"])
+    cut = row[:, 8:]  # left truncation removed the start of the prompt, needle included
+    with pytest.raises(RHError, match="cut by left truncation"):
+        recorder.add_batch([context], [_Request(doc)], cut, torch.ones_like(cut), output[:, 8:], rows, ["\n"])
+
+
+def test_kept_steps_stops_at_eos_and_stop_strings(smollm_dir):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(smollm_dir)
+    ids = tokenizer(" blue sky\nmore", add_special_tokens=False)["input_ids"]
+    steps, text = kept_steps(tokenizer, ids, ["\n"], {tokenizer.eos_token_id})
+    assert text == " blue sky" and steps < len(ids)
+    steps, text = kept_steps(tokenizer, ids[:2] + [tokenizer.eos_token_id] + ids, [], {tokenizer.eos_token_id})
+    assert steps == 2
+
+
+def test_compare_scores_overlap_and_tau():
+    a = HeadScores({(0, 0): [0.9], (0, 1): [0.5], (1, 0): [0.1], (1, 1): [0.0]}, 2, 2)
+    b = HeadScores({(0, 0): [0.8], (0, 1): [0.0], (1, 0): [0.6], (1, 1): [0.1]}, 2, 2)
+    result = compare_scores(a, a, top=2)
+    assert result["overlap"] == 2 and result["kendall_tau"] == pytest.approx(1.0)
+    result = compare_scores(a, b, top=2)
+    assert result["overlap"] == 1 and result["shared"] == "0-0" and result["kendall_tau"] < 1
+    with pytest.raises(RHError, match="different shapes"):
+        compare_scores(a, HeadScores({(2, 0): [1.0]}, 3, 1))
+
+
+def test_record_scores_through_lm_eval_and_overwrite_guard(tiny_llama_dir, tmp_path):
+    from rh_models.lm import RHHFLM
+    from rh_tasks.niah import build_docs
+
+    path = tmp_path / "rec" / "scores.json"
+    lm = RHHFLM(pretrained=str(tiny_llama_dir), device="cpu", record_scores=str(path), batch_size=2)
+    docs = build_docs(lm.tokenizer, lengths=[120], depths=[0, 100], samples=2, max_length=lm.max_length)
+    requests = [Instance("generate_until", d, (d["prompt"], {"until": ["\n"], "max_gen_toks": 4}), i,
+                         metadata=("rh_niah", i, 1)) for i, d in enumerate(docs)]
+    requests.append(Instance("generate_until", {"q": "plain"}, ("No needle here", {"until": ["\n"], "max_gen_toks": 4}), 9))
+    lm.generate_until(requests, disable_tqdm=True)
+    raw = json.loads(path.read_text())
+    assert len(raw) == 2 * 4  # every head of the model, paper format
+    meta = json.loads(path.with_suffix(".meta.json").read_text())
+    assert meta["tests_seen"] == len(docs)  # the doc without a needle is not a test
+    assert meta["lengths"] == [120] and meta["n_layers"] == 2 and meta["transformers_version"]
+    assert path.with_suffix(".events.jsonl").exists()
+    with pytest.raises(RHError, match="exists"):
+        RHHFLM(pretrained=str(tiny_llama_dir), device="cpu", record_scores=str(path))
+
+
+def test_detect_resumes_and_never_overwrites_silently(tiny_llama_dir, tmp_path):
+    from rh_models.detect import detect, work_file
+    from rh_models.lm import RHHFLM
+
+    lm = RHHFLM(pretrained=str(tiny_llama_dir), device="cpu", batch_size=1)
+    output = tmp_path / "scores.json"
+    first = detect(lm, output, lengths=[150], depths=[0, 50, 100], samples=2, max_gen_toks=4, progress=False)
+    assert first["tests_seen"] == 6 and first["tests_run_now"] == 6
+    assert first["prefix_tokens_reused"] > 0  # consecutive depths shared the hay before the needle
+    lines = work_file(output).read_text().splitlines()
+    work_file(output).write_text("\n".join(lines[:4]) + "\n")  # as if interrupted after four tests
+    again = detect(lm, output, lengths=[150], depths=[0, 50, 100], samples=2, max_gen_toks=4, progress=False)
+    assert again["tests_run_now"] == 2 and again["tests_seen"] == 6
+    work_file(output).unlink()
+    with pytest.raises(RHError, match="pass --force"):
+        detect(lm, output, lengths=[150], depths=[0, 50], samples=1, progress=False)
+    forced = detect(lm, output, lengths=[150], depths=[0, 50], samples=1, max_gen_toks=4, force=True, progress=False)
+    assert forced["tests_seen"] == 2
+
+
+def test_prefix_reuse_gives_the_same_generations(tiny_llama_dir):
+    from rh_models.lm import RHHFLM
+    from rh_tasks.niah import build_docs
+
+    lm = RHHFLM(pretrained=str(tiny_llama_dir), device="cpu", batch_size=1)
+    docs = build_docs(lm.tokenizer, lengths=[150], depths=[100, 50, 0], samples=1, max_length=lm.max_length)
+    requests = [[Instance("generate_until", d, (d["prompt"], {"until": ["\n"], "max_gen_toks": 6}), 0)] for d in docs]
+    fresh = [lm.generate_until(r, disable_tqdm=True) for r in requests]
+    lm.prefix_reuse = True
+    reused = [lm.generate_until(r, disable_tqdm=True) for r in requests]
+    assert reused == fresh and lm.prefix_tokens_reused > 0
+
+
+@pytest.mark.smollm
+def test_smollm2_detection_is_sparse_and_stable_across_needle_sets(tmp_path):
+    from rh_models.detect import detect
+    from rh_models.lm import RHHFLM
+
+    lm = RHHFLM(pretrained="smollm2-135m", device="cpu", batch_size=1)
+    grid = dict(lengths=[500, 1000], depths=[0, 50, 100], samples=3, progress=False, max_gen_toks=24)
+    paper = detect(lm, tmp_path / "paper.json", needles="paper", **grid)
+    kv = detect(lm, tmp_path / "kv.json", needles="kv", **grid)
+    for summary in (paper, kv):
+        assert summary["tests_contributing"] >= 6
+        assert 0 < summary["fraction_above_0.1"] < 0.10  # a sparse set of heads, as the paper reports
+    overlap = compare_scores(HeadScores.load(tmp_path / "paper.json"), HeadScores.load(tmp_path / "kv.json"), top=10)
+    assert overlap["overlap"] >= 4 and overlap["kendall_tau"] > 0.2
+
+
+def test_multiprocess_recording_gathers_on_rank_zero(tiny_llama_dir, tmp_path):
+    """Two CPU processes under `accelerate launch` (gloo; `--multi_gpu` is accelerate's name for multi-process):
+    each records its own docs, rank 0 writes one file."""
+    script = tmp_path / "run.py"
+    script.write_text(
+        "import sys\n"
+        "from lm_eval.api.instance import Instance\n"
+        "from rh_models.lm import RHHFLM\n"
+        "from rh_tasks.niah import build_docs\n"
+        f"lm = RHHFLM(pretrained={str(tiny_llama_dir)!r}, device='cpu', record_scores={str(tmp_path / 's.json')!r})\n"
+        "docs = build_docs(lm.tokenizer, lengths=[100], depths=[0, 100], samples=2, max_length=lm.max_length)\n"
+        "mine = [d for i, d in enumerate(docs) if i % lm.world_size == lm.rank]\n"
+        "reqs = [Instance('generate_until', d, (d['prompt'], {'until': ['\\n'], 'max_gen_toks': 3}), i) for i, d in enumerate(mine)]\n"
+        "lm.generate_until(reqs, disable_tqdm=True)\n"
+        "print('rank', lm.rank, 'of', lm.world_size, 'recorded', len(reqs))\n"
+    )
+    accelerate = Path(sys.executable).with_name("accelerate")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "ACCELERATE_USE_CPU": "true"}
+    result = subprocess.run([str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+                             "--mixed_precision", "no", "--dynamo_backend", "no", str(script)],
+                            capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "of 2" in result.stdout
+    meta = json.loads((tmp_path / "s.meta.json").read_text())
+    assert meta["tests_seen"] == 4  # both ranks' docs, gathered on rank 0
