@@ -106,7 +106,10 @@ class HeadControl:
             raise RHError(f"attention implementation {base!r} is not in transformers' AttentionInterface")
         register(base)
         text = config.get_text_config() if hasattr(config, "get_text_config") else config
-        n_layers, n_heads = int(text.num_hidden_layers), int(text.num_attention_heads)
+        n_layers, n_heads = getattr(text, "num_hidden_layers", None), getattr(text, "num_attention_heads", None)
+        if not n_layers or not n_heads:
+            raise RHError(f"{type(model).__name__} has no attention heads in its config; rh-eval cannot mask or record it")
+        n_layers, n_heads = int(n_layers), int(n_heads)
         modules = attention_modules(model, n_layers)
         can_set = getattr(model, "_can_set_attn_implementation", lambda: True)()
         if not can_set:

@@ -179,3 +179,12 @@ def test_attach_refuses_unknown_shapes():
         control.set_mask(HeadSet((), 2, 4), method="mean-ablate")
     with pytest.raises(RHError, match="model has 2 x 4"):
         control.set_mask(HeadSet(((0, 0),), 3, 4))
+
+
+def test_architecture_without_attention_interface_is_refused_loudly():
+    import transformers
+
+    config = transformers.MambaConfig(hidden_size=32, num_hidden_layers=2, vocab_size=VOCAB, state_size=4)
+    model = transformers.AutoModelForCausalLM.from_config(config).eval()
+    with pytest.raises(RHError, match="rh-eval cannot"):
+        HeadControl.attach(model)
