@@ -27,10 +27,18 @@ import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from rh_models.errors import RHError
-from rh_tasks.leaderboard import ConditionResult, build_leaderboard, leaderboard_paths, read_json, write_atomic, write_leaderboard
+from rh_tasks.leaderboard import (
+    ConditionResult,
+    Leaderboard,
+    build_leaderboard,
+    leaderboard_paths,
+    read_json,
+    write_atomic,
+    write_leaderboard,
+)
 
 RUN_FILE = "run.json"
 METHODS = ("zero", "uniform")
@@ -183,13 +191,15 @@ def load_model(args: argparse.Namespace, head_scores: Path):
 def task_manager(args: argparse.Namespace, tasks: list[str]):
     """lm-eval's TaskManager with --include-path and --metadata; unknown tasks fail before the model loads.
 
+    As the stock ``lm_eval`` CLI does with ``--model_args``, ``pretrained`` (the model) is merged under the
+    user's metadata: tasks that size prompts in the model's tokens (``rh_niah``) read the tokenizer from it.
     Indexing lm-eval's thousands of built-in tasks takes ~10 s, so our task folder and --include-path are
     tried alone first; the built-ins are indexed only when a task is not found there.
     """
     from lm_eval.tasks import TaskManager
 
     include = [str(p) for p in args.include_path or []] or None
-    metadata = parse_metadata(args.metadata)
+    metadata = {"pretrained": args.model, **parse_metadata(args.metadata)}
     manager = TaskManager(include_path=include, include_defaults=False, metadata=metadata)
     if any(t not in manager.all_tasks for t in tasks):
         manager = TaskManager(include_path=include, metadata=metadata)
@@ -290,7 +300,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-plots", action="store_true", help="write the leaderboard only")
 
 
-def run(args: argparse.Namespace) -> int:
+def validate_args(args: argparse.Namespace) -> tuple[list[str], list[int], Path]:
+    """Tasks, sorted K values and the output folder (created); every bad argument fails here, before work."""
     tasks = parse_list(args.tasks, "--tasks")
     ks = parse_ks(args.k)
     if args.seeds < 0:
@@ -303,22 +314,38 @@ def run(args: argparse.Namespace) -> int:
     if out_dir.exists() and not out_dir.is_dir():
         raise RHError(f"--output-dir {out_dir} is a file")
     out_dir.mkdir(parents=True, exist_ok=True)
+    return tasks, ks, out_dir
 
-    head_scores = resolve_head_scores(args, out_dir)
+
+def run_comparison(
+    args: argparse.Namespace,
+    head_scores: Path,
+    get_lm: Callable[[], Any] | None = None,
+    log: str = "rh compare",
+    show_table: bool = True,
+) -> tuple[Leaderboard, list[Path]]:
+    """Evaluate the missing conditions, then write the leaderboard (and plots); returns (board, plot paths).
+
+    ``get_lm`` returns the model to mask; it is called only when some condition is still missing, so a
+    finished run re-renders its table without loading anything. ``rh demo`` passes the model it already
+    loaded for detection; by default the model named by ``args.model`` is loaded here. ``show_table=False``
+    leaves printing the table to the caller.
+    """
+    tasks, ks, out_dir = validate_args(args)
     check_settings(out_dir, run_settings(args, tasks, head_scores))
     plans = plan_conditions(ks, args.seeds)
     folders = {plan.name: out_dir / "conditions" / plan.name for plan in plans}
     pending = [plan for plan in plans if not (folders[plan.name] / "results.json").is_file()]
     for plan in plans:
         if plan not in pending:
-            print(f"rh compare: {plan.name}: re-using {folders[plan.name] / 'results.json'}")
+            print(f"{log}: {plan.name}: re-using {folders[plan.name] / 'results.json'}")
 
     if pending:
         from lm_eval.utils import make_table
         from tqdm import tqdm
 
         manager = task_manager(args, tasks)
-        lm = load_model(args, head_scores)
+        lm = get_lm() if get_lm is not None else load_model(args, head_scores)
         progress = tqdm(pending, desc="conditions", unit="condition", file=sys.stderr)
         for plan in progress:
             progress.set_postfix_str(plan.name)
@@ -330,11 +357,20 @@ def run(args: argparse.Namespace) -> int:
     board = build_leaderboard([ConditionResult.from_dir(folders[p.name], root=out_dir) for p in plans])
     replacing = any(path.exists() for path in leaderboard_paths(out_dir).values())
     paths = write_leaderboard(board, out_dir, overwrite=True)
-    print(board.markdown())
-    print(f"rh compare: leaderboard {'updated' if replacing else 'written'}: {paths['md'].with_suffix('.*')}")
+    if show_table:
+        print(board.markdown())
+    print(f"{log}: leaderboard {'updated' if replacing else 'written'}: {paths['md'].with_suffix('.*')}")
+    plots: list[Path] = []
     if not args.no_plots:
         from rh_tasks.compare_plots import make_plots
 
         plots = make_plots(board, out_dir / "plots", conditions_dir=out_dir / "conditions", tasks=tasks)
-        print(f"rh compare: {len(plots)} plots in {out_dir / 'plots'}")
+        print(f"{log}: {len(plots)} plots in {out_dir / 'plots'}")
+    return board, plots
+
+
+def run(args: argparse.Namespace) -> int:
+    _, _, out_dir = validate_args(args)
+    head_scores = resolve_head_scores(args, out_dir)
+    run_comparison(args, head_scores)
     return 0

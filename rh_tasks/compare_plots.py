@@ -160,6 +160,15 @@ def cot_column_pairs(board: Leaderboard) -> list[tuple[Column, Column]]:
 # --------------------------------------------------------------------------------------------- NIAH heatmaps
 
 
+def niah_sample_tasks(conditions_dir: Path, tasks: Iterable[str]) -> list[str]:
+    """NIAH tasks with samples: those asked for, and the members of an asked-for group (``rh_niah`` ->
+    ``rh_niah_paper``), since lm-eval logs samples per task, never per group."""
+    asked = {t for t in tasks if "niah" in t}
+    logged = {p.name[len("samples_"):-len(".jsonl")] for p in conditions_dir.glob("*/samples_*.jsonl")}
+    members = {t for t in logged if any(t.startswith(f"{group}_") for group in asked)}
+    return sorted(asked | members)
+
+
 def niah_heatmaps(board: Leaderboard, conditions_dir: str | Path, out_dir: str | Path, tasks: Iterable[str]) -> list[Path]:
     """Length x depth heatmap per condition and its difference to full, for every NIAH task with samples."""
     try:
@@ -169,7 +178,7 @@ def niah_heatmaps(board: Leaderboard, conditions_dir: str | Path, out_dir: str |
         return []
     conditions_dir, out_dir = Path(conditions_dir), Path(out_dir)
     written: list[Path] = []
-    for task in sorted(t for t in set(tasks) if "niah" in t):
+    for task in niah_sample_tasks(conditions_dir, tasks):
         cells = {}
         for row in board.rows:
             for name in row.conditions:
