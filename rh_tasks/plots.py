@@ -1,0 +1,200 @@
+"""``rh plot``: the classic NIAH heatmap (context length x needle depth) from lm-eval output.
+
+Usage::
+
+    rh plot niah out/                      --out heatmap.png   # folder written by --output_path --log_samples
+    rh plot niah samples_rh_niah_paper_2025-01-01T00-00-00.jsonl --out heatmap.png
+    rh plot niah results_2025-01-01T00-00-00.json --task rh_niah_paper --out heatmap.png
+
+    from rh_tasks.plots import niah_cells, plot_niah_heatmap
+    full, masked = niah_cells("full/"), niah_cells("masked/")
+    plot_niah_heatmap({c: masked[c] - full[c] for c in full}, "diff.png", diff=True, title="masked - full")
+
+Why from samples: each logged sample carries its (length, depth) cell and its score, so the heatmap needs no
+extra metric keys; a results JSON works when it holds per-cell keys (``--metadata '{"cell_metrics": true}'``)
+or sits next to its samples files. The functions are public so the compare command can draw per-condition and
+difference maps. Plot kinds are subcommands (``rh plot niah ...``) so more kinds can join later.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from rh_models.errors import RHError
+from rh_tasks.metrics import cell_means, score_prediction
+
+_CELL_KEY = re.compile(r"^score_cell_(\d+)_(\d+),")
+_SAMPLES = re.compile(r"^samples_(?P<task>.+)_(?P<date>\d{4}-\d{2}-\d{2}T[\d\-.:]+)\.jsonl$")
+_RESULTS = re.compile(r"^results_(?P<date>.+)\.json$")
+
+
+# --- reading cells ---------------------------------------------------------------------------------------------
+
+def _sample_score(sample: Mapping[str, Any]) -> float:
+    if isinstance(sample.get("score"), (int, float)):
+        return float(sample["score"])
+    doc = sample["doc"]
+    response = sample.get("filtered_resps") or sample.get("resps")
+    while isinstance(response, list):  # lm-eval nests: [[text]] or [text]
+        response = response[0] if response else ""
+    return score_prediction(str(response or ""), doc["rh_answers"], doc["metric"])
+
+
+def cells_from_samples(samples: Iterable[Mapping[str, Any]]) -> dict[tuple[int, int], float]:
+    """Mean score per (length, depth) from lm-eval sample records (or bare docs with a ``score``)."""
+    triples = []
+    for sample in samples:
+        doc = sample.get("doc", sample)
+        if "length" not in doc or "depth" not in doc:
+            raise RHError("these samples are not NIAH samples (their docs have no length/depth)")
+        triples.append((doc["length"], doc["depth"], _sample_score(sample)))
+    if not triples:
+        raise RHError("no NIAH samples to plot")
+    return cell_means(triples)
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    try:
+        return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except (OSError, json.JSONDecodeError) as exc:
+        raise RHError(f"cannot read samples file {path}: {exc}") from None
+
+
+def _pick_samples(files: list[Path], task: str | None, where: str) -> Path:
+    """The newest samples file of ``task`` (or of the only NIAH-looking task) among ``files``."""
+    by_task: dict[str, list[tuple[str, Path]]] = {}
+    for file in files:
+        match = _SAMPLES.match(file.name)
+        if match:
+            by_task.setdefault(match["task"], []).append((match["date"], file))
+    if task is not None:
+        if task not in by_task:
+            raise RHError(f"no samples of task {task!r} in {where} (found: {', '.join(sorted(by_task)) or 'none'})")
+        return max(by_task[task])[1]
+    niah = {name: runs for name, runs in by_task.items() if name.startswith("rh_niah")} or by_task
+    if len(niah) != 1:
+        found = ", ".join(sorted(niah)) or "no samples_*.jsonl files"
+        raise RHError(f"{where} holds {found}; choose one with --task (run lm-eval with --log_samples for samples)")
+    return max(next(iter(niah.values())))[1]
+
+
+def _cells_from_results(path: Path, task: str | None) -> dict[tuple[int, int], float]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise RHError(f"cannot read results file {path}: {exc}") from None
+    results = data.get("results") if isinstance(data, dict) else None
+    if not isinstance(results, dict):
+        raise RHError(f"{path} is not an lm-eval results file (no 'results' section)")
+    per_task = {}
+    for name, metrics in results.items():
+        cells = {(int(m[1]), int(m[2])): float(v) for k, v in metrics.items()
+                 if (m := _CELL_KEY.match(k)) and isinstance(v, (int, float))}
+        if cells:
+            per_task[name] = cells
+    if task is not None and task in per_task:
+        return per_task[task]
+    if task is None and len(per_task) == 1:
+        return next(iter(per_task.values()))
+    if task is None and len(per_task) > 1:
+        raise RHError(f"{path} has per-cell scores of several tasks ({', '.join(sorted(per_task))}); choose --task")
+    # no per-cell keys: use the samples lm-eval wrote next to this results file in the same run
+    date = _RESULTS.match(path.name)
+    siblings = [f for f in path.parent.glob("samples_*.jsonl") if date and f.name.endswith(f"_{date['date']}.jsonl")]
+    if not siblings:
+        raise RHError(f"{path} has no per-cell scores and no samples beside it; rerun lm-eval with --log_samples "
+                      f"or --metadata '{{\"cell_metrics\": true}}'")
+    return cells_from_samples(_read_jsonl(_pick_samples(siblings, task, str(path.parent))))
+
+
+def niah_cells(path_or_samples: str | Path | Iterable[Mapping[str, Any]],
+               task: str | None = None) -> dict[tuple[int, int], float]:
+    """{(length, depth): mean score} from a samples JSONL, an lm-eval output folder, a results JSON, or samples."""
+    if not isinstance(path_or_samples, (str, Path)):
+        return cells_from_samples(path_or_samples)
+    path = Path(path_or_samples).expanduser()
+    if path.is_dir():
+        files = sorted(path.rglob("samples_*.jsonl"))
+        if not files:
+            results = sorted(path.rglob("results_*.json"))
+            if results:
+                return _cells_from_results(results[-1], task)
+            raise RHError(f"{path} holds no lm-eval samples_*.jsonl or results_*.json files")
+        return cells_from_samples(_read_jsonl(_pick_samples(files, task, str(path))))
+    if not path.is_file():
+        raise RHError(f"{path} does not exist")
+    if path.suffix == ".jsonl":
+        return cells_from_samples(_read_jsonl(path))
+    return _cells_from_results(path, task)
+
+
+# --- drawing ---------------------------------------------------------------------------------------------------
+
+def plot_niah_heatmap(cells: Mapping[tuple[int, int], float], out: str | Path, title: str | None = None,
+                      vmin: float = 0.0, vmax: float = 1.0, diff: bool = False) -> Path:
+    """Write a length (x) x depth (y) heatmap; ``diff=True`` uses a diverging map centred on 0 (-vmax..vmax)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    if not cells:
+        raise RHError("no NIAH cells to plot")
+    lengths = sorted({length for length, _ in cells})
+    depths = sorted({depth for _, depth in cells})
+    grid = np.full((len(depths), len(lengths)), np.nan)
+    for (length, depth), value in cells.items():
+        grid[depths.index(depth), lengths.index(length)] = value
+    if diff:
+        bound = max(abs(vmin), abs(vmax))
+        vmin, vmax, cmap = -bound, bound, "RdBu"
+    else:
+        cmap = "RdYlGn"
+
+    fig, ax = plt.subplots(figsize=(1.2 + 0.9 * len(lengths), 1.2 + 0.45 * len(depths)))
+    image = ax.imshow(np.ma.masked_invalid(grid), cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto")
+    ax.set_xticks(range(len(lengths)), [str(n) for n in lengths], rotation=45 if len(lengths) > 8 else 0)
+    ax.set_yticks(range(len(depths)), [f"{d}%" for d in depths])
+    ax.set_xlabel("context length (tokens)")
+    ax.set_ylabel("needle depth")
+    if len(lengths) * len(depths) <= 400:
+        for (row, col), value in np.ndenumerate(grid):
+            if not np.isnan(value):
+                ax.text(col, row, f"{value:.2f}", ha="center", va="center", fontsize=7)
+    fig.colorbar(image, ax=ax, label="score difference" if diff else "score")
+    ax.set_title(title or ("NIAH score difference" if diff else "Needle in a haystack"))
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
+
+
+# --- `rh plot` -------------------------------------------------------------------------------------------------
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    kinds = parser.add_subparsers(dest="kind", metavar="KIND", required=True)
+    niah = kinds.add_parser("niah", help="length x depth heatmap from lm-eval NIAH samples or results",
+                            description="Length x depth heatmap from lm-eval NIAH samples or results.")
+    niah.add_argument("source", metavar="RESULTS_OR_SAMPLES",
+                      help="samples_*.jsonl, results_*.json, or the --output_path folder of an lm-eval run")
+    niah.add_argument("--out", required=True, help="image to write (png, pdf, svg)")
+    niah.add_argument("--task", help="task to plot when the source holds several (e.g. rh_niah_kv)")
+    niah.add_argument("--title", help="plot title")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.kind == "niah":
+        cells = niah_cells(args.source, task=args.task)
+        out = plot_niah_heatmap(cells, args.out, title=args.title)
+        mean = sum(cells.values()) / len(cells)
+        print(f"{out}: {len(cells)} cells, mean score {mean:.3f}")
+        return 0
+    raise RHError(f"unknown plot kind {args.kind!r}")
