@@ -162,7 +162,8 @@ def test_wheel_ships_autoload_and_task_configs(tmp_path):
         "print(rh_models.__file__); print(rh_tasks.task_config_dir())"
     )
     # -S: no site processing, so only the wheel's .pth (not the editable one) can register the model
-    result = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True, timeout=120)
+    result = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True, timeout=120,
+                            cwd=tmp_path)  # not the repo: its rh_models must not shadow the installed one
     assert result.returncode == 0, result.stderr[-1500:]
     module_file, task_dir = result.stdout.split()
     assert module_file.startswith(str(target)) and task_dir.startswith(str(target))
