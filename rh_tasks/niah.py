@@ -38,7 +38,6 @@ from rh_models.errors import RHError, install_excepthook
 from rh_tasks.haystack import TokenizedHaystack, load_haystack
 from rh_tasks.needles import NEEDLE_KINDS, NeedleSet, make_needle_sets
 
-log = logging.getLogger(__name__)
 
 # The answer prefix follows on the next line (lm-eval adds no space after a newline). Tuned on SmolLM2-135M:
 # an "Answer:" line before the prefix made it paraphrase answers ("in a grandfather clock") and break lines.
@@ -137,11 +136,10 @@ def needle_depths(depth: int, count: int) -> list[float]:
     return [float(depth)] + [(depth + 100.0 * j / count) % 100.0 for j in range(1, count)]
 
 
-def place_needles(hay: TokenizedHaystack, n_hay: int, needles: Sequence[str], depth: int) -> tuple[str, list[int], float]:
+def place_needles(hay: TokenizedHaystack, n_hay: int, needles: Sequence[str], depth: int) -> tuple[str, float]:
     """The first ``n_hay`` hay tokens with ``needles`` inserted at sentence boundaries.
 
-    Returns the context, the character start of each needle in it, and the asked needle's actual depth (percent
-    of hay tokens before it).
+    Returns the context and the asked needle's actual depth (percent of hay tokens before it).
     """
     n_hay = hay.word_cut(n_hay)  # never end the hay inside a word
     base = hay.text[: hay.char_end(n_hay)]
@@ -149,19 +147,13 @@ def place_needles(hay: TokenizedHaystack, n_hay: int, needles: Sequence[str], de
     for order, (text, target) in enumerate(zip(needles, needle_depths(depth, len(needles)))):
         token = hay.boundary_at_or_before(round(target / 100.0 * n_hay))
         spots.append((hay.char_end(token), order, text, token))
-    pieces, starts, cursor = [], [0] * len(needles), 0
-    length = 0
-    for at, order, text, _ in sorted(spots):
-        pieces.append(base[cursor:at])
-        length += at - cursor
-        piece = _insertion(base, at, text)
-        starts[order] = length + piece.index(text)
-        pieces.append(piece)
-        length += len(piece)
+    pieces, cursor = [], 0
+    for at, _, text, _ in sorted(spots):
+        pieces += [base[cursor:at], _insertion(base, at, text)]
         cursor = at
     pieces.append(base[cursor:])
     actual = 100.0 * spots[0][3] / n_hay if n_hay else 0.0
-    return "".join(pieces), starts, actual
+    return "".join(pieces), actual
 
 
 # --- building the grid ------------------------------------------------------------------------------------------
@@ -290,8 +282,12 @@ def _positive_int(name: str, value: Any) -> int:
 
 
 def _chat_overhead(tokenizer: Any, text: str, gen_prefix: str) -> int:
-    return count_tokens(tokenizer, render_chat(tokenizer, text, gen_prefix)) - count_tokens(
-        tokenizer, join_prefix(text, gen_prefix))
+    """Tokens the chat template adds around the base prompt (0 if the template cannot render this chat)."""
+    try:
+        chat = render_chat(tokenizer, text, gen_prefix)
+    except Exception:  # noqa: BLE001 -- e.g. a template without assistant prefill; NIAHTask still checks the final context
+        return 0
+    return count_tokens(tokenizer, chat) - count_tokens(tokenizer, join_prefix(text, gen_prefix))
 
 
 def _size(tokenizer: Any, hay: TokenizedHaystack, needle_set: NeedleSet, gen_prefix: str, length: int,
@@ -299,7 +295,7 @@ def _size(tokenizer: Any, hay: TokenizedHaystack, needle_set: NeedleSet, gen_pre
     """Hay tokens that make the prompt ``length`` tokens long (at mid depth), and the chat overhead to reserve."""
 
     def measure(n_hay: int) -> tuple[int, str, str]:
-        context, _, _ = place_needles(hay, n_hay, needle_set.inserted, 50)
+        context, _ = place_needles(hay, n_hay, needle_set.inserted, 50)
         text, prompt = _render(tokenizer, needle_set, context, gen_prefix, chat)
         return count_tokens(tokenizer, prompt), text, prompt
 
@@ -323,7 +319,7 @@ def _size(tokenizer: Any, hay: TokenizedHaystack, needle_set: NeedleSet, gen_pre
 
 def _make_doc(tokenizer: Any, hay: TokenizedHaystack, needle_set: NeedleSet, gen_prefix: str, length: int,
               depth: int, n_hay: int, chat: bool, haystack: str, width: int, cell_metrics: bool) -> dict[str, Any]:
-    context, _, actual = place_needles(hay, n_hay, needle_set.inserted, depth)
+    context, actual = place_needles(hay, n_hay, needle_set.inserted, depth)
     text, prompt = _render(tokenizer, needle_set, context, gen_prefix, chat)
     for needle in needle_set.inserted:
         if prompt.count(needle) != 1:

@@ -132,6 +132,12 @@ def test_haystacks_load_offline(tokenizer, tmp_path):
     (tmp_path / "a.txt").write_text("First file. It has two sentences.")
     (tmp_path / "b.txt").write_text("Second file!")
     assert load_haystack(str(tmp_path)) == "First file. It has two sentences.\n\nSecond file!"
+    data = tmp_path / "dataset"
+    data.mkdir()
+    (data / "train.jsonl").write_text('{"body": "Row one."}\n{"body": "Row two."}\n')
+    assert load_haystack(str(data), field="body") == "Row one.\n\nRow two."  # via datasets.load_dataset
+    with pytest.raises(RHError, match="no column 'text'"):
+        load_haystack(str(data))
     hay = TokenizedHaystack("One two. Three four! Five", tokenizer)
     boundary = hay.boundary_at_or_before(len(hay))
     assert hay.text[: hay.char_end(boundary)] == "One two. Three four!"
