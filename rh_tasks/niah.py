@@ -464,8 +464,16 @@ def niah_dataset(**metadata: Any) -> dict[str, Any]:
 
 # --- the lm-eval task class --------------------------------------------------------------------------------------
 
+NOT_THIS_CELL = -1.0
+
+
+def mean_of_own_cells(scores: Sequence[float]) -> float:
+    """Mean over the docs of one length/depth; the ``NOT_THIS_CELL`` placeholders of other docs are ignored."""
+    own = [score for score in scores if score != NOT_THIS_CELL]
+    return sum(own) / len(own) if own else float("nan")
+
+
 def _make_task_class() -> type:
-    from lm_eval.api.metrics import mean
     from lm_eval.api.task import ConfigurableTask
 
     class NIAHTask(ConfigurableTask):
@@ -476,7 +484,7 @@ def _make_task_class() -> type:
             self._tokenizer: Any = None
             self._max_length = 0
             super().__init__(config=config, **kwargs)
-            self._register_breakdown_metrics(mean)
+            self._register_breakdown_metrics(mean_of_own_cells)
             _quiet_uneven_metric_counts(self.config.task)
 
         def _reserved_gen_toks(self) -> int:
@@ -499,11 +507,18 @@ def _make_task_class() -> type:
             keys: dict[str, None] = {}
             for doc_keys in self.dataset["test"]["metric_keys"]:
                 keys.update(dict.fromkeys(doc_keys))
+            self._breakdown_keys = list(keys)
             for key in keys:
                 self._metric_fn_list[key] = None
                 self._metric_fn_kwargs[key] = {}
                 self._aggregation_list[key] = mean_fn
                 self._higher_is_better[key] = True
+
+        def process_results(self, doc: dict, results: Any) -> dict:
+            """Every doc reports every breakdown key (``NOT_THIS_CELL`` for other cells), as lm-eval's ruler does:
+            under ``accelerate launch`` each rank gathers every metric key, even for cells it never saw."""
+            scores = super().process_results(doc, results)
+            return {**dict.fromkeys(self._breakdown_keys, NOT_THIS_CELL), **scores}
 
         def construct_requests(self, doc: dict, ctx: Any, **kwargs: Any):
             if isinstance(ctx, str) and self._tokenizer is not None:

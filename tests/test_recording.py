@@ -224,27 +224,19 @@ def test_smollm2_detection_is_sparse_and_stable_across_needle_sets(tmp_path):
 
 
 def test_multiprocess_recording_gathers_on_rank_zero(tiny_llama_dir, tmp_path):
-    """Two CPU processes under `accelerate launch` (gloo; `--multi_gpu` is accelerate's name for multi-process):
-    each records its own docs, rank 0 writes one file."""
-    script = tmp_path / "run.py"
-    script.write_text(
-        "import sys\n"
-        "from lm_eval.api.instance import Instance\n"
-        "from rh_models.lm import RHHFLM\n"
-        "from rh_tasks.niah import build_docs\n"
-        f"lm = RHHFLM(pretrained={str(tiny_llama_dir)!r}, device='cpu', record_scores={str(tmp_path / 's.json')!r})\n"
-        "docs = build_docs(lm.tokenizer, lengths=[100], depths=[0, 100], samples=2, max_length=lm.max_length)\n"
-        "mine = [d for i, d in enumerate(docs) if i % lm.world_size == lm.rank]\n"
-        "reqs = [Instance('generate_until', d, (d['prompt'], {'until': ['\\n'], 'max_gen_toks': 3}), i) for i, d in enumerate(mine)]\n"
-        "lm.generate_until(reqs, disable_tqdm=True)\n"
-        "print('rank', lm.rank, 'of', lm.world_size, 'recorded', len(reqs))\n"
-    )
+    """`accelerate launch -m lm_eval --model rh-hf` with 2 CPU processes (gloo; accelerate calls multi-process
+    `--multi_gpu`, ACCELERATE_USE_CPU keeps it on the CPU): each rank records its own docs, rank 0 writes."""
     accelerate = Path(sys.executable).with_name("accelerate")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "ACCELERATE_USE_CPU": "true"}
-    result = subprocess.run([str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-                             "--mixed_precision", "no", "--dynamo_backend", "no", str(script)],
-                            capture_output=True, text=True, env=env, timeout=600)
+    scores = tmp_path / "s.json"
+    result = subprocess.run(
+        [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+         "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "lm_eval", "--model", "rh-hf",
+         "--model_args", f"pretrained={tiny_llama_dir},record_scores={scores}", "--tasks", "rh_niah",
+         "--metadata", '{"lengths": [150], "depths": [0, 100]}', "--gen_kwargs", "max_gen_toks=3"],
+        capture_output=True, text=True, env=env, timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "of 2" in result.stdout
-    meta = json.loads((tmp_path / "s.meta.json").read_text())
-    assert meta["tests_seen"] == 4  # both ranks' docs, gathered on rank 0
+    meta = json.loads(scores.with_suffix(".meta.json").read_text())
+    assert meta["tests_seen"] == 6  # 3 needles x 2 depths, split over two ranks and gathered on rank 0
+    assert len({(t["task"], t["doc_id"]) for t in meta["tests"]}) == 6
