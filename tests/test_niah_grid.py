@@ -171,3 +171,11 @@ def test_bad_grid_raises_one_clear_line(tokenizer, kwargs, message):
 def test_default_lengths_are_capped_by_the_model(tokenizer):
     docs = build_docs(tokenizer, depths=[50], needles="paper", samples=1, max_length=2100)
     assert sorted({d["length"] for d in docs}) == [1000, 2000]
+
+
+def test_answer_prefix_options(tokenizer):
+    none = build_docs(tokenizer, [600], [50], samples=1, max_length=2048, answer_prefix=False)[0]
+    assert none["gen_prefix"] == "" and none["prompt"] == none["input"]
+    fixed = build_docs(tokenizer, [600], [50], samples=1, max_length=2048, answer_prefix="Answer:")[0]
+    assert fixed["gen_prefix"] == "Answer:" and fixed["prompt"].endswith("?\nAnswer:")
+    assert abs(none["n_tokens"] - 600) <= 5 and abs(fixed["n_tokens"] - 600) <= 5
