@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import difflib
 import functools
-import logging
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -485,7 +484,6 @@ def _make_task_class() -> type:
             self._max_length = 0
             super().__init__(config=config, **kwargs)
             self._register_breakdown_metrics(mean_of_own_cells)
-            _quiet_uneven_metric_counts(self.config.task)
 
         def _reserved_gen_toks(self) -> int:
             return int((self.config.generation_kwargs or {}).get("max_gen_toks") or DEFAULT_MAX_GEN_TOKS)
@@ -542,31 +540,6 @@ def _make_task_class() -> type:
                                   f"in the final prompt of cell {doc['cell']}; expected exactly once")
 
     return NIAHTask
-
-
-class _UnevenCountsFilter(logging.Filter):
-    """Drop lm-eval's warning that metrics saw different doc counts: per-length/depth keys do so by design."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.tasks: set[str] = set()
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        return not any(message.startswith(f"[{task}] Metrics were not scored on the same number")
-                       for task in self.tasks)
-
-
-_UNEVEN_FILTER = _UnevenCountsFilter()
-
-
-def _quiet_uneven_metric_counts(task: str | None) -> None:
-    if not task:
-        return
-    _UNEVEN_FILTER.tasks.add(task)
-    logger = logging.getLogger("lm_eval.evaluator_utils")
-    if _UNEVEN_FILTER not in logger.filters:
-        logger.addFilter(_UNEVEN_FILTER)
 
 
 def __getattr__(name: str) -> Any:

@@ -94,7 +94,7 @@ def _cells_from_results(path: Path, task: str | None) -> dict[tuple[int, int], f
     per_task = {}
     for name, metrics in results.items():
         cells = {(int(m[1]), int(m[2])): float(v) for k, v in metrics.items()
-                 if (m := _CELL_KEY.match(k)) and isinstance(v, (int, float))}
+                 if (m := _CELL_KEY.match(k)) and isinstance(v, (int, float)) and v == v}  # NaN: cell not run
         if cells:
             per_task[name] = cells
     if task is not None and task in per_task:

@@ -47,7 +47,8 @@ def test_samples_without_score_are_rescored(tmp_path):
 
 def test_cells_from_results_with_cell_metrics(tmp_path):
     results = {"results": {"rh_niah_kv": {"score,none": 0.6, "score_cell_1000_000,none": 0.25,
-                                          "score_cell_1000_000_stderr,none": 0.1, "score_cell_2000_100,none": 1.0}}}
+                                          "score_cell_1000_000_stderr,none": 0.1, "score_cell_2000_100,none": 1.0,
+                                          "score_cell_2000_000,none": float("nan")}}}  # a cell --limit skipped
     path = tmp_path / f"results_{DATE}.json"
     path.write_text(json.dumps(results))
     assert niah_cells(path) == {(1000, 0): 0.25, (2000, 100): 1.0}
