@@ -31,7 +31,8 @@ from rh_models.scores import write_json_atomic
 DEFAULT_NUM_LENGTHS = 20
 DEFAULT_MIN_LENGTH = 1000
 DEFAULT_DEPTHS = tuple(range(0, 101, 10))
-STOP = ["\n", "<|im_end|>", "</s>", "<|eot_id|>", "<end_of_turn>"]
+# as the rh_niah task: not "\n" (the essays are hard-wrapped and models copy the wraps); EOS stops too
+STOP = ["\n\n"]
 
 
 def work_file(output: Path) -> Path:
