@@ -15,7 +15,8 @@ from rh_tasks.plots import niah_cells
 
 @pytest.mark.smollm
 def test_smollm2_finds_paper_needles(tmp_path):
-    metadata = {"lengths": [800, 1200], "depths": [25, 75], "needles": "paper", "haystack": "pg_essays"}
+    # 2 x 2 cells x 2 needles (lasagna, lighthouse): 8 generations keep this test short on 2 CPU cores
+    metadata = {"lengths": [800, 1200], "depths": [25, 75], "needles": "paper", "haystack": "pg_essays", "samples": 2}
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     done = subprocess.run(
         [sys.executable, "-m", "lm_eval", "--model", "hf", "--model_args",
@@ -27,7 +28,7 @@ def test_smollm2_finds_paper_needles(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     assert "Left truncation" not in done.stderr
     samples = [json.loads(line) for line in next(tmp_path.rglob("samples_rh_niah_paper_*.jsonl")).open()]
-    assert len(samples) == 12  # 2 lengths x 2 depths x 3 needles
+    assert len(samples) == 8
     assert all(s["arguments"]["gen_args_0"]["arg_0"].startswith("<|im_start|>") for s in samples)
     cells = niah_cells(tmp_path)
     assert set(cells) == {(800, 25), (800, 75), (1200, 25), (1200, 75)}
