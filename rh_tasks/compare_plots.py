@@ -190,13 +190,13 @@ def niah_heatmaps(board: Leaderboard, conditions_dir: str | Path, out_dir: str |
         full = next((cells.get(name) for row in board.rows if row.kind == "full" for name in row.conditions), None)
         for name, grid in cells.items():
             stem = safe_name(f"niah_{task}_{name}")
-            plot_niah_heatmap(grid, out_dir / f"{stem}.png", title=f"{task}: {name}")
+            plot_niah_heatmap(grid, out_dir / f"{stem}.png", title=f"{task}\n{name}")  # 2 lines: narrow grids
             written.append(out_dir / f"{stem}.png")
             if full is not None and grid is not full:
                 diff = {cell: grid[cell] - full[cell] for cell in grid if cell in full}
                 if diff:
                     out = out_dir / f"{stem}_minus_full.png"
-                    plot_niah_heatmap(diff, out, title=f"{task}: {name} minus full", vmin=-1, vmax=1, diff=True)
+                    plot_niah_heatmap(diff, out, title=f"{task}\n{name} minus full", vmin=-1, vmax=1, diff=True)
                     written.append(out)
     return written
 
