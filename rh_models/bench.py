@@ -14,13 +14,16 @@ Contenders, all on the same NIAH prompt per length, greedy, exactly ``--new-toke
 
 Why this shape: the contenders run alternately within each repeat (rotating who goes first), so drift of a
 shared machine hits all of them alike; we report the median of per-repeat ratios with min–max, never a
-timing assertion. Peak memory is the peak resident-set growth during the call, sampled every 5 ms.
+timing assertion. Peak memory is the peak resident-set growth during the call, sampled every 5 ms, measured in
+one extra pass after all timings with glibc told to hand freed memory back at once (otherwise RSS keeps what an
+earlier contender freed and later ones look free of charge; the setting costs page faults, hence its own pass).
 A second table times ``rh detect`` on a small grid with and without haystack-prefix KV reuse.
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import statistics
 import threading
@@ -62,6 +65,20 @@ class PeakMemory:
         return self.peak - self.base
 
 
+def return_freed_memory_at_once() -> bool:
+    """Fix glibc's mmap and trim thresholds low so freed tensors leave the RSS; False where not glibc.
+
+    glibc raises its mmap threshold dynamically and keeps freed heap pages, so after one large call the RSS
+    stays high and the next call's *growth* reads near zero. Fixed low thresholds make growth faithful.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3  # <malloc.h>
+    return bool(libc.mallopt(m_mmap_threshold, 1 << 16)) and bool(libc.mallopt(m_trim_threshold, 1 << 16))
+
+
 def _timed(fn: Callable[[], object]) -> tuple[float, int]:
     with PeakMemory() as memory:
         start = time.perf_counter()
@@ -75,6 +92,142 @@ def naive_attention_gb(n_layers: int, n_heads: int, length: int, new_tokens: int
     return n_layers * n_heads * length * (length + new_tokens) * bytes_per / 1e9
 
 
+CONTENDERS = ("hf", "none", "mask", "record", "naive")  # stable keys; display names come from Workload.label
+
+
+class Workload:
+    """The models and prompts of one benchmark, each loaded on first use.
+
+    Why lazy: a memory probe runs one contender in a fresh process and must load only that contender's
+    model, so that the process's memory is that contender's alone. Parent and probes build the same prompts.
+    """
+
+    def __init__(self, model: str, lengths: list[int], new_tokens: int, mask_heads: str) -> None:
+        from transformers import AutoConfig, AutoTokenizer
+
+        from rh_models.heads import select_heads
+        from rh_models.zoo import resolve_pretrained
+        from rh_tasks.niah import build_docs
+
+        self.path = resolve_pretrained(model)
+        self.new_tokens = new_tokens
+        config = AutoConfig.from_pretrained(self.path)
+        self.n_layers, self.n_heads = config.num_hidden_layers, config.num_attention_heads
+        self.mask = select_heads(mask_heads, self.n_layers, self.n_heads)
+        tokenizer = AutoTokenizer.from_pretrained(self.path)
+        max_length = getattr(config, "max_position_embeddings", None) or 2048
+        docs = build_docs(tokenizer, lengths=lengths, depths=[50], samples=1, max_length=max_length,
+                          max_gen_toks=new_tokens)
+        self.docs = {doc["length"]: doc for doc in docs}
+        self.tokenizer = tokenizer
+        self._models: dict[str, object] = {}
+        self.scratch = Path(f"/tmp/rh-bench-{time.time_ns()}.json")
+
+    def label(self, key: str) -> str:
+        return {"hf": "hf", "none": "rh-hf none", "mask": f"rh-hf mask {len(self.mask)}", "record": "rh-hf record",
+                "naive": "naive eager"}[key]
+
+    def naive_gb(self, length: int) -> float:
+        return naive_attention_gb(self.n_layers, self.n_heads, self.docs[length]["n_tokens"], self.new_tokens)
+
+    def _model(self, kind: str):
+        if kind not in self._models:
+            if kind == "stock":
+                from lm_eval.models.huggingface import HFLM
+
+                self._models[kind] = HFLM(pretrained=self.path, device="cpu", batch_size=1)
+            elif kind == "ours":
+                from rh_models.lm import RHHFLM
+
+                self._models[kind] = RHHFLM(pretrained=self.path, device="cpu", batch_size=1)
+            else:
+                from transformers import AutoModelForCausalLM
+
+                self._models[kind] = AutoModelForCausalLM.from_pretrained(self.path, attn_implementation="eager").eval()
+        return self._models[kind]
+
+    def weights_bytes(self) -> int:
+        """One copy of the parameters (tied weights once): the part of a process's peak every contender shares."""
+        return sum(p.numel() * p.element_size() for p in self._model("ours").model.parameters())
+
+    def call(self, key: str, length: int) -> Callable[[], object]:
+        """One generation of ``new_tokens`` greedy tokens on the ``length`` prompt, the way ``key`` does it."""
+        from lm_eval.api.instance import Instance
+
+        doc = self.docs[length]
+        gen_kwargs = {"until": [], "max_gen_toks": self.new_tokens, "min_new_tokens": self.new_tokens, "do_sample": False}
+
+        def through_lm_eval(lm) -> object:
+            request = Instance("generate_until", doc, (doc["prompt"], dict(gen_kwargs)), 0, metadata=("bench", 0, 1))
+            return lm.generate_until([request], disable_tqdm=True)
+
+        if key == "hf":
+            return lambda: through_lm_eval(self._model("stock"))
+        if key == "naive":
+            return lambda: self._naive(doc)
+        ours = self._model("ours")
+
+        def call() -> object:
+            from rh_models.heads import HeadSet
+            from rh_models.recorder import ScoreRecorder
+
+            ours.control.set_mask(self.mask if key == "mask" else HeadSet((), ours.n_layers, ours.n_heads))
+            if key != "record":
+                return through_lm_eval(ours)
+            ours.recorder = ScoreRecorder(ours.tokenizer, ours.n_layers, ours.n_heads, self.scratch)
+            ours.write_scores_after_generate = False
+            try:
+                return through_lm_eval(ours)
+            finally:
+                ours.recorder, ours.write_scores_after_generate = None, True
+        return call
+
+    def _naive(self, doc: dict) -> list:
+        import torch
+
+        ids = self.tokenizer(doc["prompt"], return_tensors="pt")["input_ids"]
+        with torch.no_grad():
+            out = self._model("eager").generate(ids, max_new_tokens=self.new_tokens, min_new_tokens=self.new_tokens,
+                                                do_sample=False, output_attentions=True, return_dict_in_generate=True,
+                                                pad_token_id=self.tokenizer.pad_token_id)
+        return [torch.stack([a[0, :, -1].argmax(-1) for a in step]) for step in out.attentions]
+
+    def cleanup(self) -> None:
+        for suffix in (".json", ".meta.json", ".events.jsonl"):
+            self.scratch.with_suffix(suffix).unlink(missing_ok=True)
+
+
+def memory_probe(model: str, lengths: list[int], new_tokens: int, mask_heads: str, key: str, length: int) -> int:
+    """Peak RSS growth of one ``key`` call at ``length``, in a process that holds only that contender.
+
+    glibc keeps freed heap pages and raises its mmap threshold as it goes, so in a shared process a later
+    contender re-uses what an earlier one freed and its growth reads near zero; low fixed thresholds, set
+    before anything is allocated, make growth faithful. One warm-up call on the shortest prompt first.
+    """
+    return_freed_memory_at_once()
+    workload = Workload(model, lengths, new_tokens, mask_heads)
+    try:
+        workload.call(key, min(lengths))()
+        return _timed(workload.call(key, length))[1]
+    finally:
+        workload.cleanup()
+
+
+def _probe_in_subprocess(model: str, lengths: list[int], new_tokens: int, mask_heads: str, key: str,
+                         length: int) -> int:
+    import subprocess
+    import sys
+
+    args = json.dumps([model, lengths, new_tokens, mask_heads, key, length])
+    code = ("import json, sys; from rh_models.bench import memory_probe; "
+            "print('RH_PROBE', memory_probe(*json.loads(sys.argv[1])))")
+    done = subprocess.run([sys.executable, "-c", code, args], capture_output=True, text=True)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("RH_PROBE ")]
+    if done.returncode != 0 or not lines:
+        raise RHError(f"memory probe {key} at {length} tokens failed: {done.stderr.strip().splitlines()[-1:]}")
+    return int(lines[-1].split()[1])
+
+
 def run_overhead(
     model: str,
     lengths: list[int],
@@ -84,125 +237,78 @@ def run_overhead(
     naive_limit_gb: float,
     detect_lengths: list[int],
     detect_depths: list[int],
+    detect_samples: int = 3,
 ) -> dict:
-    import torch
-    from lm_eval.api.instance import Instance
-    from lm_eval.models.huggingface import HFLM
-    from transformers import AutoModelForCausalLM
-
-    from rh_models.lm import RHHFLM
-    from rh_models.recorder import ScoreRecorder
-    from rh_models.zoo import resolve_pretrained
-    from rh_tasks.niah import build_docs
-
-    path = resolve_pretrained(model)
-    stock = HFLM(pretrained=path, device="cpu", batch_size=1)
-    ours = RHHFLM(pretrained=path, device="cpu", batch_size=1)
-    eager = AutoModelForCausalLM.from_pretrained(path, attn_implementation="eager").eval()
-    docs = build_docs(ours.tokenizer, lengths=lengths, depths=[50], samples=1, max_length=ours.max_length,
-                      max_gen_toks=new_tokens)
-    gen_kwargs = {"until": [], "max_gen_toks": new_tokens, "min_new_tokens": new_tokens, "do_sample": False}
-    mask = ours.set_mask(mask_heads)
-    ours.set_mask("none")
-    scratch = Path(f"/tmp/rh-bench-{time.time_ns()}.json")
-
-    def lm_eval_call(lm, doc) -> Callable[[], object]:
-        request = Instance("generate_until", doc, (doc["prompt"], dict(gen_kwargs)), 0, metadata=("bench", 0, 1))
-        return lambda: lm.generate_until([request], disable_tqdm=True)
-
-    def with_mask(spec, doc):
-        def call():
-            ours.control.set_mask(mask if spec else ours.control.heads.__class__((), ours.n_layers, ours.n_heads))
-            return lm_eval_call(ours, doc)()
-        return call
-
-    def recording(doc):
-        def call():
-            ours.control.set_mask(type(mask)((), ours.n_layers, ours.n_heads))
-            ours.recorder = ScoreRecorder(ours.tokenizer, ours.n_layers, ours.n_heads, scratch)
-            ours.write_scores_after_generate = False
-            try:
-                return lm_eval_call(ours, doc)()
-            finally:
-                ours.recorder, ours.write_scores_after_generate = None, True
-        return call
-
-    def naive(doc):
-        def call():
-            ids = ours.tokenizer(doc["prompt"], return_tensors="pt")["input_ids"]
-            with torch.no_grad():
-                out = eager.generate(ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
-                                     output_attentions=True, return_dict_in_generate=True,
-                                     pad_token_id=ours.tokenizer.pad_token_id)
-            return [torch.stack([a[0, :, -1].argmax(-1) for a in step]) for step in out.attentions]
-        return call
-
-    contenders = {
-        "hf": lambda doc: lm_eval_call(stock, doc),
-        "rh-hf none": lambda doc: with_mask(False, doc),
-        f"rh-hf mask {len(mask)}": lambda doc: with_mask(True, doc),
-        "rh-hf record": recording,
-        "naive eager": naive,
-    }
-    runs: dict[str, dict[int, list[tuple[float, int]]]] = {name: {n: [] for n in lengths} for name in contenders}
-    skipped: dict[int, str] = {}
-    for name, make in contenders.items():  # warm-up on the shortest prompt: first calls pay one-time costs
-        make(docs[0])()
+    workload = Workload(model, lengths, new_tokens, mask_heads)
+    runnable = {key: [n for n in lengths if key != "naive" or workload.naive_gb(n) <= naive_limit_gb]
+                for key in CONTENDERS}
+    runs: dict[str, dict[int, list[float]]] = {key: {n: [] for n in lengths} for key in CONTENDERS}
+    for key in CONTENDERS:  # warm-up on the shortest prompt: first calls pay one-time costs
+        workload.call(key, min(lengths))()
     for repeat in range(repeats):
-        for doc in docs:
-            length = doc["length"]
-            need = naive_attention_gb(ours.n_layers, ours.n_heads, doc["n_tokens"], new_tokens)
-            names = list(contenders)
-            names = names[repeat % len(names):] + names[: repeat % len(names)]
-            for name in names:
-                if name == "naive eager" and need > naive_limit_gb:
-                    skipped[length] = f"not run: its attention maps alone need ~{need:.0f} GB (> {naive_limit_gb:g} GB)"
-                    continue
-                runs[name][length].append(_timed(contenders[name](doc)))
-                print(f"repeat {repeat} length {length} {name}: {runs[name][length][-1][0]:.1f} s", flush=True)
-    scratch.unlink(missing_ok=True)
-    for suffix in (".meta.json", ".events.jsonl"):
-        scratch.with_suffix(suffix).unlink(missing_ok=True)
-
-    table = []
-    for name in contenders:
         for length in lengths:
-            samples = runs[name][length]
-            base = runs["hf"][length]
+            keys = CONTENDERS[repeat % len(CONTENDERS):] + CONTENDERS[: repeat % len(CONTENDERS)]
+            for key in (k for k in keys if length in runnable[k]):
+                start = time.perf_counter()
+                workload.call(key, length)()
+                runs[key][length].append(time.perf_counter() - start)
+                print(f"repeat {repeat} length {length} {workload.label(key)}: {runs[key][length][-1]:.1f} s", flush=True)
+    workload.cleanup()
+
+    memory: dict[str, dict[int, int]] = {key: {} for key in CONTENDERS}
+    for length in lengths:  # one fresh process per contender and length, after every timing
+        for key in (k for k in CONTENDERS if length in runnable[k]):
+            memory[key][length] = _probe_in_subprocess(model, lengths, new_tokens, mask_heads, key, length)
+            print(f"memory length {length} {workload.label(key)}: {memory[key][length] / 1e6:.0f} MB", flush=True)
+
+    weights = workload.weights_bytes()
+    table = []
+    for key in CONTENDERS:
+        for length in lengths:
+            samples, base = runs[key][length], runs["hf"][length]
             if not samples:
-                table.append({"contender": name, "length": length, "note": skipped.get(length, "not run")})
+                table.append({"contender": workload.label(key), "length": length,
+                              "note": f"not run: its attention maps alone need ~{workload.naive_gb(length):.0f} GB "
+                                      f"(> {naive_limit_gb:g} GB)"})
                 continue
-            time_ratios = [s[0] / b[0] for s, b in zip(samples, base)]
-            mem_ratios = [max(s[1], 1) / max(b[1], 1) for s, b in zip(samples, base)]
+            time_ratios = [ours / stock for ours, stock in zip(samples, base)]
+            growth, base_growth = memory[key][length], memory["hf"][length]
             table.append({
-                "contender": name, "length": length,
-                "seconds_median": statistics.median(s[0] for s in samples),
+                "contender": workload.label(key), "length": length,
+                "seconds_median": statistics.median(samples),
                 "time_ratio_median": statistics.median(time_ratios),
                 "time_ratio_min": min(time_ratios), "time_ratio_max": max(time_ratios),
-                "peak_mb_median": statistics.median(s[1] for s in samples) / 1e6,
-                "memory_ratio_median": statistics.median(mem_ratios),
+                "peak_growth_mb": growth / 1e6,
+                # what a process running only this contender peaks at, relative to stock: weights + growth
+                "memory_ratio": (weights + growth) / (weights + base_growth),
             })
-    result = {"model": model, "new_tokens": new_tokens, "repeats": repeats, "mask_heads": mask.spec(),
-              "overhead": table}
+    result = {"model": model, "new_tokens": new_tokens, "repeats": repeats, "mask_heads": workload.mask.spec(),
+              "weights_mb": weights / 1e6, "overhead": table}
     if detect_lengths:
-        result["prefix_reuse"] = _time_prefix_reuse(ours, detect_lengths, detect_depths, max(1, repeats // 2))
+        result["prefix_reuse"] = _time_prefix_reuse(workload._model("ours"), detect_lengths, detect_depths,
+                                                    detect_samples, max(1, repeats // 2))
     return result
 
 
-def _time_prefix_reuse(lm, lengths: list[int], depths: list[int], repeats: int) -> dict:
+def _time_prefix_reuse(lm, lengths: list[int], depths: list[int], samples: int, repeats: int) -> dict:
     from rh_models.detect import detect
 
     seconds: dict[bool, list[float]] = {True: [], False: []}
+    reused: list[int] = []
     for repeat in range(repeats):
         for reuse in ((True, False) if repeat % 2 == 0 else (False, True)):
             out = Path(f"/tmp/rh-bench-detect-{time.time_ns()}.json")
             start = time.perf_counter()
-            detect(lm, out, lengths=lengths, depths=depths, samples=1, prefix_reuse=reuse, progress=False)
+            lm.prefix_tokens_reused = 0
+            detect(lm, out, lengths=lengths, depths=depths, samples=samples, prefix_reuse=reuse, progress=False)
+            if reuse:
+                reused.append(lm.prefix_tokens_reused)
             seconds[reuse].append(time.perf_counter() - start)
             for suffix in ("", ".meta.json", ".tests.jsonl", ".events.jsonl"):
                 Path(str(out.with_suffix("")) + (suffix or ".json")).unlink(missing_ok=True)
     ratios = [off / on for on, off in zip(seconds[True], seconds[False])]
-    return {"lengths": lengths, "depths": depths, "seconds_with_reuse": seconds[True],
+    return {"lengths": lengths, "depths": depths, "samples": samples, "prompt_tokens_reused": reused[-1],
+            "seconds_with_reuse": seconds[True],
             "seconds_without_reuse": seconds[False], "speedup_median": statistics.median(ratios)}
 
 
@@ -217,16 +323,18 @@ def render(result: dict) -> str:
         rows.append([
             row["contender"], row["length"], f"{row['seconds_median']:.1f}",
             f"{row['time_ratio_median']:.2f}× ({row['time_ratio_min']:.2f}–{row['time_ratio_max']:.2f})",
-            f"{row['peak_mb_median']:.0f}", f"{row['memory_ratio_median']:.2f}×",
+            f"{row['peak_growth_mb']:.0f}", f"{row['memory_ratio']:.2f}×",
         ])
     writer = MarkdownTableWriter(
-        headers=["contender", "prompt tokens", "median s", "time vs hf (min–max)", "peak MB", "memory vs hf"],
+        headers=["contender", "prompt tokens", "median s", "time vs hf (min–max)", "peak MB above weights",
+                 "peak memory vs hf (weights + growth)"],
         value_matrix=rows, margin=1,
     )
     text = writer.dumps()
     reuse = result.get("prefix_reuse")
     if reuse:
-        text += (f"\nrh detect, lengths {reuse['lengths']} x depths {reuse['depths']}: prefix KV reuse "
+        text += (f"\nrh detect, lengths {reuse['lengths']} x depths {reuse['depths']} x {reuse['samples']} needles "
+                 f"({reuse['prompt_tokens_reused']} prompt tokens taken from the cache): prefix KV reuse "
                  f"{reuse['speedup_median']:.2f}x faster (with {statistics.median(reuse['seconds_with_reuse']):.0f} s, "
                  f"without {statistics.median(reuse['seconds_without_reuse']):.0f} s)\n")
     return text
@@ -241,13 +349,14 @@ def _ints(text: str) -> list[int]:
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="smollm2-135m")
-    parser.add_argument("--lengths", type=_ints, default=[1000, 2000, 4000])
+    parser.add_argument("--lengths", type=_ints, default=[1000, 2000, 4000, 8000])
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--mask-heads", default="8-0;11-3;14-2;15-7;16-1;19-5")
     parser.add_argument("--naive-limit-gb", type=float, default=12.0, help="skip naive eager above this map size")
     parser.add_argument("--detect-lengths", type=_ints, default=[1000, 2000], help="empty to skip the reuse table")
-    parser.add_argument("--detect-depths", type=_ints, default=[0, 25, 50, 75, 100])
+    parser.add_argument("--detect-depths", type=_ints, default=[0, 20, 40, 60, 80, 100])
+    parser.add_argument("--detect-samples", type=int, default=3, help="needles per detection cell (paper: 3)")
     parser.add_argument("--output", type=Path, default=Path("benchmarks/results.json"))
 
 
@@ -255,7 +364,7 @@ def run(args: argparse.Namespace) -> int:
     if args.repeats < 1:
         raise RHError("--repeats must be at least 1")
     result = run_overhead(args.model, args.lengths, args.new_tokens, args.repeats, args.mask_heads,
-                          args.naive_limit_gb, args.detect_lengths, args.detect_depths)
+                          args.naive_limit_gb, args.detect_lengths, args.detect_depths, args.detect_samples)
     from rh_models.scores import write_json_atomic
 
     write_json_atomic(args.output, result)

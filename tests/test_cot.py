@@ -293,10 +293,11 @@ def test_smollm2_chain_of_thought_is_above_floor(smollm_dir):
     import lm_eval
     from lm_eval.tasks import TaskManager
 
-    # factsum: the pair where the 135M model's CoT clears its direct form (docs/cot.md: 0.33 vs 0.13 on these 24)
-    out = lm_eval.simple_evaluate(model="hf", model_args=f"pretrained={smollm_dir},dtype=float32,device=cpu",
-                                  tasks=["rh_factsum_cot", "rh_factsum"], limit=24, batch_size=8,
-                                  task_manager=TaskManager(include_defaults=False))
+    # factsum, the pair where the 135M model's CoT clears its direct form (docs/cot.md); with the chat template
+    # the first 16 documents score 7/16 CoT vs 0/16 direct
+    out = lm_eval.simple_evaluate(model="hf", model_args=f"pretrained={smollm_dir},dtype=float32",
+                                  tasks=["rh_factsum_cot", "rh_factsum"], limit=16, batch_size=8, device="cpu",
+                                  apply_chat_template=True, task_manager=TaskManager(include_defaults=False))
     cot_score = out["results"]["rh_factsum_cot"]["exact_match,strict-match"]
     direct_score = out["results"]["rh_factsum"]["exact_match,strict-match"]
-    assert cot_score >= 0.2 and cot_score >= direct_score + 0.1, (cot_score, direct_score)
+    assert cot_score >= 0.25 and cot_score >= direct_score + 0.2, (cot_score, direct_score)

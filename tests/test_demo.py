@@ -3,12 +3,14 @@ check; fast with fakes, and end to end on a tiny random llama (SmolLM2's tokeniz
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
 import pytest
 
 from rh_models.cli import main
+from rh_models.errors import RHError
 from rh_tasks import compare, demo
 from rh_tasks.leaderboard import ConditionResult, build_leaderboard
 
@@ -90,7 +92,7 @@ def fakes(monkeypatch):
 
 def _demo(out: Path, *extra: str) -> int:
     return main(["demo", "--model", "fake", "--output-dir", str(out), "--k", "2", "--seeds", "2", "--limit", "4",
-                 *GRID, "--cot-task", "t_cot", "--direct-task", "t", *extra])
+                 *GRID, "--cot-task", "t_cot", "--direct-task", "t", "--chat-template", "no", *extra])
 
 
 # ------------------------------------------------------------------------------------------------- tests
@@ -186,6 +188,28 @@ def test_shape_checks_from_a_board():
     assert checks[0].random_mean == pytest.approx(0.55) and checks[0].column == f"{NIAH}/score,none"
     assert [c.metric for c in demo.headline(board).columns] == ["score"]
     assert demo.shape_checks(board, "other_task") == []
+
+
+def test_chat_template_choice(tmp_path, smollm_dir):
+    from transformers import AutoTokenizer
+
+    def choice(model: str, mode: str) -> bool:
+        return demo.use_chat_template(argparse.Namespace(model=model, chat_template=mode))
+
+    plain = tmp_path / "plain-tokenizer"
+    tokenizer = AutoTokenizer.from_pretrained(smollm_dir)
+    tokenizer.chat_template = None
+    tokenizer.save_pretrained(plain)
+    assert choice(str(smollm_dir), "auto") is True  # the instruct model's own template
+    assert choice(str(plain), "auto") is False  # a tokenizer without one: plain prompts
+    assert choice(str(plain), "yes") is True and choice(str(smollm_dir), "no") is False
+    with pytest.raises(RHError, match="cannot read the tokenizer"):
+        choice(str(tmp_path / "missing"), "auto")
+    args = demo.compare_args(argparse.Namespace(
+        model=str(smollm_dir), chat_template="auto", k="2", seeds=1, output_dir=str(tmp_path / "o"), limit=4,
+        niah_lengths="200", niah_depths="0", niah_samples=1, niah_seed=1, batch_size=1, include_path=[],
+        niah_task="n", cot_task="", direct_task=""), tmp_path / "scores.json")
+    assert args.apply_chat_template is True  # handed on to rh compare (and recorded in its run.json)
 
 
 # --------------------------------------------------------------------------------------- end to end (real)

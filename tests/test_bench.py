@@ -1,0 +1,44 @@
+"""``rh bench`` runs every contender and reports ratios to stock lm-eval (never timing assertions)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from rh_models.bench import naive_attention_gb
+from rh_models.cli import main
+
+
+def test_naive_attention_map_size():
+    # SmolLM2 (30 layers x 9 heads) at 2K prompt tokens + 32 new, float32: the README's ~4.5 GB
+    assert naive_attention_gb(30, 9, 2000, 32) == pytest.approx(30 * 9 * 2000 * 2032 * 4 / 1e9)
+    assert 4.3 < naive_attention_gb(30, 9, 2000, 32) < 4.5 and naive_attention_gb(30, 9, 8000, 32) > 69
+
+
+@pytest.mark.smollm
+def test_bench_end_to_end_on_a_tiny_model(tmp_path, tiny_llama_dir, capsys):
+    out = tmp_path / "bench.json"
+    # the naive contender fits at 150 tokens but not at 300 under a 0.0015 GB limit
+    # (2 layers x 4 heads x 300 x 304 x 4 B = 0.0029 GB of maps)
+    assert main(["bench", "--model", str(tiny_llama_dir), "--lengths", "150,300", "--new-tokens", "4",
+                 "--repeats", "2", "--mask-heads", "0-1;1-3", "--naive-limit-gb", "0.0015",
+                 "--detect-lengths", "150", "--detect-depths", "50,100", "--detect-samples", "1",
+                 "--output", str(out)]) == 0
+    result = json.loads(out.read_text())
+    rows = {(row["contender"], row["length"]): row for row in result["overhead"]}
+    assert {name for name, _ in rows} == {"hf", "rh-hf none", "rh-hf mask 2", "rh-hf record", "naive eager"}
+    assert result["mask_heads"] == "0-1;1-3" and result["weights_mb"] > 0
+    for length in (150, 300):
+        assert rows[("hf", length)]["time_ratio_median"] == 1.0  # every ratio divides by the stock path
+        for name in ("rh-hf none", "rh-hf mask 2", "rh-hf record"):
+            row = rows[(name, length)]
+            assert row["seconds_median"] > 0 and row["time_ratio_min"] <= row["time_ratio_median"] <= row["time_ratio_max"]
+            assert row["memory_ratio"] > 0
+    assert "seconds_median" in rows[("naive eager", 150)]
+    assert rows[("naive eager", 300)]["note"].startswith("not run: its attention maps alone need")
+    reuse = result["prefix_reuse"]
+    assert len(reuse["seconds_with_reuse"]) == len(reuse["seconds_without_reuse"]) == 1 and reuse["speedup_median"] > 0
+    assert reuse["prompt_tokens_reused"] > 30  # the depth-50 prompt re-uses the hay before its needle
+    printed = capsys.readouterr().out
+    assert "| rh-hf record" in printed and "prefix KV reuse" in printed and f"wrote {out}" in printed
