@@ -282,8 +282,11 @@ def run_overhead(
                 # what a process running only this contender peaks at, relative to stock: weights + growth
                 "memory_ratio": (weights + growth) / (weights + base_growth),
             })
+    # the issue's own yardstick for the naive way: how much slower than *our* recording, per length
+    naive_vs_record = {length: statistics.median(runs["naive"][length]) / statistics.median(runs["record"][length])
+                       for length in lengths if runs["naive"][length] and runs["record"][length]}
     result = {"model": model, "new_tokens": new_tokens, "repeats": repeats, "mask_heads": workload.mask.spec(),
-              "weights_mb": weights / 1e6, "overhead": table}
+              "weights_mb": weights / 1e6, "overhead": table, "naive_vs_record": naive_vs_record}
     if detect_lengths:
         result["prefix_reuse"] = _time_prefix_reuse(workload._model("ours"), detect_lengths, detect_depths,
                                                     detect_samples, max(1, repeats // 2))
@@ -331,6 +334,9 @@ def render(result: dict) -> str:
         value_matrix=rows, margin=1,
     )
     text = writer.dumps()
+    if result.get("naive_vs_record"):
+        text += "\nnaive eager vs rh-hf record (median s): " + ", ".join(
+            f"{ratio:.2f}x at {length}" for length, ratio in result["naive_vs_record"].items()) + "\n"
     reuse = result.get("prefix_reuse")
     if reuse:
         text += (f"\nrh detect, lengths {reuse['lengths']} x depths {reuse['depths']} x {reuse['samples']} needles "

@@ -41,4 +41,5 @@ def test_bench_end_to_end_on_a_tiny_model(tmp_path, tiny_llama_dir, capsys):
     assert len(reuse["seconds_with_reuse"]) == len(reuse["seconds_without_reuse"]) == 1 and reuse["speedup_median"] > 0
     assert reuse["prompt_tokens_reused"] > 30  # the depth-50 prompt re-uses the hay before its needle
     printed = capsys.readouterr().out
-    assert "| rh-hf record" in printed and "prefix KV reuse" in printed and f"wrote {out}" in printed
+    assert list(result["naive_vs_record"]) == ["150"] and result["naive_vs_record"]["150"] > 0  # JSON keys: str
+    assert "| rh-hf record" in printed and "naive eager vs rh-hf record (median s): " in printed and "prefix KV reuse" in printed and f"wrote {out}" in printed
