@@ -14,9 +14,10 @@ Contenders, all on the same NIAH prompt per length, greedy, exactly ``--new-toke
 
 Why this shape: the contenders run alternately within each repeat (rotating who goes first), so drift of a
 shared machine hits all of them alike; we report the median of per-repeat ratios with min–max, never a
-timing assertion. Peak memory is the peak resident-set growth during the call, sampled every 5 ms, measured in
-one extra pass after all timings with glibc told to hand freed memory back at once (otherwise RSS keeps what an
-earlier contender freed and later ones look free of charge; the setting costs page faults, hence its own pass).
+timing assertion. Peak memory is the peak resident-set growth during one call, sampled every 5 ms, measured
+after all timings in a fresh process per contender and length that loads only that contender's model, with
+glibc told to hand freed memory back at once (in a shared process RSS keeps what an earlier contender freed
+and later ones look free of charge; the setting costs page faults, hence not during the timings).
 A second table times ``rh detect`` on a small grid with and without haystack-prefix KV reuse.
 """
 
@@ -31,6 +32,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from rh_models.cli_args import comma_ints
 from rh_models.errors import RHError
 
 _PAGE = 4096
@@ -224,7 +226,8 @@ def _probe_in_subprocess(model: str, lengths: list[int], new_tokens: int, mask_h
     done = subprocess.run([sys.executable, "-c", code, args], capture_output=True, text=True)
     lines = [line for line in done.stdout.splitlines() if line.startswith("RH_PROBE ")]
     if done.returncode != 0 or not lines:
-        raise RHError(f"memory probe {key} at {length} tokens failed: {done.stderr.strip().splitlines()[-1:]}")
+        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise RHError(f"memory probe {key} at {length} tokens failed: {last}")
     return int(lines[-1].split()[1])
 
 
@@ -346,22 +349,15 @@ def render(result: dict) -> str:
     return text
 
 
-def _ints(text: str) -> list[int]:
-    try:
-        return [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-
-
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="smollm2-135m")
-    parser.add_argument("--lengths", type=_ints, default=[1000, 2000, 4000, 8000])
+    parser.add_argument("--lengths", type=comma_ints, default=[1000, 2000, 4000, 8000])
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--mask-heads", default="8-0;11-3;14-2;15-7;16-1;19-5")
     parser.add_argument("--naive-limit-gb", type=float, default=12.0, help="skip naive eager above this map size")
-    parser.add_argument("--detect-lengths", type=_ints, default=[1000, 2000], help="empty to skip the reuse table")
-    parser.add_argument("--detect-depths", type=_ints, default=[0, 20, 40, 60, 80, 100])
+    parser.add_argument("--detect-lengths", type=comma_ints, default=[1000, 2000], help="empty to skip the reuse table")
+    parser.add_argument("--detect-depths", type=comma_ints, default=[0, 20, 40, 60, 80, 100])
     parser.add_argument("--detect-samples", type=int, default=3, help="needles per detection cell (paper: 3)")
     parser.add_argument("--output", type=Path, default=Path("benchmarks/results.json"))
 

@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from rh_models.cli_args import comma_ints
 from rh_models.errors import RHError
 from rh_models.heads import HeadScores, format_heads
 from rh_models.scores import write_json_atomic
@@ -193,20 +194,13 @@ def print_summary(summary: dict, output: Path) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------- CLI
-def _int_list(text: str) -> list[int]:
-    try:
-        return [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-
-
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="smollm2-135m", help="alias, local folder or hub id (default: smollm2-135m)")
     parser.add_argument("--output", required=True, type=Path, help="score file to write (paper format)")
-    parser.add_argument("--lengths", type=_int_list, help="context lengths in the model's tokens, e.g. 500,1000,2000")
+    parser.add_argument("--lengths", type=comma_ints, help="context lengths in the model's tokens, e.g. 500,1000,2000")
     parser.add_argument("--max-length", type=int, help="longest context (default: the model's maximum)")
     parser.add_argument("--num-lengths", type=int, default=DEFAULT_NUM_LENGTHS, help="lengths from 1K to --max-length")
-    parser.add_argument("--depths", type=_int_list, default=list(DEFAULT_DEPTHS), help="needle depths in percent")
+    parser.add_argument("--depths", type=comma_ints, default=list(DEFAULT_DEPTHS), help="needle depths in percent")
     parser.add_argument("--needles", default="paper", help="needle kind: paper (default), kv, multikey, ...")
     parser.add_argument("--samples", type=int, default=3, help="needles per cell (default 3, as the paper)")
     parser.add_argument("--haystack", default="pg_essays", help="pg_essays, noise, needles, a folder of .txt")

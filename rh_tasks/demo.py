@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from rh_models.errors import RHError
+from rh_tasks.compare import parse_ints
 from rh_tasks.leaderboard import Column, Leaderboard, read_json, write_atomic
 
 DEMO_FILE = "demo.json"
@@ -67,11 +68,8 @@ BATCH_SIZE = 6  # one NIAH length per batch; batching cuts CPU decoding time 2-4
 
 
 def int_list(text: str, what: str) -> list[int]:
-    """``"500,1000"`` -> ``[500, 1000]``; an :class:`RHError` naming ``what`` otherwise."""
-    try:
-        values = [int(part) for part in str(text).split(",") if part.strip()]
-    except ValueError:
-        raise RHError(f"{what} takes integers separated by commas, got {text!r}") from None
+    """``"500,1000"`` -> ``[500, 1000]`` (``rh compare``'s parser); empty is an error here: the demo needs a grid."""
+    values = parse_ints(text, what)
     if not values:
         raise RHError(f"{what} is empty")
     return values
