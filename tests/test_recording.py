@@ -194,6 +194,23 @@ def test_detect_resumes_and_never_overwrites_silently(tiny_llama_dir, tmp_path):
     assert forced["tests_seen"] == 2
 
 
+def test_detect_runs_depth_major_so_every_prompt_reuses_the_hay_before_its_needle(tiny_llama_dir, tmp_path):
+    from rh_models.detect import detect, work_file
+    from rh_models.lm import RHHFLM
+
+    lm = RHHFLM(pretrained=str(tiny_llama_dir), device="cpu", batch_size=1)
+    output = tmp_path / "scores.json"
+    detect(lm, output, lengths=[150, 200], depths=[0, 50, 100], samples=2, max_gen_toks=2, progress=False)
+    order = []
+    for line in work_file(output).read_text().splitlines():
+        needle, cell = json.loads(line)["key"].split("|")
+        length, depth = map(int, cell.split("-"))
+        order.append((length, depth, needle))
+    # per length: deepest depth first, and all needles of a depth together (not needle by needle)
+    assert order == sorted(order, key=lambda t: (t[0], -t[1], t[2])) and len(order) == 12
+    assert [depth for _, depth, _ in order[:6]] == [100, 100, 50, 50, 0, 0]
+
+
 def test_prefix_reuse_gives_the_same_generations(tiny_llama_dir):
     from rh_models.lm import RHHFLM
     from rh_tasks.niah import build_docs
