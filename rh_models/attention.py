@@ -32,6 +32,7 @@ from transformers import AttentionInterface
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
+from rh_models.cascade import PrefixCascade
 from rh_models.errors import RHError
 from rh_models.heads import HeadSet
 
@@ -90,6 +91,7 @@ class HeadControl:
         self.heads = HeadSet((), n_layers, n_heads)
         self.rows: TopOneRows | None = None
         self.calls_per_layer = [0] * n_layers  # for the self-check: proof that our function really runs
+        self.cascade: PrefixCascade | None = None  # set while a prompt continues a reused prefix cache
 
     # ------------------------------------------------------------------ lifecycle
     @classmethod
@@ -173,7 +175,10 @@ class HeadControl:
         if masked is not None and self.method == "uniform":
             # q = 0 -> every visible logit equals 0 (softcap/scale keep it 0) -> uniform over visible keys
             query = query.index_fill(1, masked, 0.0)
-        output, weights = base_fn(module, query, key, value, attention_mask, **kwargs)
+        if self.cascade is not None and self.cascade.applies(self.base, module, query, key, attention_mask, kwargs):
+            output, weights = self.cascade(module, query, key, value, **kwargs)
+        else:
+            output, weights = base_fn(module, query, key, value, attention_mask, **kwargs)
         if masked is not None and self.method == "zero":
             if output.shape[2] != self.n_heads:
                 raise RHError(f"unexpected attention output layout {tuple(output.shape)} in {type(module).__name__}")

@@ -28,6 +28,7 @@ from lm_eval.api.registry import register_model
 from lm_eval.models.huggingface import HFLM
 
 from rh_models.attention import MASK_METHODS, MASK_SCOPES, HeadControl
+from rh_models.cascade import PrefixCascade
 from rh_models.errors import RHError, install_excepthook
 from rh_models.heads import HeadScores, HeadSet, select_heads
 from rh_models.recorder import ScoreRecorder, carries_needle
@@ -127,6 +128,7 @@ class RHHFLM(HFLM):
         self._prefix_cache: Any = None
         self._prefix_ids: list[int] = []
         self.prefix_tokens_reused = 0
+        self.prefix_cascade = PrefixCascade()  # attention over cached prefix + new tokens without a full mask
 
     # ------------------------------------------------------------------ masking
     def set_mask(
@@ -281,7 +283,11 @@ class RHHFLM(HFLM):
         elif cache.get_seq_length() > common:
             cache.crop(common - cache.get_seq_length())  # negative: drop that many trailing positions
         self._prefix_cache, self._prefix_ids = None, []
-        output = super()._model_generate(context, max_length, stop, past_key_values=cache, **generation_kwargs)
+        self.control.cascade = self.prefix_cascade
+        try:
+            output = super()._model_generate(context, max_length, stop, past_key_values=cache, **generation_kwargs)
+        finally:
+            self.control.cascade = None
         self._prefix_cache, self._prefix_ids = cache, ids
         self.prefix_tokens_reused += common
         return output

@@ -1,0 +1,73 @@
+"""Attention for a prompt continued over a cached prefix, as two kernel calls merged by log-sum-exp.
+
+Why: with prefix reuse, ``rh detect`` prefills only the tokens after the shared haystack (``N`` new queries
+against ``P`` cached + ``N`` new keys). Transformers then hands sdpa an explicit ``N x (P+N)`` causal mask,
+because sdpa's ``is_causal`` aligns the triangle top-left; with a mask the CPU kernel can no longer skip
+the blocks above the diagonal and does ``N * (P+N)`` work — for a shallow needle (``N > P``) more than
+prefilling the whole prompt from scratch. Splitting the keys (cached part: no mask at all; new part: a
+plain causal square) costs ``N * (P + N/2)`` and keeps both calls on the flash kernel. The two partial
+softmaxes are merged exactly by their log-sum-exps, as cascade / prefix-sharing inference engines do.
+
+Only used where it is provably the same computation: CPU sdpa, causal self-attention, batch rows with no
+padding, a mask that is exactly the lower-right causal pattern, and none of the extras (position bias,
+softcap, attention sinks, dropout) that would change the scores. Anything else goes to the stock function.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers.integrations.sdpa_attention import repeat_kv
+
+_UNSUPPORTED_EXTRAS = ("position_bias", "softcap", "s_aux", "sinks")
+
+
+class PrefixCascade:
+    """Decides per call whether the cascade applies, remembering the verdict for the mask of this forward."""
+
+    def __init__(self) -> None:
+        self._mask: torch.Tensor | None = None  # the mask object last checked (one per forward, shared by layers)
+        self._mask_is_causal_continuation = False
+        self.calls = 0  # how many attention calls took the cascade (for tests and the benchmark)
+
+    def applies(self, base: str, module, query, key, attention_mask, kwargs) -> bool:
+        q_length, kv_length = query.shape[2], key.shape[2]
+        if base != "sdpa" or query.device.type != "cpu" or not (1 < q_length < kv_length):
+            return False
+        if not getattr(module, "is_causal", False) or kwargs.get("is_causal") is False:
+            return False
+        if any(kwargs.get(name) is not None for name in _UNSUPPORTED_EXTRAS) or kwargs.get("dropout", 0.0):
+            return False
+        if query.shape[-1] != key.shape[-1]:
+            return False
+        return attention_mask is None or self._is_causal_continuation(attention_mask, q_length, kv_length)
+
+    def _is_causal_continuation(self, mask: torch.Tensor, q_length: int, kv_length: int) -> bool:
+        if mask is self._mask:
+            return self._mask_is_causal_continuation
+        cached = kv_length - q_length
+        verdict = (
+            mask.dtype == torch.bool
+            and mask.ndim == 4
+            and mask.shape[-2:] == (q_length, kv_length)
+            and bool(mask[..., :cached].all())
+            and torch.equal(
+                mask[..., cached:],
+                torch.ones(q_length, q_length, dtype=torch.bool, device=mask.device).tril().expand_as(mask[..., cached:]),
+            )
+        )
+        self._mask, self._mask_is_causal_continuation = mask, verdict
+        return verdict
+
+    def __call__(self, module, query, key, value, scaling: float | None = None, **_) -> tuple[torch.Tensor, None]:
+        """``(batch, q_len, heads, head_dim)`` output, the layout every attention function returns."""
+        self.calls += 1
+        groups = query.shape[1] // key.shape[1]
+        key, value = repeat_kv(key, groups), repeat_kv(value, groups)
+        cached = key.shape[2] - query.shape[2]
+        flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+        old, old_lse = flash(query, key[:, :, :cached], value[:, :, :cached], 0.0, False, scale=scaling)
+        new, new_lse = flash(query, key[:, :, cached:], value[:, :, cached:], 0.0, True, scale=scaling)
+        total = torch.logaddexp(old_lse, new_lse)
+        merged = old * torch.exp(old_lse - total).unsqueeze(-1).to(old.dtype)
+        merged = merged + new * torch.exp(new_lse - total).unsqueeze(-1).to(new.dtype)
+        return merged.transpose(1, 2).contiguous(), None
