@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,7 @@ from rh_models.recorder import ScoreRecorder, carries_needle
 from rh_models.zoo import is_alias, resolve_pretrained
 
 _PROBE_TOKENS = 16
+logger = logging.getLogger(__name__)
 
 
 def _as_bool(value: Any) -> bool:
@@ -128,6 +130,7 @@ class RHHFLM(HFLM):
         self._prefix_cache: Any = None
         self._prefix_ids: list[int] = []
         self.prefix_tokens_reused = 0
+        self._warned_sliding = False
         self.prefix_cascade = PrefixCascade()  # attention over cached prefix + new tokens without a full mask
 
     # ------------------------------------------------------------------ masking
@@ -268,18 +271,27 @@ class RHHFLM(HFLM):
 
         NIAH cells of one length share the haystack text before the needle; with ``prefix_reuse`` (batch size
         1) only the tokens after the shared prefix are prefilled. At least two tokens are always recomputed so
-        the step that produces the first answer token is a real prefill row.
+        the step that produces the first answer token is a real prefill row. Models with sliding-window layers
+        keep only the window in their cache, which cannot be rolled back to a shorter prefix: they prefill
+        from scratch (with a warning, and ``prefix_tokens_reused`` stays 0).
         """
         if not self.prefix_reuse or context.shape[0] != 1:
             return super()._model_generate(context, max_length, stop, **generation_kwargs)
         from transformers import DynamicCache
 
+        fresh = DynamicCache(config=self.model.config)
+        if any(getattr(layer, "is_sliding", False) for layer in getattr(fresh, "layers", ())):
+            if not self._warned_sliding:
+                logger.warning("prefix_reuse: %s has sliding-window layers whose cache cannot be rolled back; "
+                               "prefilling every prompt from scratch", type(self.model).__name__)
+                self._warned_sliding = True
+            return super()._model_generate(context, max_length, stop, **generation_kwargs)
         ids = context[0].tolist()
         limit = min(len(self._prefix_ids), len(ids) - 2)
         common = next((i for i in range(limit) if ids[i] != self._prefix_ids[i]), max(limit, 0))
         cache = self._prefix_cache
         if cache is None or common == 0:
-            cache, common = DynamicCache(config=self.model.config), 0
+            cache, common = fresh, 0
         elif cache.get_seq_length() > common:
             cache.crop(common - cache.get_seq_length())  # negative: drop that many trailing positions
         self._prefix_cache, self._prefix_ids = None, []
