@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from rh_models.bench_reuse import render_reuse, time_prefix_reuse
 from rh_models.cli_args import comma_ints
 from rh_models.errors import RHError
 
@@ -238,10 +239,8 @@ def run_overhead(
     repeats: int,
     mask_heads: str,
     naive_limit_gb: float,
-    detect_lengths: list[int],
-    detect_depths: list[int],
-    detect_samples: int = 3,
-) -> dict:
+) -> tuple[dict, "Workload"]:
+    """The first table (returned with its workload, whose loaded rh-hf model the detection table reuses)."""
     workload = Workload(model, lengths, new_tokens, mask_heads)
     runnable = {key: [n for n in lengths if key != "naive" or workload.naive_gb(n) <= naive_limit_gb]
                 for key in CONTENDERS}
@@ -290,32 +289,7 @@ def run_overhead(
                        for length in lengths if runs["naive"][length] and runs["record"][length]}
     result = {"model": model, "new_tokens": new_tokens, "repeats": repeats, "mask_heads": workload.mask.spec(),
               "weights_mb": weights / 1e6, "overhead": table, "naive_vs_record": naive_vs_record}
-    if detect_lengths:
-        result["prefix_reuse"] = _time_prefix_reuse(workload._model("ours"), detect_lengths, detect_depths,
-                                                    detect_samples, max(1, repeats // 2))
-    return result
-
-
-def _time_prefix_reuse(lm, lengths: list[int], depths: list[int], samples: int, repeats: int) -> dict:
-    from rh_models.detect import detect
-
-    seconds: dict[bool, list[float]] = {True: [], False: []}
-    reused: list[int] = []
-    for repeat in range(repeats):
-        for reuse in ((True, False) if repeat % 2 == 0 else (False, True)):
-            out = Path(f"/tmp/rh-bench-detect-{time.time_ns()}.json")
-            start = time.perf_counter()
-            lm.prefix_tokens_reused = 0
-            detect(lm, out, lengths=lengths, depths=depths, samples=samples, prefix_reuse=reuse, progress=False)
-            if reuse:
-                reused.append(lm.prefix_tokens_reused)
-            seconds[reuse].append(time.perf_counter() - start)
-            for suffix in ("", ".meta.json", ".tests.jsonl", ".events.jsonl"):
-                Path(str(out.with_suffix("")) + (suffix or ".json")).unlink(missing_ok=True)
-    ratios = [off / on for on, off in zip(seconds[True], seconds[False])]
-    return {"lengths": lengths, "depths": depths, "samples": samples, "prompt_tokens_reused": reused[-1],
-            "seconds_with_reuse": seconds[True],
-            "seconds_without_reuse": seconds[False], "speedup_median": statistics.median(ratios)}
+    return result, workload
 
 
 def render(result: dict) -> str:
@@ -336,22 +310,19 @@ def render(result: dict) -> str:
                  "peak memory vs hf (weights + growth)"],
         value_matrix=rows, margin=1,
     )
-    text = writer.dumps()
+    text = writer.dumps() if rows else ""
     if result.get("naive_vs_record"):
         text += "\nnaive eager vs rh-hf record (median s): " + ", ".join(
             f"{ratio:.2f}x at {length}" for length, ratio in result["naive_vs_record"].items()) + "\n"
-    reuse = result.get("prefix_reuse")
-    if reuse:
-        text += (f"\nrh detect, lengths {reuse['lengths']} x depths {reuse['depths']} x {reuse['samples']} needles "
-                 f"({reuse['prompt_tokens_reused']} prompt tokens taken from the cache): prefix KV reuse "
-                 f"{reuse['speedup_median']:.2f}x faster (with {statistics.median(reuse['seconds_with_reuse']):.0f} s, "
-                 f"without {statistics.median(reuse['seconds_without_reuse']):.0f} s)\n")
+    if result.get("prefix_reuse"):
+        text += render_reuse(result["prefix_reuse"])
     return text
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="smollm2-135m")
-    parser.add_argument("--lengths", type=comma_ints, default=[1000, 2000, 4000, 8000])
+    parser.add_argument("--lengths", type=comma_ints, default=[1000, 2000, 4000, 8000],
+                        help="prompt lengths of the overhead table; empty to skip it")
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--mask-heads", default="8-0;11-3;14-2;15-7;16-1;19-5")
@@ -359,14 +330,27 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--detect-lengths", type=comma_ints, default=[1000, 2000], help="empty to skip the reuse table")
     parser.add_argument("--detect-depths", type=comma_ints, default=[0, 20, 40, 60, 80, 100])
     parser.add_argument("--detect-samples", type=int, default=3, help="needles per detection cell (paper: 3)")
+    parser.add_argument("--detect-repeats", type=int, help="repeats of the detection table (default: --repeats // 2)")
     parser.add_argument("--output", type=Path, default=Path("benchmarks/results.json"))
 
 
 def run(args: argparse.Namespace) -> int:
     if args.repeats < 1:
         raise RHError("--repeats must be at least 1")
-    result = run_overhead(args.model, args.lengths, args.new_tokens, args.repeats, args.mask_heads,
-                          args.naive_limit_gb, args.detect_lengths, args.detect_depths, args.detect_samples)
+    if not args.lengths and not args.detect_lengths:
+        raise RHError("nothing to measure: --lengths and --detect-lengths are both empty")
+    result: dict = {"model": args.model, "overhead": []}
+    workload = None
+    if args.lengths:
+        result, workload = run_overhead(args.model, args.lengths, args.new_tokens, args.repeats, args.mask_heads,
+                                        args.naive_limit_gb)
+    if args.detect_lengths:
+        from rh_models.lm import RHHFLM
+
+        lm = workload._model("ours") if workload else RHHFLM(pretrained=args.model, device="cpu", batch_size=1)
+        repeats = args.detect_repeats or max(1, args.repeats // 2)
+        result["prefix_reuse"] = time_prefix_reuse(lm, args.detect_lengths, args.detect_depths, args.detect_samples,
+                                                   repeats)
     from rh_models.scores import write_json_atomic
 
     write_json_atomic(args.output, result)

@@ -37,9 +37,26 @@ def test_bench_end_to_end_on_a_tiny_model(tmp_path, tiny_llama_dir, capsys):
             assert row["memory_ratio"] > 0
     assert "seconds_median" in rows[("naive eager", 150)]
     assert rows[("naive eager", 300)]["note"].startswith("not run: its attention maps alone need")
-    reuse = result["prefix_reuse"]
-    assert len(reuse["seconds_with_reuse"]) == len(reuse["seconds_without_reuse"]) == 1 and reuse["speedup_median"] > 0
-    assert reuse["prompt_tokens_reused"] > 30  # the depth-50 prompt re-uses the hay before its needle
+    reuse = {row["contender"]: row for row in result["prefix_reuse"]["table"]}
+    assert list(reuse) == ["no reuse", "reuse, masked sdpa", "reuse"] and result["prefix_reuse"]["repeats"] == 1
+    assert reuse["no reuse"]["speedup_median"] == 1.0 and reuse["no reuse"]["prompt_tokens_reused"] == 0
+    for name in ("reuse, masked sdpa", "reuse"):
+        assert reuse[name]["prompt_tokens_reused"] > 30  # the depth-50 prompt re-uses the hay before its needle
+        assert reuse[name]["prompt_tokens_prefilled"] == reuse["no reuse"]["prompt_tokens_prefilled"] - reuse[name]["prompt_tokens_reused"]
+        assert reuse[name]["decode_steps"] == reuse["no reuse"]["decode_steps"]
+    assert result["prefix_reuse"]["identical_scores"] is True
     printed = capsys.readouterr().out
     assert list(result["naive_vs_record"]) == ["150"] and result["naive_vs_record"]["150"] > 0  # JSON keys: str
-    assert "| rh-hf record" in printed and "naive eager vs rh-hf record (median s): " in printed and "prefix KV reuse" in printed and f"wrote {out}" in printed
+    assert "| rh-hf record" in printed and "naive eager vs rh-hf record (median s): " in printed and "| reuse, masked sdpa" in printed and f"wrote {out}" in printed
+
+
+def test_bench_reuse_table_alone_and_nothing_to_measure(tmp_path, tiny_llama_dir, capsys):
+    out = tmp_path / "reuse.json"
+    assert main(["bench", "--model", str(tiny_llama_dir), "--lengths", "", "--detect-lengths", "150",
+                 "--detect-depths", "100,50", "--detect-samples", "2", "--detect-repeats", "1",
+                 "--output", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["overhead"] == [] and result["prefix_reuse"]["identical_scores"] is True
+    assert "identical scores: yes" in capsys.readouterr().out
+    assert main(["bench", "--lengths", "", "--detect-lengths", "", "--output", str(out)]) == 2
+    assert "nothing to measure" in capsys.readouterr().err

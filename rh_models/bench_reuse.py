@@ -1,0 +1,123 @@
+"""The second table of ``rh bench``: ``rh detect`` with and without haystack-prefix KV reuse.
+
+Three contenders run alternately on the same grid (rotating who goes first each repeat):
+
+* ``no reuse``: every prompt prefilled from scratch;
+* ``reuse, masked sdpa``: the cache of the shared prefix reused, the continuation attended with the
+  explicit ``N x (P+N)`` mask transformers builds (what reuse did before :mod:`rh_models.cascade`);
+* ``reuse``: the same with the prefix cascade.
+
+Why the prefill/decode split: reuse can only shorten the prefill (the hay before the needle, at most about
+half of a prompt on a grid of depths 0..100); the answer's decoding is the same work either way. Forward
+calls are timed through hooks on the model: a call with more than one new token is prefill, one token is a
+decoding step. The per-head scores of every contender must be identical; the result says whether they are.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+REUSE_CONTENDERS = ("no reuse", "reuse, masked sdpa", "reuse")
+
+
+class ForwardTimer:
+    """Seconds and token counts of prefill calls and decoding steps of one model, via forward hooks."""
+
+    def __init__(self, model) -> None:
+        self.seconds = {"prefill": 0.0, "decode": 0.0}
+        self.tokens = {"prefill": 0, "decode": 0}
+        self._started = 0.0
+        self._new_tokens = 0
+        self._hooks = [
+            model.register_forward_pre_hook(self._before, with_kwargs=True),
+            model.register_forward_hook(self._after, with_kwargs=True),
+        ]
+
+    def _before(self, module, args, kwargs) -> None:
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        self._new_tokens = int(ids.shape[1]) if ids is not None else 0
+        self._started = time.perf_counter()
+
+    def _after(self, module, args, kwargs, output) -> None:
+        kind = "prefill" if self._new_tokens > 1 else "decode"
+        self.seconds[kind] += time.perf_counter() - self._started
+        self.tokens[kind] += self._new_tokens
+
+    def remove(self) -> None:
+        for hook in self._hooks:
+            hook.remove()
+
+
+def _configure(lm, contender: str, cascade) -> None:
+    lm.prefix_cascade = cascade if contender == "reuse" else None
+
+
+def time_prefix_reuse(lm, lengths: list[int], depths: list[int], samples: int, repeats: int) -> dict:
+    """Run the detection grid ``repeats`` times per contender; medians and per-repeat speedups vs no reuse."""
+    from rh_models.detect import detect
+
+    cascade = lm.prefix_cascade
+    runs: dict[str, list[dict]] = {name: [] for name in REUSE_CONTENDERS}
+    scores: dict[str, str] = {}
+    try:
+        for repeat in range(repeats):
+            shift = repeat % len(REUSE_CONTENDERS)
+            for contender in REUSE_CONTENDERS[shift:] + REUSE_CONTENDERS[:shift]:
+                _configure(lm, contender, cascade)
+                lm.prefix_tokens_reused = 0
+                lm._prefix_cache, lm._prefix_ids = None, []  # no head start from the previous contender's cache
+                timer = ForwardTimer(lm.model)
+                with tempfile.TemporaryDirectory() as folder:
+                    out = Path(folder) / "scores.json"
+                    start = time.perf_counter()
+                    detect(lm, out, lengths=lengths, depths=depths, samples=samples, progress=False,
+                           prefix_reuse=contender != "no reuse")
+                    seconds = time.perf_counter() - start
+                    scores.setdefault(contender, out.read_text())
+                timer.remove()
+                runs[contender].append({"seconds": seconds, "prefill_seconds": timer.seconds["prefill"],
+                                        "decode_seconds": timer.seconds["decode"],
+                                        "prompt_tokens_prefilled": timer.tokens["prefill"],
+                                        "decode_steps": timer.tokens["decode"],
+                                        "prompt_tokens_reused": lm.prefix_tokens_reused})
+                print(f"detect repeat {repeat} {contender}: {seconds:.1f} s (prefill {timer.seconds['prefill']:.1f} s, "
+                      f"decode {timer.seconds['decode']:.1f} s)", flush=True)
+    finally:
+        lm.prefix_cascade, lm.prefix_reuse = cascade, False
+
+    baseline = runs["no reuse"]
+    table = []
+    for contender, samples_ in runs.items():
+        speedups = [base["seconds"] / run["seconds"] for base, run in zip(baseline, samples_)]
+        prefill_speedups = [base["prefill_seconds"] / run["prefill_seconds"] for base, run in zip(baseline, samples_)]
+        table.append({
+            "contender": contender,
+            **{key: statistics.median(run[key] for run in samples_) for key in samples_[0]},
+            "speedup_median": statistics.median(speedups), "speedup_min": min(speedups), "speedup_max": max(speedups),
+            "prefill_speedup_median": statistics.median(prefill_speedups),
+        })
+    same = len({json.dumps(json.loads(text), sort_keys=True) for text in scores.values()}) == 1
+    return {"lengths": lengths, "depths": depths, "samples": samples, "repeats": repeats, "table": table,
+            "identical_scores": same}
+
+
+def render_reuse(reuse: dict) -> str:
+    from pytablewriter import MarkdownTableWriter
+
+    rows = [[row["contender"], f"{row['seconds']:.1f}",
+             f"{row['speedup_median']:.2f}× ({row['speedup_min']:.2f}–{row['speedup_max']:.2f})",
+             f"{row['prefill_seconds']:.1f}", f"{row['prefill_speedup_median']:.2f}×", f"{row['decode_seconds']:.1f}",
+             f"{row['prompt_tokens_prefilled']:.0f}", f"{row['prompt_tokens_reused']:.0f}"]
+            for row in reuse["table"]]
+    writer = MarkdownTableWriter(
+        headers=["rh detect", "median s", "speedup vs no reuse (min–max)", "prefill s", "prefill speedup",
+                 "decode s", "prompt tokens prefilled", "taken from the cache"],
+        value_matrix=rows, margin=1,
+    )
+    return (f"\nrh detect, lengths {reuse['lengths']} x depths {reuse['depths']} x {reuse['samples']} needles, "
+            f"{reuse['repeats']} repeat(s); identical scores: {'yes' if reuse['identical_scores'] else 'NO'}\n\n"
+            + writer.dumps())
