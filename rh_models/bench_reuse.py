@@ -1,11 +1,13 @@
 """The second table of ``rh bench``: ``rh detect`` with and without haystack-prefix KV reuse.
 
-Three contenders run alternately on the same grid (rotating who goes first each repeat):
+Contenders run alternately on the same grid (rotating who goes first each repeat):
 
-* ``no reuse``: every prompt prefilled from scratch;
+* ``no reuse``: every prompt prefilled from scratch, one test at a time (``rh detect`` before reuse);
 * ``reuse, masked sdpa``: the cache of the shared prefix reused, the continuation attended with the
   explicit ``N x (P+N)`` mask transformers builds (what reuse did before :mod:`rh_models.cascade`);
-* ``reuse``: the same with the prefix cascade.
+* ``reuse``: the same with the prefix cascade;
+* ``no reuse, cell batches`` / ``reuse, cell batches``: a cell's needles generated as one batch (the
+  default of ``rh detect``), without and with reuse — the pair that isolates what reuse adds there.
 
 Why the prefill/decode split: reuse can only shorten the prefill (the hay before the needle, at most about
 half of a prompt on a grid of depths 0..100); the answer's decoding is the same work either way. Forward
@@ -21,17 +23,25 @@ import tempfile
 import time
 from pathlib import Path
 
-REUSE_CONTENDERS = ("no reuse", "reuse, masked sdpa", "reuse")
+# name -> (prefix reuse, cascade, a cell's needles as one batch)
+REUSE_CONTENDERS = {
+    "no reuse": (False, False, False),
+    "reuse, masked sdpa": (True, False, False),
+    "reuse": (True, True, False),
+    "no reuse, cell batches": (False, False, True),
+    "reuse, cell batches": (True, True, True),
+}
 
 
 class ForwardTimer:
-    """Seconds and token counts of prefill calls and decoding steps of one model, via forward hooks."""
+    """Seconds of prefill calls and decoding steps of one model, via forward hooks; positions prefilled
+    (batch x new tokens, padding included) and decoding steps (a batched step counts once)."""
 
     def __init__(self, model) -> None:
         self.seconds = {"prefill": 0.0, "decode": 0.0}
         self.tokens = {"prefill": 0, "decode": 0}
         self._started = 0.0
-        self._new_tokens = 0
+        self._new_tokens = self._positions = 0
         self._hooks = [
             model.register_forward_pre_hook(self._before, with_kwargs=True),
             model.register_forward_hook(self._after, with_kwargs=True),
@@ -40,20 +50,17 @@ class ForwardTimer:
     def _before(self, module, args, kwargs) -> None:
         ids = kwargs.get("input_ids", args[0] if args else None)
         self._new_tokens = int(ids.shape[1]) if ids is not None else 0
+        self._positions = int(ids.numel()) if ids is not None else 0
         self._started = time.perf_counter()
 
     def _after(self, module, args, kwargs, output) -> None:
         kind = "prefill" if self._new_tokens > 1 else "decode"
         self.seconds[kind] += time.perf_counter() - self._started
-        self.tokens[kind] += self._new_tokens
+        self.tokens[kind] += self._positions if kind == "prefill" else 1
 
     def remove(self) -> None:
         for hook in self._hooks:
             hook.remove()
-
-
-def _configure(lm, contender: str, cascade) -> None:
-    lm.prefix_cascade = cascade if contender == "reuse" else None
 
 
 def time_prefix_reuse(lm, lengths: list[int], depths: list[int], samples: int, repeats: int) -> dict:
@@ -63,19 +70,21 @@ def time_prefix_reuse(lm, lengths: list[int], depths: list[int], samples: int, r
     cascade = lm.prefix_cascade
     runs: dict[str, list[dict]] = {name: [] for name in REUSE_CONTENDERS}
     scores: dict[str, str] = {}
+    names = list(REUSE_CONTENDERS)
     try:
         for repeat in range(repeats):
-            shift = repeat % len(REUSE_CONTENDERS)
-            for contender in REUSE_CONTENDERS[shift:] + REUSE_CONTENDERS[:shift]:
-                _configure(lm, contender, cascade)
+            shift = repeat % len(names)
+            for contender in names[shift:] + names[:shift]:
+                reuse, with_cascade, batch_cells = REUSE_CONTENDERS[contender]
+                lm.prefix_cascade = cascade if with_cascade else None
                 lm.prefix_tokens_reused = 0
-                lm._prefix_cache, lm._prefix_ids = None, []  # no head start from the previous contender's cache
+                lm.prefix.clear()  # no head start from the previous contender's cache
                 timer = ForwardTimer(lm.model)
                 with tempfile.TemporaryDirectory() as folder:
                     out = Path(folder) / "scores.json"
                     start = time.perf_counter()
                     detect(lm, out, lengths=lengths, depths=depths, samples=samples, progress=False,
-                           prefix_reuse=contender != "no reuse")
+                           prefix_reuse=reuse, batch_cells=batch_cells)
                     seconds = time.perf_counter() - start
                     scores.setdefault(contender, out.read_text())
                 timer.remove()
@@ -101,8 +110,13 @@ def time_prefix_reuse(lm, lengths: list[int], depths: list[int], samples: int, r
             "prefill_speedup_median": statistics.median(prefill_speedups),
         })
     same = len({json.dumps(json.loads(text), sort_keys=True) for text in scores.values()}) == 1
+
+    def gain(without: str, with_: str) -> float:  # what reuse alone adds, all else equal
+        return statistics.median(a["seconds"] / b["seconds"] for a, b in zip(runs[without], runs[with_]))
+
     return {"lengths": lengths, "depths": depths, "samples": samples, "repeats": repeats, "table": table,
-            "identical_scores": same}
+            "identical_scores": same, "reuse_speedup_one_at_a_time": gain("no reuse", "reuse"),
+            "reuse_speedup_in_cell_batches": gain("no reuse, cell batches", "reuse, cell batches")}
 
 
 def render_reuse(reuse: dict) -> str:
@@ -115,9 +129,11 @@ def render_reuse(reuse: dict) -> str:
             for row in reuse["table"]]
     writer = MarkdownTableWriter(
         headers=["rh detect", "median s", "speedup vs no reuse (min–max)", "prefill s", "prefill speedup",
-                 "decode s", "prompt tokens prefilled", "taken from the cache"],
+                 "decode s", "positions prefilled", "prompt tokens from the cache"],
         value_matrix=rows, margin=1,
     )
     return (f"\nrh detect, lengths {reuse['lengths']} x depths {reuse['depths']} x {reuse['samples']} needles, "
             f"{reuse['repeats']} repeat(s); identical scores: {'yes' if reuse['identical_scores'] else 'NO'}\n\n"
-            + writer.dumps())
+            + writer.dumps()
+            + f"\nprefix reuse alone: {reuse['reuse_speedup_one_at_a_time']:.2f}x one test at a time, "
+              f"{reuse['reuse_speedup_in_cell_batches']:.2f}x with a cell's needles batched\n")

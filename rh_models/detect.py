@@ -13,7 +13,9 @@ lengths x 10 depths (0..100) x 3 needles, capped by the model's context.
 Why a loop of our own rather than one ``simple_evaluate`` call: each finished test is appended to
 ``<output>.tests.jsonl`` so an interrupted run resumes where it stopped, and tests are ordered so that
 consecutive prompts share the haystack before the needle, which ``rh-hf``'s ``prefix_reuse`` turns into
-skipped prefill. Prompts, needles and scoring are the same code the ``rh_niah`` task and ``rh-hf`` use.
+skipped prefill. The needles of one (length, depth) cell run as one batch: their prompts share everything
+before the needle, and decoding three answers together costs little more than one (decoding is bound by
+reading the weights). Prompts, needles and scoring are the same code the ``rh_niah`` task and ``rh-hf`` use.
 """
 
 from __future__ import annotations
@@ -71,6 +73,30 @@ def _load_finished(path: Path) -> list[dict]:
     return rows
 
 
+def _batches(todo: list[dict], batch_cells: bool) -> list[list[int]]:
+    """Indices into ``todo``: one test per batch, or every remaining needle of a (length, depth) cell together."""
+    if not batch_cells:
+        return [[i] for i in range(len(todo))]
+    batches: list[list[int]] = []
+    for i, doc in enumerate(todo):
+        if batches and todo[batches[-1][0]]["cell"] == doc["cell"]:
+            batches[-1].append(i)
+        else:
+            batches.append([i])
+    return batches
+
+
+def _in_our_order(recorder, tests_before: int, scores_before: int) -> list[tuple[dict, list | None]]:
+    """The batch's tests (and scores of the contributing ones) re-sorted from lm-eval's order (longest prompt
+    first) into ours, in the recorder too: the score file's per-test lists must not depend on batching."""
+    scores = iter(recorder.accumulator.per_test[scores_before:])
+    pairs = [(test, next(scores) if test["contributing"] else None) for test in recorder.tests[tests_before:]]
+    pairs.sort(key=lambda pair: pair[0]["doc_id"])
+    recorder.tests[tests_before:] = [test for test, _ in pairs]
+    recorder.accumulator.per_test[scores_before:] = [score for _, score in pairs if score is not None]
+    return pairs
+
+
 def detect(
     model: Any,
     output: str | Path,
@@ -85,6 +111,7 @@ def detect(
     max_gen_toks: int = 32,
     chat_template: bool = False,
     prefix_reuse: bool = True,
+    batch_cells: bool = True,
     force: bool = False,
     min_rouge: float = 0.5,
     count_repeats: bool = False,
@@ -137,24 +164,24 @@ def detect(
     gen_kwargs = {"until": STOP, "max_gen_toks": max_gen_toks, "do_sample": False}
     started = time.perf_counter()
     work.parent.mkdir(parents=True, exist_ok=True)
+    batch_size = lm.batch_size_per_gpu
     try:
-        with work.open("a") as sink:
-            for index, doc in enumerate(tqdm(todo, desc="rh detect", disable=not progress, unit="test")):
-                instance = Instance("generate_until", doc, (doc["prompt"], dict(gen_kwargs)), index,
-                                    metadata=("rh_detect", index, 1))
-                contributing_before = recorder.accumulator.tests_contributing
-                lm.generate_until([instance], disable_tqdm=True)
-                contributed = recorder.accumulator.tests_contributing > contributing_before
-                row = {
-                    "key": _test_key(doc),
-                    "test": recorder.tests[-1],
-                    "scores": recorder.accumulator.per_test[-1] if contributed else None,
-                }
-                sink.write(json.dumps(row) + "\n")
+        with work.open("a") as sink, tqdm(total=len(todo), desc="rh detect", disable=not progress, unit="test") as bar:
+            for batch in _batches(todo, batch_cells):
+                instances = [Instance("generate_until", todo[i], (todo[i]["prompt"], dict(gen_kwargs)), i,
+                                      metadata=("rh_detect", i, 1)) for i in batch]
+                tests_before, scores_before = len(recorder.tests), len(recorder.accumulator.per_test)
+                lm.batch_size_per_gpu = len(instances)
+                lm.generate_until(instances, disable_tqdm=True)
+                for test, scores in _in_our_order(recorder, tests_before, scores_before):
+                    row = {"key": _test_key(todo[test["doc_id"]]), "test": test, "scores": scores}
+                    sink.write(json.dumps(row) + "\n")
                 sink.flush()
+                bar.update(len(instances))
     finally:
         lm.recorder = previous_recorder
         lm.write_scores_after_generate = True
+        lm.batch_size_per_gpu = batch_size
     elapsed = time.perf_counter() - started
 
     provenance = lm.provenance([])
@@ -205,7 +232,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--samples", type=int, default=3, help="needles per cell (default 3, as the paper)")
     parser.add_argument("--haystack", default="pg_essays", help="pg_essays, noise, needles, a folder of .txt")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--batch-size", type=int, default=1, help="1 enables haystack-prefix KV reuse")
+    parser.add_argument("--one-at-a-time", action="store_true",
+                        help="generate each needle alone (default: a cell's needles as one batch)")
     parser.add_argument("--max-gen-toks", type=int, default=32)
     parser.add_argument("--chat-template", action="store_true", help="render prompts with the chat template")
     parser.add_argument("--no-prefix-reuse", action="store_true", help="prefill every prompt from scratch")
@@ -219,12 +247,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     model_args = {k: v for k, v in (("device", args.device), ("dtype", args.dtype)) if v}
-    if args.batch_size != 1:
-        raise RHError("rh detect runs one test at a time (--batch-size 1) so it can resume and reuse prefixes")
     summary = detect(
         args.model, args.output, lengths=args.lengths, max_length=args.max_length, num_lengths=args.num_lengths,
         depths=args.depths, needles=args.needles, haystack=args.haystack, samples=args.samples, seed=args.seed,
         max_gen_toks=args.max_gen_toks, chat_template=args.chat_template, prefix_reuse=not args.no_prefix_reuse,
+        batch_cells=not args.one_at_a_time,
         force=args.force, min_rouge=args.min_rouge, count_repeats=args.count_repeats, model_args=model_args,
     )
     print_summary(summary, args.output)

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 from pathlib import Path
 from typing import Any
 
@@ -32,11 +31,11 @@ from rh_models.attention import MASK_METHODS, MASK_SCOPES, HeadControl
 from rh_models.cascade import PrefixCascade
 from rh_models.errors import RHError, install_excepthook
 from rh_models.heads import HeadScores, HeadSet, select_heads
+from rh_models.prefix_cache import PrefixCache
 from rh_models.recorder import ScoreRecorder, carries_needle
 from rh_models.zoo import is_alias, resolve_pretrained
 
 _PROBE_TOKENS = 16
-logger = logging.getLogger(__name__)
 
 
 def _as_bool(value: Any) -> bool:
@@ -103,6 +102,7 @@ class RHHFLM(HFLM):
         self.n_layers, self.n_heads = self.control.n_layers, self.control.n_heads
         self.head_scores = HeadScores.load(head_scores, self.n_layers, self.n_heads) if head_scores else None
         self._mask_request: dict[str, Any] = {}
+        self.prefix = PrefixCache(self.model.config)  # before set_mask, which clears it
         self.set_mask(
             mask_heads,
             method=str(mask_method),
@@ -127,11 +127,7 @@ class RHHFLM(HFLM):
         self._requests_by_context: dict[str, Any] = {}
         self.write_scores_after_generate = True  # `rh detect` writes its own, resumable files instead
         self.prefix_reuse = _as_bool(prefix_reuse)
-        self._prefix_cache: Any = None
-        self._prefix_ids: list[int] = []
-        self.prefix_tokens_reused = 0
-        self._warned_sliding = False
-        self.prefix_cascade = PrefixCascade()  # attention over cached prefix + new tokens without a full mask
+        self.prefix_cascade: PrefixCascade | None = PrefixCascade()  # None: continuations use the stock masked sdpa
 
     # ------------------------------------------------------------------ masking
     def set_mask(
@@ -158,7 +154,7 @@ class RHHFLM(HFLM):
             )
         )
         self.control.set_mask(heads, method=method, scope=scope)
-        self._prefix_cache, self._prefix_ids = None, []  # cached keys/values were computed under the old mask
+        self.prefix.clear()  # cached keys/values were computed under the old mask
         self._mask_request = {
             "spec": mask_heads.spec() if isinstance(mask_heads, HeadSet) else str(mask_heads),
             "seed": seed,
@@ -267,42 +263,30 @@ class RHHFLM(HFLM):
         return output
 
     def _generate(self, context, max_length, stop, **generation_kwargs):
-        """HFLM's generation, optionally resuming from the KV cache of the previous prompt's common prefix.
+        """HFLM's generation; with ``prefix_reuse``, resumed from the cache of the previous prompt's shared prefix.
 
-        NIAH cells of one length share the haystack text before the needle; with ``prefix_reuse`` (batch size
-        1) only the tokens after the shared prefix are prefilled. At least two tokens are always recomputed so
-        the step that produces the first answer token is a real prefill row. Models with sliding-window layers
-        keep only the window in their cache, which cannot be rolled back to a shorter prefix: they prefill
-        from scratch (with a warning, and ``prefix_tokens_reused`` stays 0).
+        Only the tokens after the prefix are prefilled (see :mod:`rh_models.prefix_cache`), and their attention
+        over the cached keys runs as a :mod:`rh_models.cascade` where that is the same computation.
         """
-        if not self.prefix_reuse or context.shape[0] != 1:
+        if not self.prefix_reuse or not self.prefix.supported(type(self.model).__name__):
             return super()._model_generate(context, max_length, stop, **generation_kwargs)
-        from transformers import DynamicCache
-
-        fresh = DynamicCache(config=self.model.config)
-        if any(getattr(layer, "is_sliding", False) for layer in getattr(fresh, "layers", ())):
-            if not self._warned_sliding:
-                logger.warning("prefix_reuse: %s has sliding-window layers whose cache cannot be rolled back; "
-                               "prefilling every prompt from scratch", type(self.model).__name__)
-                self._warned_sliding = True
-            return super()._model_generate(context, max_length, stop, **generation_kwargs)
-        ids = context[0].tolist()
-        limit = min(len(self._prefix_ids), len(ids) - 2)
-        common = next((i for i in range(limit) if ids[i] != self._prefix_ids[i]), max(limit, 0))
-        cache = self._prefix_cache
-        if cache is None or common == 0:
-            cache, common = fresh, 0
-        elif cache.get_seq_length() > common:
-            cache.crop(common - cache.get_seq_length())  # negative: drop that many trailing positions
-        self._prefix_cache, self._prefix_ids = None, []
+        cache, rows, pads = self.prefix.take(context, generation_kwargs.get("attention_mask"))
         self.control.cascade = self.prefix_cascade
         try:
             output = super()._model_generate(context, max_length, stop, past_key_values=cache, **generation_kwargs)
         finally:
             self.control.cascade = None
-        self._prefix_cache, self._prefix_ids = cache, ids
-        self.prefix_tokens_reused += common
+        self.prefix.keep(cache, rows, pads)
         return output
+
+    @property
+    def prefix_tokens_reused(self) -> int:
+        """Prompt tokens taken from the cache instead of prefilled, since load (or since set to 0)."""
+        return self.prefix.tokens_reused
+
+    @prefix_tokens_reused.setter
+    def prefix_tokens_reused(self, value: int) -> None:
+        self.prefix.tokens_reused = value
 
     def provenance(self, requests) -> dict[str, Any]:
         """Where a score file came from: enough to tell two files apart and to redo one."""

@@ -38,7 +38,8 @@ def test_bench_end_to_end_on_a_tiny_model(tmp_path, tiny_llama_dir, capsys):
     assert "seconds_median" in rows[("naive eager", 150)]
     assert rows[("naive eager", 300)]["note"].startswith("not run: its attention maps alone need")
     reuse = {row["contender"]: row for row in result["prefix_reuse"]["table"]}
-    assert list(reuse) == ["no reuse", "reuse, masked sdpa", "reuse"] and result["prefix_reuse"]["repeats"] == 1
+    assert list(reuse) == ["no reuse", "reuse, masked sdpa", "reuse", "no reuse, cell batches", "reuse, cell batches"]
+    assert result["prefix_reuse"]["repeats"] == 1 and result["prefix_reuse"]["reuse_speedup_in_cell_batches"] > 0
     assert reuse["no reuse"]["speedup_median"] == 1.0 and reuse["no reuse"]["prompt_tokens_reused"] == 0
     for name in ("reuse, masked sdpa", "reuse"):
         assert reuse[name]["prompt_tokens_reused"] > 30  # the depth-50 prompt re-uses the hay before its needle

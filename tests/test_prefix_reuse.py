@@ -1,0 +1,114 @@
+"""Prefix reuse with a cell's needles batched: the same generations and the same recorded top-1 positions as
+prefilling every prompt alone from scratch."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from lm_eval.api.instance import Instance
+
+from rh_models.recorder import ScoreRecorder
+
+
+@pytest.fixture()
+def lm_and_cells(tiny_llama_dir, tmp_path):
+    from rh_models.lm import RHHFLM
+    from rh_tasks.niah import build_docs
+
+    lm = RHHFLM(pretrained=str(tiny_llama_dir), device="cpu", batch_size=1)
+    lm.recorder = ScoreRecorder(lm.tokenizer, lm.n_layers, lm.n_heads, tmp_path / "s.json")
+    lm.write_scores_after_generate = False
+    docs = build_docs(lm.tokenizer, lengths=[160], depths=[100, 50, 0], samples=3, max_length=lm.max_length)
+    cells = [[d for d in docs if d["depth"] == depth] for depth in (100, 50, 0)]
+    return lm, cells
+
+
+def _run(lm, docs: list[dict], captured: dict) -> list[str]:
+    """Generate ``docs`` as one batch; capture each prompt's recorded top-1 positions, as unpadded indices."""
+    original = lm.recorder.add_batch
+
+    def capture(contexts, requests, context_ids, attention_mask, output_ids, rows, stop):
+        top1 = rows.absolute(context_ids.shape[1])  # (steps, batch, layers, heads), padded-row indices
+        for b, context in enumerate(contexts):
+            pads = int(context_ids.shape[1] - attention_mask[b].sum())
+            captured[context] = top1[:, b] - pads
+        return original(contexts, requests, context_ids, attention_mask, output_ids, rows, stop)
+
+    lm.recorder.add_batch = capture
+    instances = [Instance("generate_until", d, (d["prompt"], {"until": ["\n\n"], "max_gen_toks": 6}), i,
+                          metadata=("t", i, 1)) for i, d in enumerate(docs)]
+    lm.batch_size_per_gpu = len(docs)
+    try:
+        return lm.generate_until(instances, disable_tqdm=True)
+    finally:
+        lm.recorder.add_batch = original
+
+
+def test_batched_cells_with_prefix_reuse_equal_single_fresh_prefills(lm_and_cells):
+    lm, cells = lm_and_cells
+    fresh_top1: dict[str, torch.Tensor] = {}
+    fresh = [_run(lm, [doc], fresh_top1) for cell in cells for doc in cell]
+    lm.prefix_reuse = True
+    reused_top1: dict[str, torch.Tensor] = {}
+    reused = [_run(lm, cell, reused_top1) for cell in cells]
+
+    assert [answer for cell in reused for answer in cell] == [answer for answers in fresh for answer in answers]
+    # depth 100 starts cold; depth 50 and 0 rows take the hay before their needle (minus their own padding)
+    assert lm.prefix_tokens_reused > 2 * 40
+    assert fresh_top1.keys() == reused_top1.keys()
+    for context, positions in fresh_top1.items():
+        steps = min(len(positions), len(reused_top1[context]))  # a batch decodes until its last row stops
+        assert torch.equal(reused_top1[context][:steps], positions[:steps])
+
+
+def test_each_row_reuses_the_hay_before_the_cells_first_needle_minus_its_padding(lm_and_cells):
+    lm, cells = lm_and_cells
+    lm.prefix_reuse = True
+    _run(lm, cells[0], {})  # the deepest cell starts cold and leaves its unpadded row's cache
+    for cell in cells[1:]:
+        tokens = [lm.tokenizer(d["prompt"], add_special_tokens=False)["input_ids"] for d in cell]
+        pads = [max(map(len, tokens)) - len(t) for t in tokens]
+        before_needle = min(len(lm.tokenizer(d["prompt"][: d["needle_start"]], add_special_tokens=False)["input_ids"])
+                            for d in cell)
+        before = lm.prefix_tokens_reused
+        _run(lm, cell, {})
+        reused = lm.prefix_tokens_reused - before
+        expected = sum(before_needle - pad for pad in pads)
+        assert expected - len(cell) <= reused <= expected  # (a needle may merge with the token before it)
+
+
+def test_detect_scores_do_not_depend_on_batching_or_reuse(tiny_llama_dir, tmp_path):
+    from rh_models.detect import detect, work_file
+    from rh_models.lm import RHHFLM
+
+    lm = RHHFLM(pretrained=str(tiny_llama_dir), device="cpu", batch_size=1)
+    # min_rouge=-1: every test contributes its scores (a random model never answers right), so the score file's
+    # per-test lists (values and order) are compared, not just empty lists
+    grid = dict(lengths=[150, 200], depths=[0, 50, 100], samples=3, max_gen_toks=5, progress=False, min_rouge=-1)
+    runs = {}
+    for name, reuse, batched in (("alone", False, False), ("batched", True, True)):
+        out = tmp_path / f"{name}.json"
+        detect(lm, out, prefix_reuse=reuse, batch_cells=batched, **grid)
+        rows = [json.loads(line) for line in work_file(out).read_text().splitlines()]
+        runs[name] = ({row["key"]: (row["test"]["answer"], row["scores"]) for row in rows}, out.read_text())
+    assert len(runs["alone"][0]) == 18 and runs["alone"] == runs["batched"]
+    assert all(scores is not None for _, scores in runs["alone"][0].values())
+
+
+def test_a_batch_is_recorded_in_our_order_not_lm_evals():
+    """lm-eval runs a batch longest prompt first; the score file's per-test lists must follow the grid's order."""
+    from types import SimpleNamespace
+
+    from rh_models.detect import _in_our_order
+
+    earlier = {"doc_id": 9, "contributing": True}
+    batch = [{"doc_id": 12, "contributing": True}, {"doc_id": 10, "contributing": False},
+             {"doc_id": 11, "contributing": True}]
+    recorder = SimpleNamespace(tests=[earlier, *batch],
+                               accumulator=SimpleNamespace(per_test=[[0.9], [0.12], [0.11]]))
+    pairs = _in_our_order(recorder, tests_before=1, scores_before=1)
+    assert [(test["doc_id"], scores) for test, scores in pairs] == [(10, None), (11, [0.11]), (12, [0.12])]
+    assert [t["doc_id"] for t in recorder.tests] == [9, 10, 11, 12]
+    assert recorder.accumulator.per_test == [[0.9], [0.11], [0.12]]
