@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from rh_models.bench_reuse import render_reuse, time_prefix_reuse
+from rh_models.bench_reuse import pick_contenders, render_reuse, time_prefix_reuse
 from rh_models.cli_args import comma_ints
 from rh_models.errors import RHError
 
@@ -331,6 +331,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--detect-depths", type=comma_ints, default=[0, 20, 40, 60, 80, 100])
     parser.add_argument("--detect-samples", type=int, default=3, help="needles per detection cell (paper: 3)")
     parser.add_argument("--detect-repeats", type=int, help="repeats of the detection table (default: --repeats // 2)")
+    parser.add_argument("--detect-contenders", default="", help="';'-separated subset, e.g. 'no reuse;reuse' (default: all)")
     parser.add_argument("--output", type=Path, default=Path("benchmarks/results.json"))
 
 
@@ -339,6 +340,7 @@ def run(args: argparse.Namespace) -> int:
         raise RHError("--repeats must be at least 1")
     if not args.lengths and not args.detect_lengths:
         raise RHError("nothing to measure: --lengths and --detect-lengths are both empty")
+    contenders = pick_contenders(args.detect_contenders)  # a typo fails before anything loads
     result: dict = {"model": args.model, "overhead": []}
     workload = None
     if args.lengths:
@@ -350,7 +352,7 @@ def run(args: argparse.Namespace) -> int:
         lm = workload._model("ours") if workload else RHHFLM(pretrained=args.model, device="cpu", batch_size=1)
         repeats = args.detect_repeats or max(1, args.repeats // 2)
         result["prefix_reuse"] = time_prefix_reuse(lm, args.detect_lengths, args.detect_depths, args.detect_samples,
-                                                   repeats)
+                                                   repeats, contenders)
     from rh_models.scores import write_json_atomic
 
     write_json_atomic(args.output, result)

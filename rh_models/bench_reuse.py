@@ -63,14 +63,26 @@ class ForwardTimer:
             hook.remove()
 
 
-def time_prefix_reuse(lm, lengths: list[int], depths: list[int], samples: int, repeats: int) -> dict:
+def pick_contenders(spec: str) -> list[str]:
+    """``'no reuse;reuse'`` -> names, all by default; "no reuse" always runs (every ratio divides by it)."""
+    from rh_models.errors import RHError
+
+    picked = [name.strip() for name in spec.split(";") if name.strip()]
+    for name in picked:
+        if name not in REUSE_CONTENDERS:
+            raise RHError(f"unknown detection contender {name!r}; choose from {'; '.join(REUSE_CONTENDERS)}")
+    return [name for name in REUSE_CONTENDERS if not picked or name in picked or name == "no reuse"]
+
+
+def time_prefix_reuse(lm, lengths: list[int], depths: list[int], samples: int, repeats: int,
+                      contenders: list[str] | None = None) -> dict:
     """Run the detection grid ``repeats`` times per contender; medians and per-repeat speedups vs no reuse."""
     from rh_models.detect import detect
 
+    names = contenders or list(REUSE_CONTENDERS)
     cascade = lm.prefix_cascade
-    runs: dict[str, list[dict]] = {name: [] for name in REUSE_CONTENDERS}
+    runs: dict[str, list[dict]] = {name: [] for name in names}
     scores: dict[str, str] = {}
-    names = list(REUSE_CONTENDERS)
     try:
         for repeat in range(repeats):
             shift = repeat % len(names)
@@ -111,7 +123,9 @@ def time_prefix_reuse(lm, lengths: list[int], depths: list[int], samples: int, r
         })
     same = len({json.dumps(json.loads(text), sort_keys=True) for text in scores.values()}) == 1
 
-    def gain(without: str, with_: str) -> float:  # what reuse alone adds, all else equal
+    def gain(without: str, with_: str) -> float | None:  # what reuse alone adds, all else equal
+        if without not in runs or with_ not in runs:
+            return None
         return statistics.median(a["seconds"] / b["seconds"] for a, b in zip(runs[without], runs[with_]))
 
     return {"lengths": lengths, "depths": depths, "samples": samples, "repeats": repeats, "table": table,
@@ -134,6 +148,8 @@ def render_reuse(reuse: dict) -> str:
     )
     return (f"\nrh detect, lengths {reuse['lengths']} x depths {reuse['depths']} x {reuse['samples']} needles, "
             f"{reuse['repeats']} repeat(s); identical scores: {'yes' if reuse['identical_scores'] else 'NO'}\n\n"
-            + writer.dumps()
-            + f"\nprefix reuse alone: {reuse['reuse_speedup_one_at_a_time']:.2f}x one test at a time, "
-              f"{reuse['reuse_speedup_in_cell_batches']:.2f}x with a cell's needles batched\n")
+            + writer.dumps() + "".join(
+                f"\nprefix reuse alone, {how}: {reuse[key]:.2f}x\n"
+                for key, how in (("reuse_speedup_one_at_a_time", "one test at a time"),
+                                 ("reuse_speedup_in_cell_batches", "a cell's needles batched"))
+                if reuse.get(key) is not None))

@@ -61,3 +61,10 @@ def test_bench_reuse_table_alone_and_nothing_to_measure(tmp_path, tiny_llama_dir
     assert "identical scores: yes" in capsys.readouterr().out
     assert main(["bench", "--lengths", "", "--detect-lengths", "", "--output", str(out)]) == 2
     assert "nothing to measure" in capsys.readouterr().err
+    assert main(["bench", "--model", str(tiny_llama_dir), "--lengths", "", "--detect-lengths", "150", "--detect-depths",
+                 "100", "--detect-samples", "1", "--detect-repeats", "1", "--detect-contenders", "reuse",
+                 "--output", str(out)]) == 0
+    assert [row["contender"] for row in json.loads(out.read_text())["prefix_reuse"]["table"]] == ["no reuse", "reuse"]
+    assert main(["bench", "--model", str(tiny_llama_dir), "--lengths", "", "--detect-lengths", "150",
+                 "--detect-contenders", "fast", "--output", str(out)]) == 2
+    assert "unknown detection contender 'fast'" in capsys.readouterr().err
