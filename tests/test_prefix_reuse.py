@@ -112,3 +112,21 @@ def test_a_batch_is_recorded_in_our_order_not_lm_evals():
     assert [(test["doc_id"], scores) for test, scores in pairs] == [(10, None), (11, [0.11]), (12, [0.12])]
     assert [t["doc_id"] for t in recorder.tests] == [9, 10, 11, 12]
     assert recorder.accumulator.per_test == [[0.9], [0.11], [0.12]]
+
+
+def test_rh_detect_cli_with_batched_cells(tiny_llama_dir, tmp_path, capsys):
+    from rh_models.cli import main
+
+    out = tmp_path / "scores.json"
+    args = ["detect", "--model", str(tiny_llama_dir), "--output", str(out), "--lengths", "150", "--depths", "0,100",
+            "--samples", "2", "--max-gen-toks", "3", "--device", "cpu", "--batch-cells", "--plot", str(tmp_path / "h.png")]
+    assert main(args) == 0
+    meta = json.loads(out.with_suffix(".meta.json").read_text())
+    assert meta["tests_seen"] == 4 and meta["prefix_tokens_reused"] > 0 and (tmp_path / "h.png").stat().st_size > 0
+    assert f"wrote {out}" in capsys.readouterr().out
+    assert main(args) == 0  # a finished run resumes with nothing left to do
+    assert json.loads(out.with_suffix(".meta.json").read_text())["tests_run_now"] == 0
+    out.with_suffix(".tests.jsonl").unlink()
+    capsys.readouterr()
+    assert main(args) == 2  # a score file that is not resumable is never overwritten without --force
+    assert "--force" in capsys.readouterr().err
