@@ -15,6 +15,8 @@ softcap, attention sinks, dropout) that would change the scores. Anything else g
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 from transformers.integrations.sdpa_attention import repeat_kv
 
@@ -25,7 +27,9 @@ class PrefixCascade:
     """Decides per call whether the cascade applies, remembering the verdict for the mask of this forward."""
 
     def __init__(self) -> None:
-        self._mask: torch.Tensor | None = None  # the mask object last checked (one per forward, shared by layers)
+        # the mask last checked (one per forward, shared by its layers); weak, so a long prompt's N x (P+N) mask
+        # is not kept alive after its forward
+        self._mask: weakref.ref | None = None
         self._mask_is_causal_continuation = False
         self.calls = 0  # how many attention calls took the cascade (for tests and the benchmark)
 
@@ -42,7 +46,7 @@ class PrefixCascade:
         return attention_mask is None or self._is_causal_continuation(attention_mask, q_length, kv_length)
 
     def _is_causal_continuation(self, mask: torch.Tensor, q_length: int, kv_length: int) -> bool:
-        if mask is self._mask:
+        if self._mask is not None and self._mask() is mask:
             return self._mask_is_causal_continuation
         cached = kv_length - q_length
         verdict = (
@@ -55,7 +59,7 @@ class PrefixCascade:
                 torch.ones(q_length, q_length, dtype=torch.bool, device=mask.device).tril().expand_as(mask[..., cached:]),
             )
         )
-        self._mask, self._mask_is_causal_continuation = mask, verdict
+        self._mask, self._mask_is_causal_continuation = weakref.ref(mask), verdict
         return verdict
 
     def __call__(self, module, query, key, value, scaling: float | None = None, **_) -> tuple[torch.Tensor, None]:

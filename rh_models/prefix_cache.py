@@ -31,10 +31,15 @@ class PrefixCache:
     """One model's cache of its last prompt, and how many prompt tokens it has saved so far."""
 
     def __init__(self, config: Any) -> None:
+        from transformers import DynamicCache
+        from transformers.cache_utils import DynamicLayer
+
         self.config = config
         self.cache: Any = None
         self.ids: list[int] = []
         self.tokens_reused = 0
+        layers = getattr(DynamicCache(config=config), "layers", None)
+        self._croppable = bool(layers) and all(type(layer) is DynamicLayer for layer in layers)  # fixed per model
         self._warned = False
 
     def clear(self) -> None:
@@ -42,16 +47,12 @@ class PrefixCache:
         self.cache, self.ids = None, []
 
     def supported(self, model_name: str) -> bool:
-        from transformers import DynamicCache
-        from transformers.cache_utils import DynamicLayer
-
-        layers = getattr(DynamicCache(config=self.config), "layers", None)
-        ok = bool(layers) and all(type(layer) is DynamicLayer for layer in layers)
-        if not ok and not self._warned:
+        """Can this model's cache be cut back to a prefix? Warns once when not (reuse is then skipped)."""
+        if not self._croppable and not self._warned:
             logger.warning("prefix_reuse: %s has sliding-window (or other non-growing) cache layers that cannot be "
                            "rolled back; prefilling every prompt from scratch", model_name)
             self._warned = True
-        return ok
+        return self._croppable
 
     def take(self, context: torch.Tensor, attention_mask: torch.Tensor | None) -> tuple[Any, list[list[int]], list[int]]:
         """A cache for ``context`` holding its longest shared prefix (or an empty one); rows and pads for ``keep``."""
