@@ -5,7 +5,7 @@ Usage (stock lm-eval CLI, nothing else to import)::
     lm_eval --model rh-hf --model_args pretrained=smollm2-135m,mask_heads="3-4;17-0" --tasks rh_niah
 
 Importing this package is deliberately cheap (no torch): the installed ``.pth`` file imports
-:mod:`rh_models._autoload` at every interpreter start, and that must cost almost nothing.
+:mod:`rh_eval._autoload` at every interpreter start, and that must cost almost nothing.
 """
 
 from __future__ import annotations

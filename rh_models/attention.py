@@ -6,7 +6,6 @@ Usage::
     control = HeadControl.attach(model)                 # model now runs "rh_<its own implementation>"
     control.set_mask(head_set, method="zero", scope="all")
     control.start_recording(); model.generate(...); rows = control.stop_recording()
-    control.detach()                                    # back to the stock implementation
 
 Why a registered function: transformers looks attention up by name (``config._attn_implementation``), so
 registering ``rh_sdpa`` / ``rh_eager`` / ``rh_flash_attention_2`` ... that *call the model's own*
@@ -24,17 +23,27 @@ exactly the masks (and keeps exactly the fast paths) it would build for the stoc
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
 from transformers import AttentionInterface
-from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
+from transformers.masking_utils import (
+    ALL_MASK_ATTENTION_FUNCTIONS,
+    AttentionMaskInterface,
+)
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from rh_models.cascade import PrefixCascade
+from rh_models.compat import (
+    attention_implementation,
+    routes_attention_through_interface,
+)
 from rh_models.errors import RHError
 from rh_models.heads import HeadSet
+from rh_models.shape import head_shape
 
 PREFIX = "rh_"
 MASK_METHODS = ("zero", "uniform")
@@ -90,7 +99,6 @@ class HeadControl:
         self.scope = "all"
         self.heads = HeadSet((), n_layers, n_heads)
         self.rows: TopOneRows | None = None
-        self.calls_per_layer = [0] * n_layers  # for the self-check: proof that our function really runs
         self.cascade: PrefixCascade | None = None  # set while a prompt continues a reused prefix cache
 
     # ------------------------------------------------------------------ lifecycle
@@ -101,20 +109,15 @@ class HeadControl:
         if existing is not None:
             return existing
         config = model.config
-        base = config._attn_implementation or "eager"
+        base = attention_implementation(config)
         if base.startswith(PREFIX):
             raise RHError("model already uses an rh attention function but has no control attached")
         if base != "eager" and base not in ALL_ATTENTION_FUNCTIONS:
             raise RHError(f"attention implementation {base!r} is not in transformers' AttentionInterface")
         register(base)
-        text = config.get_text_config() if hasattr(config, "get_text_config") else config
-        n_layers, n_heads = getattr(text, "num_hidden_layers", None), getattr(text, "num_attention_heads", None)
-        if not n_layers or not n_heads:
-            raise RHError(f"{type(model).__name__} has no attention heads in its config; rh-eval cannot mask or record it")
-        n_layers, n_heads = int(n_layers), int(n_heads)
+        n_layers, n_heads = head_shape(config)
         modules = attention_modules(model, n_layers)
-        can_set = getattr(model, "_can_set_attn_implementation", lambda: True)()
-        if not can_set:
+        if not routes_attention_through_interface(model):
             raise RHError(
                 f"{type(model).__name__} does not route attention through transformers' AttentionInterface; "
                 "rh-eval cannot mask or record its heads"
@@ -124,17 +127,10 @@ class HeadControl:
             module._rh_layer = layer
             module._rh_control = control
         model.set_attn_implementation(wrapped_name(base))
-        if model.config._attn_implementation != wrapped_name(base):
+        if attention_implementation(model.config) != wrapped_name(base):
             raise RHError(f"could not switch {type(model).__name__} to {wrapped_name(base)}")
         model._rh_control = control
         return control
-
-    def detach(self) -> None:
-        self.model.set_attn_implementation(self.base)
-        for module in self.model.modules():
-            if getattr(module, "_rh_control", None) is self:
-                del module._rh_control, module._rh_layer
-        del self.model._rh_control
 
     # ------------------------------------------------------------------ masking
     def set_mask(self, heads: HeadSet, method: str = "zero", scope: str = "all") -> None:
@@ -163,10 +159,28 @@ class HeadControl:
             raise RuntimeError("stop_recording() without start_recording()")
         return rows
 
+    @contextmanager
+    def prefilling(self, cascade: PrefixCascade | None) -> Iterator[None]:
+        """A forward that only fills a prefix cache: not a decoding step to record; ``cascade`` for its attention."""
+        saved = self.rows, self.cascade
+        self.rows, self.cascade = None, cascade
+        try:
+            yield
+        finally:
+            self.rows, self.cascade = saved
+
+    @contextmanager
+    def cascading(self, cascade: PrefixCascade | None) -> Iterator[None]:
+        """Continuations over a cached prefix may attend through ``cascade`` (None: the stock function)."""
+        saved, self.cascade = self.cascade, cascade
+        try:
+            yield
+        finally:
+            self.cascade = saved
+
     # ------------------------------------------------------------------ the hot path
     def __call__(self, base_fn: Callable, module, query, key, value, attention_mask, **kwargs):
         layer = module._rh_layer
-        self.calls_per_layer[layer] += 1
         masked = self.mask_by_layer.get(layer)
         if masked is not None and self.scope == "decode" and not _is_decode_step(query, key):
             masked = None
@@ -267,7 +281,7 @@ def register(base: str) -> str:
 
     rh_attention.__name__ = f"rh_attention_{base}"
     AttentionInterface.register(name, rh_attention)
-    mask_base = base if base in ALL_MASK_ATTENTION_FUNCTIONS._global_mapping else "eager"
-    AttentionMaskInterface.register(name, ALL_MASK_ATTENTION_FUNCTIONS._global_mapping[mask_base])
+    mask_base = base if base in ALL_MASK_ATTENTION_FUNCTIONS else "eager"
+    AttentionMaskInterface.register(name, ALL_MASK_ATTENTION_FUNCTIONS[mask_base])
     _REGISTERED.add(name)
     return name

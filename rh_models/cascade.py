@@ -18,7 +18,8 @@ from __future__ import annotations
 import weakref
 
 import torch
-from transformers.integrations.sdpa_attention import repeat_kv
+
+from rh_models.compat import cpu_flash_attention
 
 _UNSUPPORTED_EXTRAS = ("position_bias", "softcap", "s_aux", "sinks")
 
@@ -66,11 +67,10 @@ class PrefixCascade:
         """``(batch, q_len, heads, head_dim)`` output, the layout every attention function returns."""
         self.calls += 1
         groups = query.shape[1] // key.shape[1]
-        key, value = repeat_kv(key, groups), repeat_kv(value, groups)
+        key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)  # GQA -> MHA
         cached = key.shape[2] - query.shape[2]
-        flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
-        old, old_lse = flash(query, key[:, :, :cached], value[:, :, :cached], 0.0, False, scale=scaling)
-        new, new_lse = flash(query, key[:, :, cached:], value[:, :, cached:], 0.0, True, scale=scaling)
+        old, old_lse = cpu_flash_attention(query, key[:, :, :cached], value[:, :, :cached], False, scaling)
+        new, new_lse = cpu_flash_attention(query, key[:, :, cached:], value[:, :, cached:], True, scaling)
         total = torch.logaddexp(old_lse, new_lse)
         merged = old * torch.exp(old_lse - total).unsqueeze(-1).to(old.dtype)
         merged = merged + new * torch.exp(new_lse - total).unsqueeze(-1).to(new.dtype)

@@ -127,8 +127,52 @@ class HeadScores:
         return [head for head, score in self.ranked() if score > threshold]
 
 
+@dataclass(frozen=True)
+class HeadSpec:
+    """A ``mask_heads`` value as written, checked for syntax only: no model shape, no score file.
+
+    Why separate from :func:`select_heads`: the spec is checked before the model loads (a typo should not cost a
+    minute of loading), but what it *means* -- which heads ``top:K`` or ``random:K`` are, whether a layer
+    exists -- depends on the loaded model's shape. Resolving against a made-up shape once built a pool of
+    10^18 heads and exhausted memory.
+    """
+
+    kind: str  # "none", "heads" (explicit L-H list), "top" or "random"
+    text: str
+    count: int = 0
+    heads: tuple[Head, ...] = ()
+
+    @property
+    def needs_scores(self) -> bool:
+        """``top:K`` ranks heads by a score file; ``random:K`` only uses one to exclude retrieval heads."""
+        return self.kind == "top"
+
+
+def parse_head_spec(spec: str | None) -> HeadSpec:
+    """``none`` · ``L-H;L-H;...`` · ``top:K`` · ``random:K`` -> :class:`HeadSpec`, or one clear :class:`RHError`."""
+    text = (spec or "none").strip()
+    if text.lower() in ("", "none"):
+        return HeadSpec("none", "none")
+    kind, colon, count = text.partition(":")
+    kind = kind.strip().lower()
+    if colon and kind in ("top", "random"):
+        return HeadSpec(kind, text, count=_parse_count(count, text))
+    if colon:
+        raise RHError(f"bad head spec {text!r}: expected none, L-H;L-H, top:K or random:K")
+    return HeadSpec("heads", text, heads=tuple(parse_head(part) for part in text.split(";") if part.strip()))
+
+
+def check_random_match(random_match: str | None) -> str | None:
+    """``random_match`` is ``None`` or ``"layer"``; anything else is refused (also before the model loads)."""
+    if random_match in (None, "", "none"):
+        return None
+    if random_match != "layer":
+        raise RHError(f"random_match={random_match!r} is not supported; use random_match=layer")
+    return random_match
+
+
 def select_heads(
-    spec: str | None,
+    spec: str | HeadSpec | None,
     n_layers: int,
     n_heads: int,
     scores: HeadScores | None = None,
@@ -136,28 +180,26 @@ def select_heads(
     random_exclude: int | None = None,
     random_match: str | None = None,
 ) -> HeadSet:
-    """Turn a ``mask_heads`` spec into a validated :class:`HeadSet`.
+    """Resolve a ``mask_heads`` spec against a model's shape into a validated :class:`HeadSet`.
 
     ``random:K`` draws K heads with ``seed`` from the heads that are *not* retrieval heads: by default every
     head whose mean score exceeds 0.1 is excluded; ``random_exclude=N`` excludes the top N instead.
     ``random_match="layer"`` draws, per layer, as many heads as ``top:K`` has in that layer, so a random
     control differs from the retrieval condition only in *which* heads of those layers are masked.
     """
-    text = (spec or "none").strip()
-    if text.lower() in ("", "none"):
+    parsed = spec if isinstance(spec, HeadSpec) else parse_head_spec(spec)
+    random_match = check_random_match(random_match)
+    if parsed.kind == "none":
         return HeadSet((), n_layers, n_heads)
-    kind, _, count = text.partition(":")
-    kind = kind.strip().lower()
-    if kind in ("top", "random"):
-        k = _parse_count(count, text)
-        if kind == "top":
-            scores = _require_scores(scores, text)
-            if k > n_layers * n_heads:
-                raise RHError(f"{text}: K={k} exceeds the model's {n_layers * n_heads} heads")
-            return HeadSet(tuple(scores.top(k)), n_layers, n_heads)
-        return _select_random(k, n_layers, n_heads, scores, seed, random_exclude, random_match, text)
-    heads = tuple(parse_head(part) for part in text.split(";") if part.strip())
-    return HeadSet(heads, n_layers, n_heads)
+    if parsed.kind == "heads":
+        return HeadSet(parsed.heads, n_layers, n_heads)
+    k = parsed.count
+    if parsed.kind == "top":
+        scores = _require_scores(scores, parsed.text)
+        if k > n_layers * n_heads:
+            raise RHError(f"{parsed.text}: K={k} exceeds the model's {n_layers * n_heads} heads")
+        return HeadSet(tuple(scores.top(k)), n_layers, n_heads)
+    return _select_random(k, n_layers, n_heads, scores, seed, random_exclude, random_match, parsed.text)
 
 
 def retrieval_pool_excluded(scores: HeadScores | None, random_exclude: int | None) -> set[Head]:
@@ -182,12 +224,10 @@ def _select_random(
     rng = random.Random(seed)
     excluded = retrieval_pool_excluded(scores, random_exclude)
     pool = [(l, h) for l in range(n_layers) for h in range(n_heads) if (l, h) not in excluded]
-    if random_match in (None, "", "none"):
+    if random_match is None:
         if k > len(pool):
             raise RHError(f"{text}: K={k} is larger than the {len(pool)} heads left after excluding retrieval heads")
         return HeadSet(tuple(sorted(rng.sample(pool, k))), n_layers, n_heads)
-    if random_match != "layer":
-        raise RHError(f"random_match={random_match!r} is not supported; use random_match=layer")
     scores = _require_scores(scores, f"{text} with random_match=layer")
     chosen: list[Head] = []
     for layer, top_heads in HeadSet(tuple(scores.top(k)), n_layers, n_heads).by_layer().items():

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -27,28 +29,29 @@ import torch
 from lm_eval.api.registry import register_model
 from lm_eval.models.huggingface import HFLM
 
+from rh_models.answers import ANSWERED_ABOVE
+from rh_models.arguments import optional_int, parse_bool
 from rh_models.attention import MASK_METHODS, MASK_SCOPES, HeadControl
 from rh_models.cascade import PrefixCascade
-from rh_models.errors import RHError, install_excepthook
-from rh_models.heads import HeadScores, HeadSet, select_heads
+from rh_models.compat import hflm_world_size, set_process_rank
+from rh_models.errors import RHError
+from rh_models.heads import (
+    HeadScores,
+    HeadSet,
+    HeadSpec,
+    check_random_match,
+    parse_head_spec,
+    select_heads,
+)
 from rh_models.prefix_cache import PrefixCache
-from rh_models.recorder import ScoreRecorder, carries_needle
-from rh_models.zoo import is_alias, resolve_pretrained
+from rh_models.recorder import ScoreRecorder, is_needle_test
+from rh_models.zoo import DEFAULT_MODEL, is_alias, resolve_pretrained
 
 _PROBE_TOKENS = 16
 
 
-def _as_bool(value: Any) -> bool:
-    return value if isinstance(value, bool) else str(value).strip().lower() in ("1", "true", "yes", "on")
-
-
-def _as_optional_int(value: Any, name: str) -> int | None:
-    if value in (None, "", "none", "None"):
-        return None
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        raise RHError(f"{name} must be an integer, got {value!r}") from None
+def _spec_text(spec: str | HeadSpec) -> str:
+    return spec.text if isinstance(spec, HeadSpec) else str(spec)
 
 
 @register_model("rh-hf")
@@ -57,7 +60,7 @@ class RHHFLM(HFLM):
 
     def __init__(
         self,
-        pretrained: Any = "smollm2-135m",
+        pretrained: Any = DEFAULT_MODEL,
         mask_heads: str = "none",
         head_scores: str | None = None,
         mask_method: str = "zero",
@@ -66,24 +69,24 @@ class RHHFLM(HFLM):
         random_exclude: int | None = None,
         random_match: str | None = None,
         record_scores: str | None = None,
-        record_min_rouge: float = 0.5,
+        record_min_score: float = ANSWERED_ABOVE,
         record_count_repeats: bool = False,
         record_overwrite: bool = False,
         prefix_reuse: bool = False,
         **kwargs: Any,
     ) -> None:
-        install_excepthook()
         mask_heads = str(mask_heads)
         if str(mask_method) not in MASK_METHODS:
             raise RHError(f"mask_method={mask_method!r} is not supported; choose one of {', '.join(MASK_METHODS)}")
         if str(mask_scope) not in MASK_SCOPES:
             raise RHError(f"mask_scope={mask_scope!r} is not supported; choose one of {', '.join(MASK_SCOPES)}")
-        if head_scores is None and mask_heads.strip().lower().startswith("top"):
+        spec = parse_head_spec(mask_heads)  # syntax only: what the heads are depends on the loaded model's shape
+        if spec.needs_scores and head_scores is None:
             raise RHError(f"mask_heads={mask_heads} needs head_scores=PATH (a score file from `rh detect`)")
-        select_heads(mask_heads, 10**9, 10**9, HeadScores({}, 1, 1) if head_scores else None)  # syntax, pre-load
+        random_match = check_random_match(random_match)
         if head_scores is not None and not Path(head_scores).is_file():
             raise RHError(f"head-score file {head_scores} does not exist")
-        if record_scores and Path(record_scores).exists() and not _as_bool(record_overwrite):
+        if record_scores and Path(record_scores).exists() and not parse_bool("record_overwrite", record_overwrite):
             raise RHError(f"{record_scores} exists; remove it or pass record_overwrite=true")
 
         self.model_alias = pretrained if is_alias(pretrained) else None
@@ -93,10 +96,10 @@ class RHHFLM(HFLM):
             kwargs["device"] = "cpu"
         super().__init__(pretrained=pretrained, **kwargs)
         accelerator = getattr(self, "accelerator", None)
-        if accelerator is not None and accelerator.num_processes > 1 and self._world_size == 1:
+        if accelerator is not None and accelerator.num_processes > 1 and hflm_world_size(self) == 1:
             # stock HFLM shards requests only across GPUs; shard CPU processes (gloo) the same way so that
             # `accelerate launch -m lm_eval --model rh-hf` splits the docs and records scores per rank
-            self._rank, self._world_size = accelerator.process_index, accelerator.num_processes
+            set_process_rank(self, accelerator.process_index, accelerator.num_processes)
 
         self.control = HeadControl.attach(self.model)
         self.n_layers, self.n_heads = self.control.n_layers, self.control.n_heads
@@ -104,35 +107,61 @@ class RHHFLM(HFLM):
         self._mask_request: dict[str, Any] = {}
         self.prefix = PrefixCache(self.model.config)  # before set_mask, which clears it
         self.set_mask(
-            mask_heads,
+            spec,
             method=str(mask_method),
             scope=str(mask_scope),
             seed=int(mask_seed),
-            random_exclude=_as_optional_int(random_exclude, "random_exclude"),
+            random_exclude=optional_int("random_exclude", random_exclude),
             random_match=random_match,
         )
         self.recorder = (
-            ScoreRecorder(
-                self.tokenizer,
-                self.n_layers,
-                self.n_heads,
-                record_scores,
-                min_rouge=float(record_min_rouge),
-                count_repeats=_as_bool(record_count_repeats),
-            )
+            self.new_recorder(record_scores, float(record_min_score), parse_bool("record_count_repeats", record_count_repeats))
             if record_scores
             else None
         )
+        self._writes_recorder = True  # False while a caller owns the recorder (see `settings`)
         self._batch_contexts: list[str] = []
         self._requests_by_context: dict[str, Any] = {}
-        self.write_scores_after_generate = True  # `rh detect` writes its own, resumable files instead
-        self.prefix_reuse = _as_bool(prefix_reuse)
+        self.prefix_reuse = parse_bool("prefix_reuse", prefix_reuse)
         self.prefix_cascade: PrefixCascade | None = PrefixCascade()  # None: continuations use the stock masked sdpa
+
+    def new_recorder(self, path: str | Path, min_score: float = ANSWERED_ABOVE, count_repeats: bool = False) -> ScoreRecorder:
+        """A recorder for this model's shape that judges answers exactly as lm-eval post-processes them."""
+        return ScoreRecorder(self.tokenizer, self.n_layers, self.n_heads, path, min_score=min_score,
+                             count_repeats=count_repeats, decode=self.tok_decode, think_end_token=self.think_end_token)
+
+    @contextmanager
+    def settings(
+        self,
+        recorder: ScoreRecorder | None = None,
+        batch_size: int | None = None,
+        prefix_reuse: bool | None = None,
+        cascade: bool | None = None,
+    ) -> Iterator["RHHFLM"]:
+        """Run a block with another recorder (which the caller writes), batch size, prefix reuse or cascade.
+
+        Everything is restored on exit, also after an error or an interrupt, so a workflow (``rh detect`` inside
+        ``rh compare``, a benchmark) leaves the model as it found it. ``None`` keeps the current value.
+        """
+        saved = (self.recorder, self._writes_recorder, self.batch_size_per_gpu, self.prefix_reuse, self.prefix_cascade)
+        try:
+            if recorder is not None:
+                self.recorder, self._writes_recorder = recorder, False
+            if batch_size is not None:
+                self.batch_size_per_gpu = batch_size
+            if prefix_reuse is not None:
+                self.prefix_reuse = prefix_reuse
+            if cascade is not None:
+                self.prefix_cascade = PrefixCascade() if cascade else None
+            yield self
+        finally:
+            (self.recorder, self._writes_recorder, self.batch_size_per_gpu, self.prefix_reuse,
+             self.prefix_cascade) = saved
 
     # ------------------------------------------------------------------ masking
     def set_mask(
         self,
-        mask_heads: str | HeadSet = "none",
+        mask_heads: str | HeadSpec | HeadSet = "none",
         method: str = "zero",
         scope: str = "all",
         seed: int = 0,
@@ -144,7 +173,7 @@ class RHHFLM(HFLM):
             mask_heads
             if isinstance(mask_heads, HeadSet)
             else select_heads(
-                str(mask_heads),
+                mask_heads,
                 self.n_layers,
                 self.n_heads,
                 scores=self.head_scores,
@@ -156,13 +185,18 @@ class RHHFLM(HFLM):
         self.control.set_mask(heads, method=method, scope=scope)
         self.prefix.clear()  # cached keys/values were computed under the old mask
         self._mask_request = {
-            "spec": mask_heads.spec() if isinstance(mask_heads, HeadSet) else str(mask_heads),
+            "spec": mask_heads.spec() if isinstance(mask_heads, HeadSet) else _spec_text(mask_heads),
             "seed": seed,
             "random_exclude": random_exclude,
             "random_match": random_match,
         }
         self.verify_mask()
         return heads
+
+    def use_head_scores(self, path: str | Path) -> "RHHFLM":
+        """Rank heads by this score file from now on (``top:K`` / ``random:K``); it must fit the model's shape."""
+        self.head_scores = HeadScores.load(path, self.n_layers, self.n_heads)
+        return self
 
     def mask_info(self) -> dict[str, Any]:
         """Everything needed to reproduce the current condition; lands in lm-eval's results JSON."""
@@ -232,13 +266,14 @@ class RHHFLM(HFLM):
     def generate_until(self, requests, disable_tqdm: bool = False):
         if self.recorder is None:
             return super().generate_until(requests, disable_tqdm)
-        self._requests_by_context = {r.args[0]: r for r in requests if carries_needle(r.doc)}
+        self._requests_by_context = {r.args[0]: r for r in requests if is_needle_test(r.doc)}
         try:
             results = super().generate_until(requests, disable_tqdm)
         finally:
             self._requests_by_context = {}
-        if self.write_scores_after_generate and self.recorder.gather(self):
-            self.recorder.write(self.provenance(requests))
+        self.recorder.conclude(requests, results)  # judged by the answers lm-eval itself post-processed
+        if self._writes_recorder and self.recorder.gather(self):
+            self.recorder.write(self.provenance())
         return results
 
     def tok_batch_encode(self, strings, *args, **kwargs):
@@ -259,7 +294,7 @@ class RHHFLM(HFLM):
             output = self._generate(context, max_length, stop, **generation_kwargs)
         finally:
             rows = self.control.stop_recording()
-        self.recorder.add_batch(self._batch_contexts, requests, context, attention_mask, output, rows, stop)
+        self.recorder.observe(self._batch_contexts, requests, context, attention_mask, output, rows)
         return output
 
     def _generate(self, context, max_length, stop, **generation_kwargs):
@@ -270,14 +305,18 @@ class RHHFLM(HFLM):
         """
         if not self.prefix_reuse or not self.prefix.supported(type(self.model).__name__):
             return super()._model_generate(context, max_length, stop, **generation_kwargs)
-        cache, rows, pads = self.prefix.take(context, generation_kwargs.get("attention_mask"))
-        self.control.cascade = self.prefix_cascade
-        try:
+        attention_mask = generation_kwargs.get("attention_mask")
+        cache = self.prefix.take(context, attention_mask, self._prefill, capacity=max_length)
+        with self.control.cascading(self.prefix_cascade):
             output = super()._model_generate(context, max_length, stop, past_key_values=cache, **generation_kwargs)
-        finally:
-            self.control.cascade = None
-        self.prefix.keep(cache, rows, pads)
+        self.prefix.keep(cache, context, attention_mask)
         return output
+
+    def _prefill(self, ids: list[int], cache: Any) -> None:
+        """Extend a one-row prefix cache to all of ``ids`` (the decoder only: no logits are needed)."""
+        new = torch.tensor([ids[cache.get_seq_length() :]], device=self.device)
+        with torch.no_grad(), self.control.prefilling(self.prefix_cascade):
+            self.model.base_model(input_ids=new, past_key_values=cache, use_cache=True)
 
     @property
     def prefix_tokens_reused(self) -> int:
@@ -288,13 +327,12 @@ class RHHFLM(HFLM):
     def prefix_tokens_reused(self, value: int) -> None:
         self.prefix.tokens_reused = value
 
-    def provenance(self, requests) -> dict[str, Any]:
+    def provenance(self) -> dict[str, Any]:
         """Where a score file came from: enough to tell two files apart and to redo one."""
         import lm_eval
         import transformers
 
         config_json = json.dumps(self.model.config.to_dict(), sort_keys=True, default=str)
-        docs = [r.doc for r in requests if carries_needle(r.doc)]
         return {
             "model": self.model_alias or str(self.pretrained),
             "model_revision": getattr(self, "revision", None),
@@ -307,9 +345,6 @@ class RHHFLM(HFLM):
             "transformers_version": transformers.__version__,
             "lm_eval_version": getattr(lm_eval, "__version__", None),
             "torch_version": torch.__version__,
-            "lengths": sorted({d.get("length") for d in docs if d.get("length") is not None}),
-            "depths": sorted({d.get("depth") for d in docs if d.get("depth") is not None}),
-            "needle_ids": sorted({str(d.get("needle_id")) for d in docs if d.get("needle_id") is not None}),
             "chat_template": any(self.tokenizer.chat_template and "<|" in c for c in self._batch_contexts[:1]),
         }
 

@@ -1,50 +1,79 @@
-"""The KV cache of the previous prompt, handed to the next generation for the prefix both share.
+"""Prefix KV reuse: every row of a batch starts from the longest prefix it shares with a prompt already cached.
 
-Why: NIAH prompts of one length share all the haystack before the needle, and ``rh detect`` orders its tests
-so that each prompt's shared prefix is as long as possible. Prefilling only what follows it is exact (the
-keys and values of a token depend only on the tokens before it) and skips up to half of a grid's prefill.
+Usage (driven by :class:`rh_models.lm.RHHFLM` with ``prefix_reuse``)::
 
-Batches are left-padded (lm-eval's layout). Row ``i`` with ``pad_i`` pads then starts its cached part with
-``pad_i`` masked zero slots followed by the first ``common - pad_i`` shared tokens: transformers derives
-positions from the attention mask, so those tokens sit at the positions their cached keys were computed at,
-and each row recomputes only its own pad-many shared tokens. After generation the unpadded row's cache
-(prompt + answer) is kept for the next call.
+    cache = prefix.take(context, attention_mask, extend)   # a batch cache holding all but each row's last tokens
+    output = model.generate(context, attention_mask=..., past_key_values=cache)
+    prefix.keep(cache)                                     # its prompts are the candidates for the next batch
 
-Only plain growing cache layers can be cut back to a shorter prefix: a sliding-window layer keeps just its
-window, so models that have one prefill from scratch (with a warning) instead of failing mid-run.
+Why: prompts of an evaluation share long prefixes -- the few-shot exemplars of a CoT task, the haystack before
+the needle of NIAH prompts of one length -- and the keys and values of a token depend only on the tokens before
+it, so a shared prefix needs prefilling once. On a CPU, prefill is most of the time (a 450-token prompt of
+SmolLM2-135M takes about a second; a decoding step of 48 rows a third of that).
+
+How: rows are taken in order of their tokens, so that prompts sharing prefixes come together. Each row copies
+the longest prefix it shares with the previous batch's prompts or with the rows of this batch already done, and
+``extend`` prefills (one row, no padding) only the rest, up to its last ``MIN_RECOMPUTED`` tokens. The rows are
+then laid out left-padded, as lm-eval pads them: row ``i`` with ``pad_i`` pads holds ``pad_i`` masked zero slots
+and then its own cached tokens, so every row leaves the same number of tokens for ``generate`` to prefill, and
+transformers derives positions from the attention mask, so each cached token sits at the position its key was
+computed at. This is the same computation as prefilling every row in full (tested against that, generations and
+recorded top-1 positions alike), in a different order.
+
+Only plain growing cache layers can be cut back to a prefix: a sliding-window layer keeps just its window, so
+models that have one prefill from scratch (with a warning) instead of failing mid-run.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+from transformers.cache_utils import DynamicLayer
 
 logger = logging.getLogger(__name__)
 
-MIN_RECOMPUTED = 2  # the step that produces the first answer token must be a real prefill row
+MIN_RECOMPUTED = 2  # tokens of every row that generate() prefills: the step that makes the first answer token
+
+# (tokens, a 1-row DynamicCache holding their first few) -> the cache extended to all of them
+Extend = Callable[[list[int], Any], None]
+
+
+@dataclass
+class _Cached:
+    """One prompt whose keys/values are in ``layers``: row ``row`` of those tensors, from slot ``start`` on."""
+
+    ids: list[int]
+    layers: list[tuple[torch.Tensor, torch.Tensor]]  # per layer: (keys, values), (batch, kv_heads, slots, dim)
+    row: int = 0
+    start: int = 0
+
+    def prefix(self, length: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        end = self.start + length
+        return [(k[self.row : self.row + 1, :, self.start : end], v[self.row : self.row + 1, :, self.start : end])
+                for k, v in self.layers]
 
 
 class PrefixCache:
-    """One model's cache of its last prompt, and how many prompt tokens it has saved so far."""
+    """One model's cached prompts (those of its last batch), and how many prompt tokens reuse has saved."""
 
     def __init__(self, config: Any) -> None:
         from transformers import DynamicCache
-        from transformers.cache_utils import DynamicLayer
 
         self.config = config
-        self.cache: Any = None
-        self.ids: list[int] = []
+        self.cached: list[_Cached] = []
         self.tokens_reused = 0
         layers = getattr(DynamicCache(config=config), "layers", None)
         self._croppable = bool(layers) and all(type(layer) is DynamicLayer for layer in layers)  # fixed per model
         self._warned = False
 
     def clear(self) -> None:
-        """Forget the cached prompt (its keys/values were computed under a mask that no longer holds)."""
-        self.cache, self.ids = None, []
+        """Forget the cached prompts (their keys/values were computed under a mask that no longer holds)."""
+        self.cached = []
 
     def supported(self, model_name: str) -> bool:
         """Can this model's cache be cut back to a prefix? Warns once when not (reuse is then skipped)."""
@@ -54,45 +83,104 @@ class PrefixCache:
             self._warned = True
         return self._croppable
 
-    def take(self, context: torch.Tensor, attention_mask: torch.Tensor | None) -> tuple[Any, list[list[int]], list[int]]:
-        """A cache for ``context`` holding its longest shared prefix (or an empty one); rows and pads for ``keep``."""
+    def take(self, context: torch.Tensor, attention_mask: torch.Tensor | None, extend: Extend, capacity: int) -> Any:
+        """A cache for the left-padded batch ``context`` holding every row but its last ``MIN_RECOMPUTED`` tokens.
+
+        Its layers are allocated for ``capacity`` positions (prompt + answer) up front: a growing cache would copy
+        every row's keys and values at each decoding step, half the time of a step of 48 rows on a CPU.
+        """
         from transformers import DynamicCache
 
         width = context.shape[1]
         mask = torch.ones_like(context) if attention_mask is None else attention_mask
         rows = [row[keep.bool()].tolist() for row, keep in zip(context.cpu(), mask.cpu())]
-        pads = [width - len(row) for row in rows]
-        common = self._common_prefix(rows)
-        cache, self.cache = self.cache, None
-        if cache is None or common == 0 or common < max(pads):
-            return DynamicCache(config=self.config), rows, pads
-        if cache.get_seq_length() > common:
-            cache.crop(common - cache.get_seq_length())  # negative: drop that many trailing positions
-        if len(rows) > 1:
-            for layer in cache.layers:
-                layer.keys = _left_pad_rows(layer.keys, pads, common)
-                layer.values = _left_pad_rows(layer.values, pads, common)
-        self.tokens_reused += sum(common - pad for pad in pads)
-        return cache, rows, pads
+        if min(map(len, rows)) <= MIN_RECOMPUTED:
+            self.cached = []
+            return DynamicCache(config=self.config)
+        sources, done = list(self.cached), {}
+        for b in sorted(range(len(rows)), key=lambda i: rows[i]):
+            ids = rows[b][: len(rows[b]) - MIN_RECOMPUTED]
+            done[b] = self._prefix_of(ids, sources, extend)
+            sources.append(done[b])
+        self.cached = []  # the previous batch's tensors can go once its rows are copied
+        cache = DynamicCache(config=self.config)
+        cache.layers = [PreallocatedLayer(capacity) for _ in done[0].layers]
+        slots = width - MIN_RECOMPUTED
+        for layer in range(len(done[0].layers)):
+            keys = [F.pad(done[b].layers[layer][0], (0, 0, slots - len(done[b].ids), 0)) for b in range(len(rows))]
+            values = [F.pad(done[b].layers[layer][1], (0, 0, slots - len(done[b].ids), 0)) for b in range(len(rows))]
+            cache.update(torch.cat(keys), torch.cat(values), layer)
+        return cache
 
-    def keep(self, cache: Any, rows: list[list[int]], pads: list[int]) -> None:
-        """Keep the cache of the unpadded row (its positions are plain 0..n) for the next call."""
-        if 0 not in pads:
-            return
-        row = pads.index(0)
-        if len(rows) > 1:
-            cache.batch_select_indices(torch.tensor([row], device=cache.layers[0].keys.device))
-        self.cache, self.ids = cache, rows[row]
+    def keep(self, cache: Any, context: torch.Tensor, attention_mask: torch.Tensor | None) -> None:
+        """After generation: the batch's prompts (all of their tokens now have keys) become the candidates."""
+        width = context.shape[1]
+        mask = torch.ones_like(context) if attention_mask is None else attention_mask
+        layers = [(layer.keys, layer.values) for layer in cache.layers]
+        self.cached = [
+            _Cached(row[keep.bool()].tolist(), layers, row=b, start=width - int(keep.sum()))
+            for b, (row, keep) in enumerate(zip(context.cpu(), mask.cpu()))
+        ]
 
-    def _common_prefix(self, rows: list[list[int]]) -> int:
-        limit = min([len(self.ids)] + [len(row) - MIN_RECOMPUTED for row in rows])
-        for index in range(max(limit, 0)):
-            token = self.ids[index]
-            if any(row[index] != token for row in rows):
-                return index
-        return max(limit, 0)
+    def _prefix_of(self, ids: list[int], sources: list[_Cached], extend: Extend) -> _Cached:
+        """``ids``' keys/values: the longest cached prefix copied, the rest prefilled by ``extend``."""
+        from transformers import DynamicCache
+
+        best, shared = None, 0
+        for source in sources:
+            common = _common_length(source.ids, ids)
+            if common > shared:
+                best, shared = source, common
+        cache = DynamicCache(config=self.config)
+        if best is not None:
+            for layer, (keys, values) in enumerate(best.prefix(shared)):
+                cache.update(keys.clone(), values.clone(), layer)
+            self.tokens_reused += shared
+        if shared < len(ids):
+            extend(ids, cache)
+        return _Cached(ids, [(layer.keys, layer.values) for layer in cache.layers])
 
 
-def _left_pad_rows(states: torch.Tensor, pads: list[int], common: int) -> torch.Tensor:
-    """``(1, heads, common, dim)`` -> ``(batch, heads, common, dim)``: row i = pad_i zero slots + its shared part."""
-    return torch.cat([F.pad(states[:, :, : common - pad], (0, 0, pad, 0)) for pad in pads])
+class PreallocatedLayer(DynamicLayer):
+    """A growing cache layer that writes into storage allocated for ``capacity`` positions (no copy per step).
+
+    Same values as transformers' ``DynamicLayer`` (which concatenates); ``keys``/``values`` are views of the
+    filled part, so everything that reads a dynamic layer reads this one unchanged.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        super().__init__()
+        self.capacity = capacity
+        self._key_storage: torch.Tensor | None = None
+        self._value_storage: torch.Tensor | None = None
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        start, new = self.get_seq_length(), key_states.shape[-2]
+        if self._key_storage is None or start + new > self._key_storage.shape[-2] \
+                or key_states.shape[0] != self._key_storage.shape[0]:
+            self._grow(key_states, value_states, max(self.capacity, start + new))
+        self._key_storage[..., start : start + new, :] = key_states
+        self._value_storage[..., start : start + new, :] = value_states
+        self.keys = self._key_storage[..., : start + new, :]
+        self.values = self._value_storage[..., : start + new, :]
+        return self.keys, self.values
+
+    def _grow(self, key_states: torch.Tensor, value_states: torch.Tensor, capacity: int) -> None:
+        start = self.get_seq_length()
+        shape = (*key_states.shape[:-2], capacity, key_states.shape[-1])
+        keys = key_states.new_zeros(shape)
+        values = value_states.new_zeros((*value_states.shape[:-2], capacity, value_states.shape[-1]))
+        if start:
+            keys[..., :start, :] = self.keys
+            values[..., :start, :] = self.values
+        self._key_storage, self._value_storage = keys, values
+
+
+def _common_length(a: list[int], b: list[int]) -> int:
+    limit = min(len(a), len(b))
+    for index in range(limit):
+        if a[index] != b[index]:
+            return index
+    return limit

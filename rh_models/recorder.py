@@ -1,41 +1,55 @@
-"""Turns one generated batch into copy events and per-test retrieval scores, for docs that carry a needle.
+"""Copy events and per-test retrieval scores of every generated answer whose doc carries a needle.
 
 Usage (driven by :class:`rh_models.lm.RHHFLM`; shown here for clarity)::
 
-    recorder = ScoreRecorder(tokenizer, n_layers=30, n_heads=9, path="scores.json")
-    recorder.add_batch(contexts, docs, context_ids, attention_mask, output_ids, rows, stop)
+    recorder = ScoreRecorder(tokenizer, n_layers=30, n_heads=9, path="scores.json", decode=lm.tok_decode)
+    recorder.observe(contexts, requests, context_ids, attention_mask, output_ids, rows)  # per generated batch
+    recorder.conclude(requests, answers)   # lm-eval's post-processed answers, in request order
     recorder.write(provenance)
 
-Docs from our NIAH tasks carry ``rh_needles`` (exact needle texts in the prompt) and ``rh_answers`` (what a
-correct answer contains). The needle is located in the *final* prompt string lm-eval sends (chat template
-and few-shot included) and mapped to token positions through the tokenizer's offsets; a needle that is not
-in the prompt, or that truncation cut, is an error — never a silently lost test.
+**The doc contract.** A doc is a needle test when it carries these fields (our NIAH tasks set them; any task can):
+
+* ``rh_needles`` -- list of needle texts, each occurring exactly once in the final prompt lm-eval sends;
+* ``rh_answers`` -- what a right answer contains;
+* ``rh_metric`` -- how an answer is scored, one of :data:`rh_models.answers.METRICS`: the task's own metric;
+* ``rh_labels`` -- optional dict (e.g. ``{"cell": "1000-50", "length": 1000}``) copied into every test record.
+
+A test *contributes* to the score file when its answer -- the very string lm-eval scores, after its own stop
+sequences and ``think_end_token`` handling -- scores above ``min_score`` with ``rh_metric`` (the paper: ROUGE-1
+recall > 0.5). Copy events count over the generated tokens up to where that answer ends.
+
+The needle is located in the *final* prompt string (chat template and few-shot included) and mapped to token
+positions through the tokenizer's offsets; a needle that is not in the prompt, or that truncation cut, is an
+error -- never a silently lost test.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
-from rouge_score import rouge_scorer
 
+from rh_models.answers import ANSWERED_ABOVE, METRICS, score_answer
+from rh_models.atomic import write_json_atomic, write_text_atomic
 from rh_models.attention import TopOneRows
 from rh_models.errors import RHError
-from rh_models.scores import ScoreAccumulator, copy_events, retrieval_scores, write_json_atomic
-
-_ROUGE = rouge_scorer.RougeScorer(["rouge1"], use_stemmer=False)
+from rh_models.scores import ScoreAccumulator, copy_events, retrieval_scores
 
 
-def carries_needle(doc: Any) -> bool:
+def is_needle_test(doc: Any) -> bool:
     return isinstance(doc, dict) and bool(doc.get("rh_needles"))
 
 
-def rouge1_recall(reference: str, prediction: str) -> float:
-    """ROUGE-1 recall of the reference (the paper's correctness criterion for a NIAH answer)."""
-    return _ROUGE.score(reference, prediction)["rouge1"].recall
+def check_needle_doc(doc: dict) -> None:
+    """The contract above, or one clear line (a half-filled doc must not be scored by a guess)."""
+    if not doc.get("rh_answers"):
+        raise RHError("a doc with rh_needles must also carry rh_answers (what a right answer contains)")
+    if doc.get("rh_metric") not in METRICS:
+        raise RHError(f"a doc with rh_needles must name its metric: rh_metric one of {', '.join(METRICS)}, "
+                      f"got {doc.get('rh_metric')!r}")
 
 
 def needle_char_spans(context: str, needles: Sequence[str]) -> list[tuple[int, int]]:
@@ -50,18 +64,40 @@ def needle_char_spans(context: str, needles: Sequence[str]) -> list[tuple[int, i
     return spans
 
 
-def kept_steps(tokenizer, generated: list[int], stop: Sequence[str], eos_ids: set[int]) -> tuple[int, str]:
-    """How many generated tokens form the answer lm-eval keeps (up to EOS or the first stop string)."""
-    kept: list[int] = []
-    for token in generated:
-        if token in eos_ids:
-            break
-        kept.append(token)
-        text = tokenizer.decode(kept, skip_special_tokens=True)
-        cut = min((text.find(s) for s in stop if s and s in text), default=-1)
-        if cut >= 0:
-            return len(kept), text[:cut]
-    return len(kept), tokenizer.decode(kept, skip_special_tokens=True)
+def answer_steps(decode: Callable[[list[int]], str], generated: list[int], answer: str,
+                 think_end_token: str | int | None = None) -> int:
+    """How many generated tokens it took to produce lm-eval's ``answer`` (thinking included, stop excluded).
+
+    lm-eval decodes the continuation, drops everything up to ``think_end_token`` and cuts at the first stop
+    sequence; the answer it scores therefore ends at a known place of the decoded text, and the copy steps are
+    the tokens up to there.
+    """
+    first = 0
+    if isinstance(think_end_token, int) and think_end_token in generated:
+        first = len(generated) - generated[::-1].index(think_end_token)
+    tail = generated[first:]
+    text = decode(tail)
+    start = 0
+    if isinstance(think_end_token, str) and think_end_token in text:
+        start = text.rindex(think_end_token) + len(think_end_token)
+    at = text.find(answer, start)
+    if at < 0:
+        raise RHError("lm-eval's answer is not in the decoded generation; cannot align copy events with it")
+    end = at + len(answer)
+    for steps in range(len(tail) + 1):
+        if len(decode(tail[:steps])) >= end:
+            return first + steps
+    return len(generated)
+
+
+@dataclass
+class _Pending:
+    """One generated row, waiting for lm-eval's post-processed answer."""
+
+    top1: torch.Tensor  # (steps, layers, heads) absolute positions
+    sequence: torch.Tensor  # padded prompt + generated tokens
+    prompt_length: int
+    needle_positions: list[int]
 
 
 class ScoreRecorder:
@@ -73,21 +109,22 @@ class ScoreRecorder:
         n_layers: int,
         n_heads: int,
         path: str | Path,
-        min_rouge: float = 0.5,
+        min_score: float = ANSWERED_ABOVE,
         count_repeats: bool = False,
+        decode: Callable[[list[int]], str] | None = None,
+        think_end_token: str | int | None = None,
     ) -> None:
         self.tokenizer = tokenizer
         self.n_layers, self.n_heads = n_layers, n_heads
         self.path = Path(path)
-        self.min_rouge = min_rouge
+        self.min_score = min_score
         self.count_repeats = count_repeats
+        self.decode = decode or (lambda ids: tokenizer.decode(ids, skip_special_tokens=True))
+        self.think_end_token = think_end_token
         self.accumulator = ScoreAccumulator(n_layers, n_heads)
         self.events: list[dict] = []
         self.tests: list[dict] = []
-        eos = tokenizer.eos_token_id
-        self.eos_ids = {eos} if isinstance(eos, int) else set(eos or [])
-        if tokenizer.pad_token_id is not None:
-            self.eos_ids.add(tokenizer.pad_token_id)
+        self._pending: dict[str, _Pending] = {}
 
     @property
     def events_path(self) -> Path:
@@ -115,7 +152,7 @@ class ScoreRecorder:
             raise RHError("the needle was cut by left truncation: make the prompt shorter than max_length - max_gen_toks")
         return positions
 
-    def add_batch(
+    def observe(
         self,
         contexts: Sequence[str],
         requests: Sequence[Any],
@@ -123,9 +160,8 @@ class ScoreRecorder:
         attention_mask: torch.Tensor,
         output_ids: torch.Tensor,
         rows: TopOneRows,
-        stop: Sequence[str],
     ) -> None:
-        """Score every needle-carrying request of one generated batch (``requests[i]`` may be ``None``)."""
+        """Keep the top-1 rows of every needle test of one generated batch (``requests[i]`` may be ``None``)."""
         if not rows.positions:
             return
         prompt_length = context_ids.shape[1]
@@ -134,22 +170,34 @@ class ScoreRecorder:
         for b, (context, request) in enumerate(zip(contexts, requests)):
             if request is None:
                 continue
-            doc = request.doc
+            check_needle_doc(request.doc)
             positions = self.needle_positions(
-                context, doc["rh_needles"], context_ids[b].cpu(), int(attention_mask[b].sum())
+                context, request.doc["rh_needles"], context_ids[b].cpu(), int(attention_mask[b].sum())
             )
-            generated = output_ids[b, prompt_length:].tolist()
-            steps, answer = kept_steps(self.tokenizer, generated, stop, self.eos_ids)
-            steps = min(steps, top1.shape[0])
-            events = copy_events(top1[:, b], output_ids[b], prompt_length, positions, steps)
-            answers = doc.get("rh_answers") or doc["rh_needles"]
-            recall = max(rouge1_recall(a, answer) for a in answers)
-            correct = recall > self.min_rouge
-            scores = retrieval_scores(events, len(positions), self.n_layers, self.n_heads, self.count_repeats)
-            self.accumulator.add(scores if correct else None)
-            sample = {"task": request.task_name, "doc_id": request.doc_id, "cell": doc.get("cell")}
-            self.tests.append({**sample, "rouge1_recall": recall, "contributing": correct, "answer": answer})
-            self.events.extend({**sample, **asdict(e)} for e in events)
+            self._pending[context] = _Pending(top1[:, b], output_ids[b], prompt_length, positions)
+
+    def conclude(self, requests: Sequence[Any], answers: Sequence[str]) -> None:
+        """Judge every observed needle test by lm-eval's own answer, in request order; forget the rest."""
+        try:
+            for request, answer in zip(requests, answers):
+                pending = self._pending.get(request.args[0]) if is_needle_test(request.doc) else None
+                if pending is not None:
+                    self._add_test(request, pending, answer)
+        finally:
+            self._pending = {}
+
+    def _add_test(self, request: Any, pending: _Pending, answer: str) -> None:
+        doc = request.doc
+        generated = pending.sequence[pending.prompt_length :].tolist()
+        steps = min(answer_steps(self.decode, generated, answer, self.think_end_token), pending.top1.shape[0])
+        events = copy_events(pending.top1, pending.sequence, pending.prompt_length, pending.needle_positions, steps)
+        score = score_answer(answer, doc["rh_answers"], doc["rh_metric"])
+        answered = score > self.min_score
+        scores = retrieval_scores(events, len(pending.needle_positions), self.n_layers, self.n_heads, self.count_repeats)
+        self.accumulator.add(scores if answered else None)
+        sample = {"task": request.task_name, "doc_id": request.doc_id, **dict(doc.get("rh_labels") or {})}
+        self.tests.append({**sample, "answer_score": score, "contributing": answered, "answer": answer})
+        self.events.extend({**sample, **asdict(e)} for e in events)
 
     # ------------------------------------------------------------------ output
     def gather(self, lm) -> bool:
@@ -169,19 +217,23 @@ class ScoreRecorder:
             self.tests.extend(tests)
         return True
 
-    def write(self, provenance: dict) -> None:
-        self.accumulator.write(self.path)
-        summary = {
+    def summary(self) -> dict[str, Any]:
+        """Counts and labels of the recorded tests, for the ``.meta.json`` beside the score file."""
+        labels: dict[str, set] = {}
+        for test in self.tests:
+            for key, value in test.items():
+                if key not in ("task", "doc_id", "answer_score", "contributing", "answer"):
+                    labels.setdefault(key, set()).add(value)
+        return {
             "tests_seen": self.accumulator.tests_seen,
             "tests_contributing": self.accumulator.tests_contributing,
-            "min_rouge": self.min_rouge,
+            "min_score": self.min_score,
             "count_repeats": self.count_repeats,
-            "cells": sorted({t["cell"] for t in self.tests if t.get("cell")}),
+            "labels": {key: sorted(values, key=str) for key, values in sorted(labels.items())},
             "tasks": sorted({t["task"] for t in self.tests}),
         }
-        write_json_atomic(self.meta_path, {**provenance, **summary, "tests": self.tests})
-        tmp = self.events_path.with_name(f".{self.events_path.name}.tmp")
-        with tmp.open("w") as stream:
-            for event in self.events:
-                stream.write(json.dumps(event) + "\n")
-        tmp.replace(self.events_path)
+
+    def write(self, provenance: dict) -> None:
+        self.accumulator.write(self.path)
+        write_json_atomic(self.meta_path, {**provenance, **self.summary(), "tests": self.tests})
+        write_text_atomic(self.events_path, "".join(json.dumps(event) + "\n" for event in self.events))

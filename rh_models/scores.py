@@ -14,15 +14,13 @@ The paper's released code counts every copying step instead (so repeats count an
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
 import torch
 
+from rh_models.atomic import write_json_atomic
 from rh_models.heads import format_heads
 
 
@@ -86,15 +84,11 @@ class ScoreAccumulator:
         self.per_test: list[list[float]] = []  # one flattened (layers*heads) row per contributing test
         self.tests_seen = 0
 
-    def add(self, scores: torch.Tensor | None) -> None:
+    def add(self, scores: torch.Tensor | list[float] | None) -> None:
         """Add one test; ``None`` means it ran but did not contribute (answer judged wrong)."""
         self.tests_seen += 1
         if scores is not None:
-            self.per_test.append(scores.flatten().tolist())
-
-    def merge(self, other: "ScoreAccumulator") -> None:
-        self.tests_seen += other.tests_seen
-        self.per_test.extend(other.per_test)
+            self.per_test.append(scores.flatten().tolist() if isinstance(scores, torch.Tensor) else list(scores))
 
     @property
     def tests_contributing(self) -> int:
@@ -107,17 +101,3 @@ class ScoreAccumulator:
 
     def write(self, path: str | Path) -> None:
         write_json_atomic(path, self.as_paper_format())
-
-
-def write_json_atomic(path: str | Path, payload: object) -> None:
-    """Write JSON so that readers see the old file or the new one, never half of one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w") as stream:
-            json.dump(payload, stream, indent=1)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -25,7 +25,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from rh_models.errors import RHError, install_excepthook
+from rh_models.errors import RHError
 from rh_tasks.cot_data import DOC_MAKERS, generate
 
 DEFAULT_DOCS = 100
@@ -72,7 +72,6 @@ def synthetic_dataset(generator: str, **metadata: Any) -> Any:
     """
     import datasets
 
-    install_excepthook()
     if generator not in DOC_MAKERS:
         raise RHError(f"unknown generator {generator!r} in dataset_kwargs; known: {', '.join(DOC_MAKERS)}")
     docs, seed = cot_options(metadata)
@@ -125,7 +124,6 @@ def gsm8k_dataset(**metadata: Any) -> Any:
     """lm-eval ``custom_dataset``: GSM8K ``test`` (+ ``train``) from a local JSONL, else ``openai/gsm8k`` main."""
     import datasets
 
-    install_excepthook()
     files = gsm8k_files(metadata)
     if files is None:
         try:
@@ -166,7 +164,9 @@ def lm_eval_base_config(relative: str) -> dict[str, Any]:
 
 
 def _make_task_class() -> type:
-    from lm_eval.api.task import ConfigurableTask  # imported only when lm-eval asks for the class
+    from lm_eval.api.task import (
+        ConfigurableTask,  # imported only when lm-eval asks for the class
+    )
 
     class LMEvalBasedTask(ConfigurableTask):
         """A ConfigurableTask whose YAML names an lm-eval task file in ``lm_eval_base`` and overrides its keys.
@@ -176,7 +176,6 @@ def _make_task_class() -> type:
         """
 
         def __init__(self, config: dict[str, Any] | None = None, **kwargs: Any) -> None:
-            install_excepthook()
             ours = {k: v for k, v in dict(config or {}).items() if k != "class"}
             relative = ours.pop("lm_eval_base", None)
             if not relative:

@@ -24,13 +24,12 @@ import random
 import uuid
 from dataclasses import dataclass
 
+from rh_models.answers import MATCH, ROUGE
 from rh_models.errors import RHError
 
 NEEDLE_KINDS = ("paper", "kv", "multikey", "multivalue", "multiquery")
 KEY_TYPES = ("words", "numbers", "uuids")
 VALUE_TYPES = ("numbers", "uuids", "words")
-ROUGE = "rouge1_recall"
-MATCH = "string_match"
 
 
 @dataclass(frozen=True)

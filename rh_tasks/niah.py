@@ -20,8 +20,9 @@ controlled sweep: the needle goes to the requested fraction of the hay, moved ba
 boundary. All cells of one length cut the same hay, so the text before the needle is shared across depths (and
 needles) -- the KV prefix a detector can reuse.
 
-Each doc carries the contract with the model side (``rh_needles``, ``rh_answers``, ``needle_start``/``needle_end``,
-``length``, ``depth``, ``needle_id``, ``cell``); see docs/niah.md for every field and the exact prompt templates.
+Each doc carries the model side's contract (``rh_needles``, ``rh_answers``, ``rh_metric``, ``rh_labels``: see
+:mod:`rh_models.recorder`) and NIAH's own fields (``needle_start``/``needle_end``, ``length``, ``depth``,
+``needle_id``, ``cell``, ...); see docs/niah.md for every field and the exact prompt templates.
 :class:`NIAHTask` is the small lm-eval task class the YAMLs use: it reserves the task's ``max_gen_toks`` when
 sizing, turns the grid into per-length/per-depth metric keys, and re-checks each final context before generation.
 """
@@ -33,10 +34,11 @@ import functools
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from rh_models.errors import RHError, install_excepthook
+from rh_models.arguments import parse_bool, parse_int_list
+from rh_models.compat import task_metric_tables
+from rh_models.errors import RHError
 from rh_tasks.haystack import TokenizedHaystack, load_haystack
 from rh_tasks.needles import NEEDLE_KINDS, NeedleSet, make_needle_sets
-
 
 # The answer prefix follows on the next line (lm-eval adds no space after a newline). Tuned on SmolLM2-135M:
 # an "Answer:" line before the prefix made it paraphrase answers ("in a grandfather clock") and break lines.
@@ -87,24 +89,11 @@ def count_tokens(tokenizer: Any, text: str, special: bool = False) -> int:
 # --- grid validation -------------------------------------------------------------------------------------------
 
 def _as_int_list(name: str, value: Any) -> list[int]:
-    if isinstance(value, str):
-        value = [v for v in value.replace(";", ",").split(",") if v.strip()]
-    if isinstance(value, (int, float)):
-        value = [value]
-    if not isinstance(value, Iterable):
-        raise RHError(f"metadata {name} must be a list of integers, got {value!r}")
-    out = []
-    for item in value:
-        try:
-            number = float(item)
-        except (TypeError, ValueError):
-            raise RHError(f"metadata {name} must be a list of integers, got {item!r}") from None
-        if number != int(number):
-            raise RHError(f"metadata {name} must be integers, got {item!r}")
-        out.append(int(number))
-    if not out:
+    """Sorted, de-duplicated integers from metadata (a JSON list, a number, or ``"500,1000"``)."""
+    numbers = sorted(set(parse_int_list(f"metadata {name}", value)))
+    if not numbers:
         raise RHError(f"metadata {name} is empty")
-    return sorted(set(out))
+    return numbers
 
 
 def validate_grid(lengths: Any, depths: Any) -> tuple[list[int], list[int]]:
@@ -348,7 +337,8 @@ def _make_doc(tokenizer: Any, hay: TokenizedHaystack, needle_set: NeedleSet, gen
         "haystack": haystack,
         "cell": f"{length}-{depth}",
         "question": needle_set.question,
-        "metric": needle_set.metric,
+        "rh_metric": needle_set.metric,
+        "rh_labels": {"cell": f"{length}-{depth}", "length": length, "depth": depth, "needle_id": needle_set.needle_id},
         "metric_keys": metric_keys,
         "chat_template": chat,
     }
@@ -372,16 +362,16 @@ def load_tokenizer(name: str, trust_remote_code: bool = False) -> Any:
 
 def model_max_length(name: str, tokenizer: Any, trust_remote_code: bool = False) -> int:
     """The context length lm-eval's HFLM would use for this model when ``max_length`` is not given."""
-    from lm_eval.models.utils import resolve_max_length
     from transformers import AutoConfig
 
+    from rh_models.shape import context_length
     from rh_models.zoo import resolve_pretrained
 
     try:
         config = AutoConfig.from_pretrained(resolve_pretrained(name), trust_remote_code=trust_remote_code)
     except Exception:  # noqa: BLE001 -- tokenizer-only repos (API models): fall back like lm-eval does
         config = None
-    return resolve_max_length(config, tokenizer, default=2048)
+    return context_length(config, tokenizer)
 
 
 def _check_metadata_keys(metadata: dict[str, Any]) -> None:
@@ -395,13 +385,7 @@ def _check_metadata_keys(metadata: dict[str, Any]) -> None:
 
 
 def _as_bool(name: str, value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
-        return value.lower() in ("true", "1", "yes")
-    if isinstance(value, int) and value in (0, 1):
-        return bool(value)
-    raise RHError(f"metadata {name} must be true or false, got {value!r}")
+    return parse_bool(f"metadata {name}", value)
 
 
 def docs_from_metadata(**metadata: Any) -> tuple[list[dict[str, Any]], Any, int]:
@@ -452,15 +436,6 @@ def _non_negative(name: str, value: Any) -> int:
     return number
 
 
-def niah_dataset(**metadata: Any) -> dict[str, Any]:
-    """lm-eval ``custom_dataset``: the grid as a ``test`` split (``NIAHTask`` passes ``max_gen_toks`` in)."""
-    import datasets
-
-    install_excepthook()  # stock `lm_eval`: our RHError prints as one line
-    docs, _, _ = docs_from_metadata(**metadata)
-    return {"test": datasets.Dataset.from_list(docs)}
-
-
 # --- the lm-eval task class --------------------------------------------------------------------------------------
 
 NOT_THIS_CELL = -1.0
@@ -491,7 +466,6 @@ def _make_task_class() -> type:
         def download(self, dataset_kwargs: dict | None = None, **kwargs: Any) -> None:
             import datasets
 
-            install_excepthook()
             metadata = dict(self.config.metadata or {})
             metadata.pop("version", None)
             metadata.pop("config_source", None)
@@ -506,11 +480,12 @@ def _make_task_class() -> type:
             for doc_keys in self.dataset["test"]["metric_keys"]:
                 keys.update(dict.fromkeys(doc_keys))
             self._breakdown_keys = list(keys)
+            functions, kwargs, aggregations, higher_is_better = task_metric_tables(self)
             for key in keys:
-                self._metric_fn_list[key] = None
-                self._metric_fn_kwargs[key] = {}
-                self._aggregation_list[key] = mean_fn
-                self._higher_is_better[key] = True
+                functions[key] = None
+                kwargs[key] = {}
+                aggregations[key] = mean_fn
+                higher_is_better[key] = True
 
         def process_results(self, doc: dict, results: Any) -> dict:
             """Every doc reports every breakdown key (``NOT_THIS_CELL`` for other cells), as lm-eval's ruler does:

@@ -95,3 +95,34 @@ def tiny_task_dir(tmp_path_factory) -> Path:
         "metric_list:\n  - metric: exact_match\n    higher_is_better: true\n"
     )
     return path
+
+
+# --- the stock CLIs, as a user types them ----------------------------------------------------------------------
+
+OFFLINE_ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+CLI_MEMORY_LIMIT_GB = 8  # address space of one CLI process: a blow-up fails the test instead of the machine
+
+
+def _limit_memory(gigabytes: float):
+    import resource
+
+    def apply() -> None:
+        limit = int(gigabytes * 2**30)
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+    return apply
+
+
+def run_cli(program: str, *args: str, env: dict | None = None, cwd=None, timeout: int = 600,
+            memory_gb: float = CLI_MEMORY_LIMIT_GB):
+    """Run ``lm_eval`` / ``rh`` / ``accelerate`` of this venv in a subprocess under an address-space limit."""
+    import subprocess
+    import sys
+
+    executable = Path(sys.executable).with_name(program)
+    return subprocess.run([str(executable), *args], capture_output=True, text=True, env={**OFFLINE_ENV, **(env or {})},
+                          cwd=cwd, timeout=timeout, preexec_fn=_limit_memory(memory_gb))
+
+
+def rh_error_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith("rh-eval: error:")]

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from rh_models.bench import naive_attention_gb
-from rh_models.cli import main
+from rh_eval.bench import naive_attention_gb
+from rh_eval.cli import main
 
 
 def test_naive_attention_map_size():

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from rh_models.cli import main
-from rh_tasks import compare
-from rh_tasks.compare import ConditionPlan, parse_ks, parse_limit, parse_metadata, plan_conditions
-from rh_tasks.compare_plots import cot_column_pairs, cot_pairs, make_plots
-from rh_tasks.leaderboard import ConditionResult, build_leaderboard
+from rh_eval.cli import main
+from rh_eval import compare
+from rh_eval.compare import ConditionPlan, parse_ks, parse_limit, parse_metadata, plan_conditions
+from rh_eval.compare_plots import cot_column_pairs, cot_pairs, make_plots
+from rh_eval.leaderboard import ConditionResult, build_leaderboard
 from rh_models.errors import RHError
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -61,6 +61,12 @@ class FakeLM:
 
     def mask_info(self):
         return dict(self.info)
+
+    def use_head_scores(self, path):
+        from rh_models.heads import HeadScores
+
+        self.head_scores = HeadScores.load(path, self.n_layers, self.n_heads)
+        return self
 
 
 @pytest.fixture
@@ -166,8 +172,8 @@ def test_missing_head_scores_runs_detection_on_the_loaded_model(tmp_path, fake_e
         Path(output).write_text(json.dumps({"0-0": [0.9], "0-1": [0.0], "1-0": [0.0], "1-1": [0.0]}))
         return {}
 
-    monkeypatch.setattr("rh_models.detect.detect", detect)
-    monkeypatch.setattr("rh_models.detect.print_summary", lambda summary, output: print(f"summary of {output.name}"))
+    monkeypatch.setattr("rh_eval.detect.detect", detect)
+    monkeypatch.setattr("rh_eval.detect.print_summary", lambda summary, output: print(f"summary of {output.name}"))
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "running retrieval-head detection first" in out and "summary of head_scores.json" in out
@@ -178,7 +184,7 @@ def test_missing_head_scores_runs_detection_on_the_loaded_model(tmp_path, fake_e
     assert main(args) == 0  # the detection in the output folder is re-used, not redone; nothing loads
     assert len(detected) == 1 and fake_eval["load"] == 1 and "re-using the detection" in capsys.readouterr().out
     assert main([*args[:-6], "--detect-lengths", "500,long"]) == 2
-    assert "--detect-lengths takes non-negative integers" in capsys.readouterr().err
+    assert "--detect-lengths must be integers" in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------------------------------------- plots
@@ -203,8 +209,8 @@ def test_cot_pairs():
     assert [(c.task, d.task) for c, d in pairs] == [("rh_vartrack_cot", "rh_vartrack")]
 
 
-def test_dose_response_and_cot_plots_are_written(tmp_path, monkeypatch):
-    monkeypatch.setitem(sys.modules, "rh_tasks.plots", None)  # NIAH heatmaps unavailable: skipped, not fatal
+def test_dose_response_and_cot_plots_are_written(tmp_path):
+    # no conditions folder, so no NIAH samples: no heatmaps, and that is not an error
     paths = make_plots(_board(), tmp_path / "plots", conditions_dir=tmp_path / "conditions")
     names = sorted(p.name for p in paths)
     assert names == [
@@ -228,7 +234,7 @@ def test_niah_heatmaps_per_condition_and_difference(tmp_path, monkeypatch):
             cells_by_condition[str(folder / "samples_rh_niah.jsonl")] = {(1000, 0.5): 1.0 - 0.1 * i, (2000, 0.5): 0.5}
 
     calls = []
-    fake = types.ModuleType("rh_tasks.plots")
+    fake = types.ModuleType("rh_eval.plots")
     fake.niah_cells = lambda path: cells_by_condition[str(path)]
 
     def plot_niah_heatmap(cells, out, title=None, vmin=0, vmax=1, diff=False):
@@ -237,7 +243,7 @@ def test_niah_heatmaps_per_condition_and_difference(tmp_path, monkeypatch):
         Path(out).write_bytes(PNG)
 
     fake.plot_niah_heatmap = plot_niah_heatmap
-    monkeypatch.setitem(sys.modules, "rh_tasks.plots", fake)
+    monkeypatch.setitem(sys.modules, "rh_eval.plots", fake)
     paths = make_plots(board, tmp_path / "plots", conditions_dir=tmp_path / "conditions", tasks=["rh_niah"])
     heatmaps = {name: (cells, vmin, vmax, diff) for name, cells, vmin, vmax, diff in calls}
     assert len(heatmaps) == 9 + 8  # every condition (1 + 2 + 6), and each non-full one minus full

@@ -3,16 +3,16 @@ check; fast with fakes, and end to end on a tiny random llama (SmolLM2's tokeniz
 
 from __future__ import annotations
 
-import argparse
 import json
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
-from rh_models.cli import main
+from rh_eval.cli import main
 from rh_models.errors import RHError
-from rh_tasks import compare, demo
-from rh_tasks.leaderboard import ConditionResult, build_leaderboard
+from rh_eval import compare, demo
+from rh_eval.leaderboard import ConditionResult, build_leaderboard
 
 PNG = b"\x89PNG\r\n\x1a\n"
 NIAH = "rh_niah_paper"
@@ -44,6 +44,20 @@ class FakeLM:
     def mask_info(self):
         return dict(self.info)
 
+    def use_head_scores(self, path):
+        from rh_models.heads import HeadScores
+
+        self.head_scores = HeadScores.load(path, self.n_layers, self.n_heads)
+        return self
+
+    @contextmanager
+    def settings(self, prefix_reuse=None):
+        saved, self.prefix_reuse = self.prefix_reuse, prefix_reuse
+        try:
+            yield self
+        finally:
+            self.prefix_reuse = saved
+
 
 @pytest.fixture
 def fakes(monkeypatch):
@@ -52,7 +66,6 @@ def fakes(monkeypatch):
 
     def detect(model, output, lengths=None, depths=None, samples=None, **kwargs):
         calls["detect"].append((model, lengths, depths, samples, model.prefix_reuse))
-        model.prefix_reuse = True  # like the real one; the demo must switch it back
         Path(output).write_text(json.dumps({f"{l}-{h}": [{(0, 1): 0.9, (1, 2): 0.5}.get((l, h), 0.0)]
                                             for l in range(2) for h in range(4)}))
         return {"top": [["0-1", 0.9], ["1-2", 0.5]], "fraction_above_0.1": 0.25, "tests_seen": 2,
@@ -67,7 +80,7 @@ def fakes(monkeypatch):
 
     def evaluate(lm, tasks, args, manager):
         info = lm.mask_info()
-        assert not lm.prefix_reuse, "the comparison must run without detection's prefix reuse"
+        assert lm.prefix_reuse, "the demo's comparison reuses shared prompt prefixes"
         calls["evaluate"].append(info["spec"] + f"/{info['seed']}")
         score = {"none": 0.8}.get(info["spec"], 0.1 if info["spec"].startswith("top") else 0.7 + 0.05 * info["seed"])
         results, samples = {}, {}
@@ -83,7 +96,7 @@ def fakes(monkeypatch):
         return {"results": results, "higher_is_better": {t: {"score": True, "exact_match": True} for t in tasks},
                 "versions": {t: 1 for t in tasks}, "n-shot": {t: 0 for t in tasks}, "samples": samples}
 
-    monkeypatch.setattr("rh_models.detect.detect", detect)
+    monkeypatch.setattr("rh_eval.detect.detect", detect)
     monkeypatch.setattr(demo, "ModelOnce", FakeModelOnce)
     monkeypatch.setattr(compare, "evaluate", evaluate)
     monkeypatch.setattr(compare, "task_manager", lambda args, tasks: None)
@@ -194,7 +207,7 @@ def test_chat_template_choice(tmp_path, smollm_dir):
     from transformers import AutoTokenizer
 
     def choice(model: str, mode: str) -> bool:
-        return demo.use_chat_template(argparse.Namespace(model=model, chat_template=mode))
+        return demo.use_chat_template(model, mode)
 
     plain = tmp_path / "plain-tokenizer"
     tokenizer = AutoTokenizer.from_pretrained(smollm_dir)
@@ -205,11 +218,11 @@ def test_chat_template_choice(tmp_path, smollm_dir):
     assert choice(str(plain), "yes") is True and choice(str(smollm_dir), "no") is False
     with pytest.raises(RHError, match="cannot read the tokenizer"):
         choice(str(tmp_path / "missing"), "auto")
-    args = demo.compare_args(argparse.Namespace(
-        model=str(smollm_dir), chat_template="auto", k="2", seeds=1, output_dir=str(tmp_path / "o"), limit=4,
-        niah_lengths="200", niah_depths="0", niah_samples=1, niah_seed=1, batch_size=1, include_path=[],
-        niah_task="n", cot_task="", direct_task=""), tmp_path / "scores.json")
-    assert args.apply_chat_template is True  # handed on to rh compare (and recorded in its run.json)
+    config = demo.DemoConfig(model=str(smollm_dir), ks=(2,), seeds=1, output_dir=tmp_path / "o", limit=4,
+                             niah_lengths=(200,), niah_depths=(0,), niah_samples=1, cot_task="", direct_task="")
+    comparison = demo.compare_config(config, tmp_path / "scores.json")
+    assert comparison.apply_chat_template is True  # handed on to rh compare (and recorded in its run.json)
+    assert comparison.tasks == ("rh_niah_paper",) and comparison.prefix_reuse
 
 
 # --------------------------------------------------------------------------------------- end to end (real)

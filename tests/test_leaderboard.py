@@ -11,7 +11,7 @@ from html.parser import HTMLParser
 import pytest
 
 from rh_models.errors import RHError
-from rh_tasks.leaderboard import (
+from rh_eval.leaderboard import (
     Column,
     ConditionResult,
     Leaderboard,

@@ -10,7 +10,6 @@ import sysconfig
 from pathlib import Path
 
 import pytest
-import torch
 from lm_eval.api.instance import Instance
 from lm_eval.models.huggingface import HFLM
 
@@ -129,7 +128,7 @@ def test_stock_cli_bad_input_is_one_clear_line(tiny_llama_dir, tiny_task_dir, tm
 
 def test_autoload_registers_without_hiding_builtins():
     code = (
-        "import sys, time; t = time.perf_counter(); import rh_models._autoload; cost = time.perf_counter() - t\n"
+        "import sys, time; t = time.perf_counter(); import rh_eval._autoload; cost = time.perf_counter() - t\n"
         "assert 'torch' not in sys.modules and 'lm_eval' not in sys.modules\n"
         "from lm_eval.api.registry import get_model, model_registry\n"
         "cls = get_model('rh-hf'); assert get_model('hf').__name__ == 'HFLM' and 'vllm' in model_registry\n"

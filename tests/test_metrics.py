@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from rh_tasks.metrics import cell_means, process_results, rouge1_recall, score_prediction, string_match
+from rh_models.answers import rouge1_recall, score_answer, string_match
+from rh_tasks.metrics import cell_means, process_results
 
 REAL = "a spoonful of smoked paprika stirred into the tomato sauce"  # 10 unigrams
 
 
 def _doc(metric="rouge1_recall", answers=(REAL,), length=1000, depth=50):
-    return {"rh_answers": list(answers), "metric": metric, "length": length, "depth": depth,
+    return {"rh_answers": list(answers), "rh_metric": metric, "length": length, "depth": depth,
             "metric_keys": [f"score_len_{length}", f"score_depth_{depth:03d}"]}
 
 
@@ -32,11 +33,11 @@ def test_string_match_right_partial_wrong():
     assert string_match("anything", []) == 0.0
 
 
-def test_score_prediction_dispatches_on_metric():
-    assert score_prediction("  smoked paprika\x00 ", [REAL], "rouge1_recall") == pytest.approx(0.2)
-    assert score_prediction("9 8 7", ["8", "7", "1"], "string_match") == pytest.approx(2 / 3)
+def test_score_answer_dispatches_on_metric():
+    assert score_answer("  smoked paprika\x00 ", [REAL], "rouge1_recall") == pytest.approx(0.2)
+    assert score_answer("9 8 7", ["8", "7", "1"], "string_match") == pytest.approx(2 / 3)
     with pytest.raises(ValueError):
-        score_prediction("x", ["x"], "bleu")
+        score_answer("x", ["x"], "bleu")
 
 
 def test_process_results_gives_score_and_breakdown_keys():

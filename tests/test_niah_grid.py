@@ -115,7 +115,7 @@ def test_kv_variants(tokenizer, kind, asked, distractors):
         for needle in doc["distractors"]:
             assert doc["prompt"].count(needle) == 1
         assert [doc["prompt"][a:b] for a, b in doc["needle_spans"]] == doc["rh_needles"]
-        assert doc["metric"] == "string_match" and abs(doc["n_tokens"] - 700) <= 5
+        assert doc["rh_metric"] == "string_match" and abs(doc["n_tokens"] - 700) <= 5
     # seeded: the same seed repeats the values, another seed changes them
     again = build_docs(tokenizer, [700], [0, 50], needles=kind, samples=2, max_length=2048)
     other = build_docs(tokenizer, [700], [0, 50], needles=kind, samples=2, max_length=2048, seed=1)

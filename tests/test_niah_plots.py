@@ -6,16 +6,16 @@ import json
 
 import pytest
 
-from rh_models.cli import main as rh_main
+from rh_eval.cli import main as rh_main
 from rh_models.errors import RHError
-from rh_tasks.plots import niah_cells, plot_niah_heatmap
+from rh_eval.plots import niah_cells, plot_niah_heatmap
 
 DATE = "2026-01-02T03-04-05.678901"
 
 
 def _sample(length, depth, score, answer="x"):
     doc = {"length": length, "depth": depth, "cell": f"{length}-{depth}", "rh_answers": [answer],
-           "metric": "string_match"}
+           "rh_metric": "string_match"}
     return {"doc": doc, "score": score, "filtered_resps": [answer if score else "nope"]}
 
 

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from rh_models.zoo import resolve_pretrained
-from rh_tasks.plots import niah_cells
+from rh_eval.plots import niah_cells
 
 
 @pytest.mark.smollm

@@ -9,7 +9,7 @@ import pytest
 import torch
 from lm_eval.api.instance import Instance
 
-from rh_models.recorder import ScoreRecorder
+from rh_models.prefix_cache import MIN_RECOMPUTED
 
 
 @pytest.fixture()
@@ -18,32 +18,31 @@ def lm_and_cells(tiny_llama_dir, tmp_path):
     from rh_tasks.niah import build_docs
 
     lm = RHHFLM(pretrained=str(tiny_llama_dir), device="cpu", batch_size=1)
-    lm.recorder = ScoreRecorder(lm.tokenizer, lm.n_layers, lm.n_heads, tmp_path / "s.json")
-    lm.write_scores_after_generate = False
     docs = build_docs(lm.tokenizer, lengths=[160], depths=[100, 50, 0], samples=3, max_length=lm.max_length)
     cells = [[d for d in docs if d["depth"] == depth] for depth in (100, 50, 0)]
-    return lm, cells
+    with lm.settings(recorder=lm.new_recorder(tmp_path / "s.json")):
+        yield lm, cells
 
 
 def _run(lm, docs: list[dict], captured: dict) -> list[str]:
     """Generate ``docs`` as one batch; capture each prompt's recorded top-1 positions, as unpadded indices."""
-    original = lm.recorder.add_batch
+    original = lm.recorder.observe
 
-    def capture(contexts, requests, context_ids, attention_mask, output_ids, rows, stop):
+    def capture(contexts, requests, context_ids, attention_mask, output_ids, rows):
         top1 = rows.absolute(context_ids.shape[1])  # (steps, batch, layers, heads), padded-row indices
         for b, context in enumerate(contexts):
             pads = int(context_ids.shape[1] - attention_mask[b].sum())
             captured[context] = top1[:, b] - pads
-        return original(contexts, requests, context_ids, attention_mask, output_ids, rows, stop)
+        return original(contexts, requests, context_ids, attention_mask, output_ids, rows)
 
-    lm.recorder.add_batch = capture
+    lm.recorder.observe = capture
     instances = [Instance("generate_until", d, (d["prompt"], {"until": ["\n\n"], "max_gen_toks": 6}), i,
                           metadata=("t", i, 1)) for i, d in enumerate(docs)]
-    lm.batch_size_per_gpu = len(docs)
     try:
-        return lm.generate_until(instances, disable_tqdm=True)
+        with lm.settings(batch_size=len(docs)):
+            return lm.generate_until(instances, disable_tqdm=True)
     finally:
-        lm.recorder.add_batch = original
+        lm.recorder.observe = original
 
 
 def test_batched_cells_with_prefix_reuse_equal_single_fresh_prefills(lm_and_cells):
@@ -63,30 +62,48 @@ def test_batched_cells_with_prefix_reuse_equal_single_fresh_prefills(lm_and_cell
         assert torch.equal(reused_top1[context][:steps], positions[:steps])
 
 
-def test_each_row_reuses_the_hay_before_the_cells_first_needle_minus_its_padding(lm_and_cells):
+def test_each_row_reuses_its_longest_prefix_shared_with_a_prompt_already_cached(lm_and_cells):
     lm, cells = lm_and_cells
     lm.prefix_reuse = True
-    _run(lm, cells[0], {})  # the deepest cell starts cold and leaves its unpadded row's cache
-    for cell in cells[1:]:
+    done: list[list[int]] = []
+    for cell in cells:  # deepest first: each cell shares the hay before its needle with the cell before
         tokens = [lm.tokenizer(d["prompt"], add_special_tokens=False)["input_ids"] for d in cell]
-        pads = [max(map(len, tokens)) - len(t) for t in tokens]
-        before_needle = min(len(lm.tokenizer(d["prompt"][: d["needle_start"]], add_special_tokens=False)["input_ids"])
-                            for d in cell)
+        expected = 0
+        for row in sorted(tokens):  # rows are taken in token order; each may share with any row done before
+            expected += max((_shared(row[:-MIN_RECOMPUTED], other) for other in done), default=0)
+            done.append(row[:-MIN_RECOMPUTED])
         before = lm.prefix_tokens_reused
         _run(lm, cell, {})
-        reused = lm.prefix_tokens_reused - before
-        expected = sum(before_needle - pad for pad in pads)
-        assert expected - len(cell) <= reused <= expected  # (a needle may merge with the token before it)
+        assert lm.prefix_tokens_reused - before == expected
+    assert lm.prefix_tokens_reused > 0
+
+
+def _shared(a: list[int], b: list[int]) -> int:
+    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+
+
+def test_preallocated_cache_layer_equals_the_growing_one():
+    from transformers.cache_utils import DynamicLayer
+
+    from rh_models.prefix_cache import PreallocatedLayer
+
+    grown, preallocated = DynamicLayer(), PreallocatedLayer(capacity=5)
+    torch.manual_seed(0)
+    for width in (3, 1, 1, 2):  # past the capacity too: it grows instead of failing
+        keys, values = torch.randn(2, 3, width, 4), torch.randn(2, 3, width, 4)
+        expected, got = grown.update(keys, values), preallocated.update(keys, values)
+        assert all(torch.equal(a, b) for a, b in zip(expected, got))
+    assert preallocated.get_seq_length() == grown.get_seq_length() == 7
 
 
 def test_detect_scores_do_not_depend_on_batching_or_reuse(tiny_llama_dir, tmp_path):
-    from rh_models.detect import detect, work_file
+    from rh_eval.detect import detect, work_file
     from rh_models.lm import RHHFLM
 
     lm = RHHFLM(pretrained=str(tiny_llama_dir), device="cpu", batch_size=1)
-    # min_rouge=-1: every test contributes its scores (a random model never answers right), so the score file's
+    # min_score=-1: every test contributes its scores (a random model never answers right), so the score file's
     # per-test lists (values and order) are compared, not just empty lists
-    grid = dict(lengths=[150, 200], depths=[0, 50, 100], samples=3, max_gen_toks=5, progress=False, min_rouge=-1)
+    grid = dict(lengths=[150, 200], depths=[0, 50, 100], samples=3, max_gen_toks=5, progress=False, min_score=-1)
     runs = {}
     for name, reuse, batched in (("alone", False, False), ("batched", True, True)):
         out = tmp_path / f"{name}.json"
@@ -97,25 +114,8 @@ def test_detect_scores_do_not_depend_on_batching_or_reuse(tiny_llama_dir, tmp_pa
     assert all(scores is not None for _, scores in runs["alone"][0].values())
 
 
-def test_a_batch_is_recorded_in_our_order_not_lm_evals():
-    """lm-eval runs a batch longest prompt first; the score file's per-test lists must follow the grid's order."""
-    from types import SimpleNamespace
-
-    from rh_models.detect import _in_our_order
-
-    earlier = {"doc_id": 9, "contributing": True}
-    batch = [{"doc_id": 12, "contributing": True}, {"doc_id": 10, "contributing": False},
-             {"doc_id": 11, "contributing": True}]
-    recorder = SimpleNamespace(tests=[earlier, *batch],
-                               accumulator=SimpleNamespace(per_test=[[0.9], [0.12], [0.11]]))
-    pairs = _in_our_order(recorder, tests_before=1, scores_before=1)
-    assert [(test["doc_id"], scores) for test, scores in pairs] == [(10, None), (11, [0.11]), (12, [0.12])]
-    assert [t["doc_id"] for t in recorder.tests] == [9, 10, 11, 12]
-    assert recorder.accumulator.per_test == [[0.9], [0.11], [0.12]]
-
-
 def test_rh_detect_cli_with_batched_cells(tiny_llama_dir, tmp_path, capsys):
-    from rh_models.cli import main
+    from rh_eval.cli import main
 
     out = tmp_path / "scores.json"
     args = ["detect", "--model", str(tiny_llama_dir), "--output", str(out), "--lengths", "150", "--depths", "0,100",

@@ -15,8 +15,8 @@ from lm_eval.api.instance import Instance
 from rh_models.attention import TopOneRows
 from rh_models.errors import RHError
 from rh_models.heads import HeadScores
-from rh_models.heads_cli import compare_scores
-from rh_models.recorder import ScoreRecorder, kept_steps
+from rh_eval.heads_cli import compare_scores
+from rh_models.recorder import ScoreRecorder, answer_steps
 from rh_models.scores import ScoreAccumulator, copy_events, retrieval_scores
 
 N_LAYERS, N_HEADS = 2, 3
@@ -65,8 +65,15 @@ def test_accumulator_paper_format_and_contributing_count(tmp_path):
 
 
 class _Request:
-    def __init__(self, doc):
-        self.doc, self.task_name, self.doc_id = doc, "rh_niah", 0
+    def __init__(self, doc, context=""):
+        self.doc, self.task_name, self.doc_id, self.args = doc, "rh_niah", 0, (context, {})
+
+
+def _record(recorder, context, doc, row, mask, output, rows, answer):
+    """One generated batch of one row, then lm-eval's post-processed answer for it."""
+    request = _Request(doc, context)
+    recorder.observe([context], [request], row, mask, output, rows)
+    recorder.conclude([request], [answer])
 
 
 def _forced_copy_batch(tokenizer, answer: str, pad: int = 3):
@@ -88,7 +95,8 @@ def _forced_copy_batch(tokenizer, answer: str, pad: int = 3):
             per_layer[1][0, 2] = word_tokens[step] if generated[step] == output[0, word_tokens[step]] else pad
         rows.positions.append(per_layer)
         rows.kv_lengths.append([row.shape[0] + step] * N_LAYERS)
-    doc = {"rh_needles": [needle], "rh_answers": ["periwinkle"], "cell": "100-50"}
+    doc = {"rh_needles": [needle], "rh_answers": ["periwinkle"], "rh_metric": "rouge1_recall",
+           "rh_labels": {"cell": "100-50"}}
     mask = torch.tensor([[0] * pad + [1] * len(ids)])
     return context, doc, row.unsqueeze(0), mask, output, rows, needle_ids
 
@@ -99,7 +107,7 @@ def test_recorder_scores_forced_copy_head_and_applies_correctness_filter(smollm_
     tokenizer = AutoTokenizer.from_pretrained(smollm_dir)
     recorder = ScoreRecorder(tokenizer, N_LAYERS, N_HEADS, tmp_path / "scores.json")
     context, doc, row, mask, output, rows, _ = _forced_copy_batch(tokenizer, "periwinkle")
-    recorder.add_batch([context], [_Request(doc)], row, mask, output, rows, stop=["\n"])
+    _record(recorder, context, doc, row, mask, output, rows, " periwinkle")
     needle_tokens = len(tokenizer(doc["rh_needles"][0], add_special_tokens=False)["input_ids"])
     word_tokens = len(tokenizer(" periwinkle", add_special_tokens=False)["input_ids"])
     scores = torch.tensor(recorder.accumulator.per_test[0]).view(N_LAYERS, N_HEADS)
@@ -109,7 +117,7 @@ def test_recorder_scores_forced_copy_head_and_applies_correctness_filter(smollm_
     assert {e["head"] for e in recorder.events} == {2}
 
     context, doc, row, mask, output, rows, _ = _forced_copy_batch(tokenizer, "lavender")
-    recorder.add_batch([context], [_Request(doc)], row, mask, output, rows, stop=["\n"])
+    _record(recorder, context, doc, row, mask, output, rows, " lavender")
     assert recorder.accumulator.tests_seen == 2 and recorder.accumulator.tests_contributing == 1
 
     recorder.write({"model": "hand-built"})
@@ -125,21 +133,33 @@ def test_recorder_refuses_missing_or_truncated_needles(smollm_dir, tmp_path):
     recorder = ScoreRecorder(tokenizer, N_LAYERS, N_HEADS, tmp_path / "scores.json")
     context, doc, row, mask, output, rows, _ = _forced_copy_batch(tokenizer, "periwinkle")
     with pytest.raises(RHError, match="needle not found in the prompt"):
-        recorder.add_batch([context], [_Request({**doc, "rh_needles": ["absent"]})], row, mask, output, rows, ["\n"])
+        _record(recorder, context, {**doc, "rh_needles": ["absent"]}, row, mask, output, rows, "periwinkle")
     cut = row[:, 8:]  # left truncation removed the start of the prompt, needle included
     with pytest.raises(RHError, match="cut by left truncation"):
-        recorder.add_batch([context], [_Request(doc)], cut, torch.ones_like(cut), output[:, 8:], rows, ["\n"])
+        _record(recorder, context, doc, cut, torch.ones_like(cut), output[:, 8:], rows, "periwinkle")
+    with pytest.raises(RHError, match="must name its metric"):
+        _record(recorder, context, {**doc, "rh_metric": None}, row, mask, output, rows, "periwinkle")
 
 
-def test_kept_steps_stops_at_eos_and_stop_strings(smollm_dir):
+def test_answer_steps_follow_lm_evals_post_processing(smollm_dir):
+    """The copy steps end where lm-eval's scored answer ends: at the stop sequence, after any thinking."""
+    from lm_eval.models.utils import postprocess_generated_text
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(smollm_dir)
+    decode = lambda ids: tokenizer.decode(ids, skip_special_tokens=True)  # noqa: E731 -- HFLM.tok_decode
     ids = tokenizer(" blue sky\nmore", add_special_tokens=False)["input_ids"]
-    steps, text = kept_steps(tokenizer, ids, ["\n"], {tokenizer.eos_token_id})
-    assert text == " blue sky" and steps < len(ids)
-    steps, text = kept_steps(tokenizer, ids[:2] + [tokenizer.eos_token_id] + ids, [], {tokenizer.eos_token_id})
-    assert steps == 2
+    answer = postprocess_generated_text(decode(ids), ["\n"], None)
+    steps = answer_steps(decode, ids, answer)
+    assert answer == " blue sky" and decode(ids[:steps]) == " blue sky" and steps < len(ids)
+    eos = tokenizer.eos_token_id
+    assert answer_steps(decode, ids[:2] + [eos] + ids, decode(ids[:2])) == 2  # EOS ends the answer
+    thinking = tokenizer(" let me think\n</think> blue sky\nmore", add_special_tokens=False)["input_ids"]
+    answer = postprocess_generated_text(decode(thinking), ["\n"], "</think>")
+    steps = answer_steps(decode, thinking, answer, think_end_token="</think>")
+    assert answer == "blue sky" and decode(thinking[:steps]).endswith("</think> blue sky")
+    with pytest.raises(RHError, match="not in the decoded generation"):
+        answer_steps(decode, ids, "lavender")
 
 
 def test_compare_scores_overlap_and_tau():
@@ -168,14 +188,14 @@ def test_record_scores_through_lm_eval_and_overwrite_guard(tiny_llama_dir, tmp_p
     assert len(raw) == 2 * 4  # every head of the model, paper format
     meta = json.loads(path.with_suffix(".meta.json").read_text())
     assert meta["tests_seen"] == len(docs)  # the doc without a needle is not a test
-    assert meta["lengths"] == [120] and meta["n_layers"] == 2 and meta["transformers_version"]
+    assert meta["labels"]["length"] == [120] and meta["n_layers"] == 2 and meta["transformers_version"]
     assert path.with_suffix(".events.jsonl").exists()
     with pytest.raises(RHError, match="exists"):
         RHHFLM(pretrained=str(tiny_llama_dir), device="cpu", record_scores=str(path))
 
 
 def test_detect_resumes_and_never_overwrites_silently(tiny_llama_dir, tmp_path):
-    from rh_models.detect import detect, work_file
+    from rh_eval.detect import detect, work_file
     from rh_models.lm import RHHFLM
 
     lm = RHHFLM(pretrained=str(tiny_llama_dir), device="cpu", batch_size=1)
@@ -195,7 +215,7 @@ def test_detect_resumes_and_never_overwrites_silently(tiny_llama_dir, tmp_path):
 
 
 def test_detect_runs_depth_major_so_every_prompt_reuses_the_hay_before_its_needle(tiny_llama_dir, tmp_path):
-    from rh_models.detect import detect, work_file
+    from rh_eval.detect import detect, work_file
     from rh_models.lm import RHHFLM
 
     lm = RHHFLM(pretrained=str(tiny_llama_dir), device="cpu", batch_size=1)
@@ -252,7 +272,7 @@ def test_prefix_reuse_falls_back_for_sliding_window_models(smollm_dir, tmp_path,
 
 @pytest.mark.smollm
 def test_smollm2_detection_is_sparse_and_stable_across_needle_sets(tmp_path):
-    from rh_models.detect import detect
+    from rh_eval.detect import detect
     from rh_models.lm import RHHFLM
 
     lm = RHHFLM(pretrained="smollm2-135m", device="cpu", batch_size=1)
@@ -283,3 +303,47 @@ def test_multiprocess_recording_gathers_on_rank_zero(tiny_llama_dir, tmp_path):
     meta = json.loads(scores.with_suffix(".meta.json").read_text())
     assert meta["tests_seen"] == 6  # 3 needles x 2 depths, split over two ranks and gathered on rank 0
     assert len({(t["task"], t["doc_id"]) for t in meta["tests"]}) == 6
+
+
+def test_recorder_judges_answers_with_the_tasks_own_metric(smollm_dir, tmp_path):
+    """A test contributes exactly when the task's own metric says it was answered (one scoring function)."""
+    from transformers import AutoTokenizer
+
+    from rh_tasks.metrics import process_results
+
+    tokenizer = AutoTokenizer.from_pretrained(smollm_dir)
+    recorder = ScoreRecorder(tokenizer, N_LAYERS, N_HEADS, tmp_path / "scores.json")
+    doc = _forced_copy_batch(tokenizer, "periwinkle")[1]
+    kv_doc = {**doc, "rh_answers": ["periwinkle"], "rh_metric": "string_match"}
+    two_answers = {**doc, "rh_answers": ["periwinkle", "lavender blue"], "rh_metric": "rouge1_recall"}
+    # string_match finds the value inside a word where ROUGE-1 sees another word; with two answers the task
+    # scores the mean recall (0.5: not answered), where a max over answers would say 1.0
+    for test_doc, word, answered in ((kv_doc, "Periwinkle-ish", True), (two_answers, "periwinkle", False),
+                                     (doc, "periwinkle", True), (kv_doc, "lavender", False)):
+        context, _, row, mask, output, rows, _ = _forced_copy_batch(tokenizer, word)
+        answer = " " + word
+        _record(recorder, context, test_doc, row, mask, output, rows, answer)
+        test = recorder.tests[-1]
+        assert test["answer_score"] == process_results(test_doc, [answer])["score"]
+        assert test["contributing"] is answered, (test_doc["rh_metric"], answer)
+    assert recorder.accumulator.tests_contributing == 2
+
+
+def test_recorded_answer_is_the_one_lm_eval_scores(tiny_llama_dir, tmp_path):
+    """lm-eval drops everything up to ``think_end_token``; the recorder judges that same string."""
+    from rh_models.lm import RHHFLM
+    from rh_tasks.niah import build_docs
+
+    plain = RHHFLM(pretrained=str(tiny_llama_dir), device="cpu")
+    [doc] = build_docs(plain.tokenizer, lengths=[120], depths=[50], samples=1, max_length=plain.max_length)
+    request = Instance("generate_until", doc, (doc["prompt"], {"until": [], "max_gen_toks": 8}), 0,
+                       metadata=("rh_niah_paper", 0, 1))
+    text = plain.generate_until([request], disable_tqdm=True)[0]
+    marker = text[len(text) // 2 :][:2]
+    assert marker.strip(), text  # the random model produced some text to split
+    lm = RHHFLM(pretrained=str(tiny_llama_dir), device="cpu", think_end_token=marker,
+                record_scores=str(tmp_path / "s.json"), record_min_score=-1)
+    [answer] = lm.generate_until([request], disable_tqdm=True)
+    assert answer != text and text.endswith(answer)
+    meta = json.loads((tmp_path / "s.meta.json").read_text())
+    assert [t["answer"] for t in meta["tests"]] == [answer]

@@ -8,7 +8,7 @@ Usage::
 Protocol (Wu et al. 2024): for each context length x needle depth x needle, greedy-decode the answer while
 recording every head's top-1 attended position; a test whose answer is right (ROUGE-1 recall of the real
 needle > 0.5) adds each head's retrieval score to that head's list. The default grid is the paper's: 20
-lengths x 10 depths (0..100) x 3 needles, capped by the model's context.
+lengths x 11 depths (0, 10, ..., 100) x 3 needles, capped by the model's context.
 
 Why a loop of our own rather than one ``simple_evaluate`` call: each finished test is appended to
 ``<output>.tests.jsonl`` so an interrupted run resumes where it stopped, and tests are ordered so that
@@ -26,16 +26,18 @@ import argparse
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
-from rh_models.cli_args import comma_ints
+from rh_eval.cli_args import comma_ints
+from rh_models.answers import ANSWERED_ABOVE
+from rh_models.atomic import write_json_atomic
 from rh_models.errors import RHError
-from rh_models.heads import HeadScores, format_heads
-from rh_models.scores import write_json_atomic
+from rh_models.heads import DEFAULT_RETRIEVAL_THRESHOLD, HeadScores, format_heads
+from rh_models.zoo import DEFAULT_MODEL
+from rh_tasks.niah import DEFAULT_DEPTHS, build_docs
 
 DEFAULT_NUM_LENGTHS = 20
 DEFAULT_MIN_LENGTH = 1000
-DEFAULT_DEPTHS = tuple(range(0, 101, 10))
 # as the rh_niah task: not "\n" (the essays are hard-wrapped and models copy the wraps); EOS stops too
 STOP = ["\n\n"]
 
@@ -88,17 +90,6 @@ def _batches(todo: list[dict], batch_cells: bool) -> list[list[int]]:
     return batches
 
 
-def _in_our_order(recorder, tests_before: int, scores_before: int) -> list[tuple[dict, list | None]]:
-    """The batch's tests (and scores of the contributing ones) re-sorted from lm-eval's order (longest prompt
-    first) into ours, in the recorder too: the score file's per-test lists must not depend on batching."""
-    scores = iter(recorder.accumulator.per_test[scores_before:])
-    pairs = [(test, next(scores) if test["contributing"] else None) for test in recorder.tests[tests_before:]]
-    pairs.sort(key=lambda pair: pair[0]["doc_id"])
-    recorder.tests[tests_before:] = [test for test, _ in pairs]
-    recorder.accumulator.per_test[scores_before:] = [score for _, score in pairs if score is not None]
-    return pairs
-
-
 def detect(
     model: Any,
     output: str | Path,
@@ -115,9 +106,9 @@ def detect(
     prefix_reuse: bool = True,
     batch_cells: bool = False,
     force: bool = False,
-    min_rouge: float = 0.5,
+    min_score: float = ANSWERED_ABOVE,
     count_repeats: bool = False,
-    progress: bool = True,
+    progress: bool | TextIO = True,
     model_args: dict | None = None,
 ) -> dict:
     """Run detection and write ``output`` (paper format) plus ``.meta.json``; returns the summary dict.
@@ -128,8 +119,6 @@ def detect(
     from tqdm import tqdm
 
     from rh_models.lm import RHHFLM
-    from rh_models.recorder import ScoreRecorder
-    from rh_tasks.niah import build_docs
 
     output = Path(output)
     work = work_file(output)
@@ -140,7 +129,6 @@ def detect(
         raise RHError(f"{output} exists and has no resumable {work.name}; pass --force to overwrite it")
 
     lm = model if isinstance(model, RHHFLM) else RHHFLM(pretrained=model, batch_size=1, **(model_args or {}))
-    lm.prefix_reuse = prefix_reuse
     budget = min(max_length or lm.max_length, lm.max_length) - max_gen_toks - 16
     if lengths is None:
         lengths = evenly_spaced_lengths(budget, num_lengths)
@@ -153,40 +141,33 @@ def detect(
     # 46 % of prompt tokens on the paper's grid; (needle, length, -depth) order shared only 40 %.
     docs.sort(key=lambda d: (d["length"], -d["depth"], d["needle_id"]))
 
-    recorder = ScoreRecorder(lm.tokenizer, lm.n_layers, lm.n_heads, output, min_rouge, count_repeats)
+    recorder = lm.new_recorder(output, min_score, count_repeats)
     finished = {row["key"]: row for row in _load_finished(work)}
     for row in finished.values():
-        recorder.accumulator.add(None)
-        if row["scores"] is not None:
-            recorder.accumulator.per_test.append(row["scores"])
+        recorder.accumulator.add(row["scores"])
         recorder.tests.append(row["test"])
-    previous_recorder, lm.recorder = lm.recorder, recorder
-    lm.write_scores_after_generate = False
     todo = [d for d in docs if _test_key(d) not in finished]
     gen_kwargs = {"until": STOP, "max_gen_toks": max_gen_toks, "do_sample": False}
     started = time.perf_counter()
     work.parent.mkdir(parents=True, exist_ok=True)
-    batch_size = lm.batch_size_per_gpu
-    try:
-        with work.open("a") as sink, tqdm(total=len(todo), desc="rh detect", disable=not progress, unit="test") as bar:
-            for batch in _batches(todo, batch_cells):
-                instances = [Instance("generate_until", todo[i], (todo[i]["prompt"], dict(gen_kwargs)), i,
-                                      metadata=("rh_detect", i, 1)) for i in batch]
-                tests_before, scores_before = len(recorder.tests), len(recorder.accumulator.per_test)
-                lm.batch_size_per_gpu = len(instances)
+    bar_file = None if isinstance(progress, bool) else progress  # a stream: draw the bar there (quiet console)
+    with work.open("a") as sink, tqdm(total=len(todo), desc="rh detect", disable=progress is False, unit="test",
+                                      file=bar_file) as bar:
+        for batch in _batches(todo, batch_cells):
+            instances = [Instance("generate_until", todo[i], (todo[i]["prompt"], dict(gen_kwargs)), i,
+                                  metadata=("rh_detect", i, 1)) for i in batch]
+            tests_before, scores_before = len(recorder.tests), len(recorder.accumulator.per_test)
+            with lm.settings(recorder=recorder, batch_size=len(instances), prefix_reuse=prefix_reuse):
                 lm.generate_until(instances, disable_tqdm=True)
-                for test, scores in _in_our_order(recorder, tests_before, scores_before):
-                    row = {"key": _test_key(todo[test["doc_id"]]), "test": test, "scores": scores}
-                    sink.write(json.dumps(row) + "\n")
-                sink.flush()
-                bar.update(len(instances))
-    finally:
-        lm.recorder = previous_recorder
-        lm.write_scores_after_generate = True
-        lm.batch_size_per_gpu = batch_size
+            new_scores = iter(recorder.accumulator.per_test[scores_before:])
+            for test in recorder.tests[tests_before:]:  # in request order: the recorder concludes in that order
+                scores = next(new_scores) if test["contributing"] else None
+                sink.write(json.dumps({"key": _test_key(todo[test["doc_id"]]), "test": test, "scores": scores}) + "\n")
+            sink.flush()
+            bar.update(len(instances))
     elapsed = time.perf_counter() - started
 
-    provenance = lm.provenance([])
+    provenance = lm.provenance()
     provenance.update({"lengths": sorted(set(lengths)), "depths": sorted(set(depths)), "needles": needles,
                        "haystack": haystack, "seed": seed, "samples": samples, "chat_template": chat_template,
                        "max_gen_toks": max_gen_toks, "protocol": "rh detect"})
@@ -204,7 +185,7 @@ def summarize(scores: HeadScores, recorder=None, top: int = 20) -> dict:
     ranked = scores.ranked()
     summary = {
         "heads": total,
-        "fraction_above_0.1": sum(s > 0.1 for _, s in ranked) / total,
+        "fraction_above_0.1": sum(s > DEFAULT_RETRIEVAL_THRESHOLD for _, s in ranked) / total,
         "fraction_above_0.5": sum(s > 0.5 for _, s in ranked) / total,
         "top": [[format_heads([h]), round(s, 4)] for h, s in ranked[:top]],
     }
@@ -214,17 +195,21 @@ def summarize(scores: HeadScores, recorder=None, top: int = 20) -> dict:
     return summary
 
 
-def print_summary(summary: dict, output: Path) -> None:
-    print(f"tests: {summary.get('tests_seen')} run, {summary.get('tests_contributing')} answered correctly "
-          f"(only those contribute)")
-    print(f"heads with mean score > 0.1: {summary['fraction_above_0.1']:.1%}; > 0.5: {summary['fraction_above_0.5']:.1%}")
-    print("top heads: " + ", ".join(f"{head} ({score:.3f})" for head, score in summary["top"]))
-    print(f"wrote {output}")
+def print_summary(summary: dict, output: Path, file: TextIO | None = None) -> None:
+    lines = [
+        f"tests: {summary.get('tests_seen')} run, {summary.get('tests_contributing')} answered correctly "
+        f"(only those contribute)",
+        f"heads with mean score > {DEFAULT_RETRIEVAL_THRESHOLD}: {summary['fraction_above_0.1']:.1%}; "
+        f"> 0.5: {summary['fraction_above_0.5']:.1%}",
+        "top heads: " + ", ".join(f"{head} ({score:.3f})" for head, score in summary["top"]),
+        f"wrote {output}",
+    ]
+    print("\n".join(lines), file=file)
 
 
 # ---------------------------------------------------------------------------------------------------- CLI
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default="smollm2-135m", help="alias, local folder or hub id (default: smollm2-135m)")
+    parser.add_argument("--model", default=DEFAULT_MODEL, help="alias, local folder or hub id (default: %(default)s)")
     parser.add_argument("--output", required=True, type=Path, help="score file to write (paper format)")
     parser.add_argument("--lengths", type=comma_ints, help="context lengths in the model's tokens, e.g. 500,1000,2000")
     parser.add_argument("--max-length", type=int, help="longest context (default: the model's maximum)")
@@ -240,7 +225,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--chat-template", action="store_true", help="render prompts with the chat template")
     parser.add_argument("--no-prefix-reuse", action="store_true", help="prefill every prompt from scratch")
     parser.add_argument("--count-repeats", action="store_true", help="count repeated copies as the paper's code does")
-    parser.add_argument("--min-rouge", type=float, default=0.5, help="correctness threshold (ROUGE-1 recall)")
+    parser.add_argument("--min-score", type=float, default=ANSWERED_ABOVE,
+                        help="a test counts when its answer scores above this with the task's metric (paper: ROUGE-1 "
+                             "recall > 0.5)")
     parser.add_argument("--device", default=None)
     parser.add_argument("--dtype", default=None)
     parser.add_argument("--force", action="store_true", help="overwrite an existing score file")
@@ -254,11 +241,11 @@ def run(args: argparse.Namespace) -> int:
         depths=args.depths, needles=args.needles, haystack=args.haystack, samples=args.samples, seed=args.seed,
         max_gen_toks=args.max_gen_toks, chat_template=args.chat_template, prefix_reuse=not args.no_prefix_reuse,
         batch_cells=args.batch_cells,
-        force=args.force, min_rouge=args.min_rouge, count_repeats=args.count_repeats, model_args=model_args,
+        force=args.force, min_score=args.min_score, count_repeats=args.count_repeats, model_args=model_args,
     )
     print_summary(summary, args.output)
     if args.plot:
-        from rh_models.head_plot import plot_head_scores
+        from rh_eval.head_plot import plot_head_scores
 
         plot_head_scores(HeadScores.load(args.output), args.plot)
         print(f"wrote {args.plot}")

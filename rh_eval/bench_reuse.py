@@ -77,38 +77,34 @@ def pick_contenders(spec: str) -> list[str]:
 def time_prefix_reuse(lm, lengths: list[int], depths: list[int], samples: int, repeats: int,
                       contenders: list[str] | None = None) -> dict:
     """Run the detection grid ``repeats`` times per contender; medians and per-repeat speedups vs no reuse."""
-    from rh_models.detect import detect
+    from rh_eval.detect import detect
 
     names = contenders or list(REUSE_CONTENDERS)
-    cascade = lm.prefix_cascade
     runs: dict[str, list[dict]] = {name: [] for name in names}
     scores: dict[str, str] = {}
-    try:
-        for repeat in range(repeats):
-            shift = repeat % len(names)
-            for contender in names[shift:] + names[:shift]:
-                reuse, with_cascade, batch_cells = REUSE_CONTENDERS[contender]
-                lm.prefix_cascade = cascade if with_cascade else None
-                lm.prefix_tokens_reused = 0
-                lm.prefix.clear()  # no head start from the previous contender's cache
-                timer = ForwardTimer(lm.model)
-                with tempfile.TemporaryDirectory() as folder:
-                    out = Path(folder) / "scores.json"
-                    start = time.perf_counter()
+    for repeat in range(repeats):
+        shift = repeat % len(names)
+        for contender in names[shift:] + names[:shift]:
+            reuse, with_cascade, batch_cells = REUSE_CONTENDERS[contender]
+            lm.prefix_tokens_reused = 0
+            lm.prefix.clear()  # no head start from the previous contender's cache
+            timer = ForwardTimer(lm.model)
+            with tempfile.TemporaryDirectory() as folder:
+                out = Path(folder) / "scores.json"
+                start = time.perf_counter()
+                with lm.settings(cascade=with_cascade):
                     detect(lm, out, lengths=lengths, depths=depths, samples=samples, progress=False,
                            prefix_reuse=reuse, batch_cells=batch_cells)
-                    seconds = time.perf_counter() - start
-                    scores.setdefault(contender, out.read_text())
-                timer.remove()
-                runs[contender].append({"seconds": seconds, "prefill_seconds": timer.seconds["prefill"],
-                                        "decode_seconds": timer.seconds["decode"],
-                                        "prompt_tokens_prefilled": timer.tokens["prefill"],
-                                        "decode_steps": timer.tokens["decode"],
-                                        "prompt_tokens_reused": lm.prefix_tokens_reused})
-                print(f"detect repeat {repeat} {contender}: {seconds:.1f} s (prefill {timer.seconds['prefill']:.1f} s, "
-                      f"decode {timer.seconds['decode']:.1f} s)", flush=True)
-    finally:
-        lm.prefix_cascade, lm.prefix_reuse = cascade, False
+                seconds = time.perf_counter() - start
+                scores.setdefault(contender, out.read_text())
+            timer.remove()
+            runs[contender].append({"seconds": seconds, "prefill_seconds": timer.seconds["prefill"],
+                                    "decode_seconds": timer.seconds["decode"],
+                                    "prompt_tokens_prefilled": timer.tokens["prefill"],
+                                    "decode_steps": timer.tokens["decode"],
+                                    "prompt_tokens_reused": lm.prefix_tokens_reused})
+            print(f"detect repeat {repeat} {contender}: {seconds:.1f} s (prefill {timer.seconds['prefill']:.1f} s, "
+                  f"decode {timer.seconds['decode']:.1f} s)", flush=True)
 
     baseline = runs["no reuse"]
     table = []

@@ -20,7 +20,7 @@ finish in about a quarter of an hour, and ends with a one-line check computed fr
 sees at once whether the expected shape showed up this time.
 
 The model is loaded once: detection and every condition run on the same :class:`~rh_models.lm.RHHFLM`, only its
-head mask is swapped (through :func:`rh_tasks.compare.run_comparison`). Both stages resume: detection keeps
+head mask is swapped (through :func:`rh_eval.compare.run_comparison`). Both stages resume: detection keeps
 finished tests in ``head_scores.tests.jsonl`` and the comparison keeps finished conditions, so an interrupted
 demo re-run continues, and a finished one re-prints its table without loading the model.
 """
@@ -28,71 +28,115 @@ demo re-run continues, and a finished one re-prints its table without loading th
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
+from rh_eval.compare import (
+    CompareConfig,
+    compare,
+    parse_ints,
+    parse_ks,
+    plan_conditions,
+)
+from rh_eval.console import quiet_console
+from rh_eval.leaderboard import Column, Leaderboard
+from rh_eval.resume import resume_record
+from rh_models.atomic import write_json_atomic, write_text_atomic
 from rh_models.errors import RHError
-from rh_tasks.compare import parse_ints
-from rh_tasks.leaderboard import Column, Leaderboard, read_json, write_atomic
+from rh_models.zoo import DEFAULT_MODEL
 
 DEMO_FILE = "demo.json"
 SUMMARY_FILE = "summary.md"
+LOG_FILE = "demo.log"  # lm-eval's warnings, progress bars and per-condition tables
 SCORES_FILE = "head_scores.json"
 HEADS_PLOT = "head_scores.png"
 
-# Sized for SmolLM2-135M on 2 CPU cores: about 8 minutes on a quiet machine (README, "What it finds").
-DEFAULTS: dict[str, str] = {
-    "k": "8",
-    "detect_lengths": "500,1000",
-    "detect_depths": "0,50,100",
-    "niah_lengths": "500,1000",
-    "niah_depths": "0,50,100",
-    "niah_task": "rh_niah_paper",  # the rh_niah suite's one task: one column instead of group + task
-    # of the rh_cot pairs, the one where SmolLM2's chain of thought is clearly above floor and above direct
-    "cot_task": "rh_factsum_cot",
-    "direct_task": "rh_factsum",
-}
+# Sized for SmolLM2-135M on 2 CPU cores (README, "What it finds", gives the measured time).
 DETECT_SAMPLES = 3  # needles per detection cell, as in the paper
 NIAH_SAMPLES = 2
 NIAH_SEED = 1  # evaluation haystack differs from detection's (seed 0): no scoring on the detection prompts
 LIMIT = 48  # CoT/direct documents per condition; the NIAH grid (12 prompts) is complete well below it
-BATCH_SIZE = 6  # one NIAH length per batch; batching cuts CPU decoding time 2-4x with identical greedy outputs
+BATCH_SIZE = 48  # a CoT task in one batch: decoding 48 rows costs 8 ms a row-step on 2 cores, one row 75 ms
 
 
 # --------------------------------------------------------------------------------------------- arguments
 
 
-def int_list(text: str, what: str) -> list[int]:
-    """``"500,1000"`` -> ``[500, 1000]`` (``rh compare``'s parser); empty is an error here: the demo needs a grid."""
-    values = parse_ints(text, what)
-    if not values:
-        raise RHError(f"{what} is empty")
-    return values
+@dataclass(frozen=True)
+class DemoConfig:
+    """The demo's grids and tasks; :meth:`check` refuses a bad value before the model loads."""
 
+    output_dir: Path = Path("demo-out")
+    model: str = DEFAULT_MODEL
+    ks: tuple[int, ...] = (8,)
+    seeds: int = 3
+    detect_lengths: tuple[int, ...] = (500, 1000)
+    detect_depths: tuple[int, ...] = (0, 50, 100)
+    detect_samples: int = DETECT_SAMPLES
+    niah_task: str = "rh_niah_paper"  # the rh_niah suite's one task: one column instead of group + task
+    niah_lengths: tuple[int, ...] = (500, 1000)
+    niah_depths: tuple[int, ...] = (0, 50, 100)
+    niah_samples: int = NIAH_SAMPLES
+    niah_seed: int = NIAH_SEED
+    # of the rh_cot pairs, the one where SmolLM2's chain of thought is clearly above floor and above direct
+    cot_task: str = "rh_factsum_cot"
+    direct_task: str = "rh_factsum"
+    limit: int = LIMIT
+    chat_template: str = "auto"  # auto | yes | no
+    batch_size: int = BATCH_SIZE
+    include_path: tuple[str, ...] = ()
+    prefix_reuse: bool = True
 
-def niah_metadata(args: argparse.Namespace) -> dict[str, Any]:
-    """The ``--metadata`` handed to ``rh compare``: the NIAH evaluation grid."""
-    return {
-        "lengths": int_list(args.niah_lengths, "--niah-lengths"),
-        "depths": int_list(args.niah_depths, "--niah-depths"),
-        "samples": args.niah_samples,
-        "seed": args.niah_seed,
-    }
+    @property
+    def tasks(self) -> list[str]:
+        """NIAH first, then the chain-of-thought task and its direct twin (either may be left out with "")."""
+        return [t for t in (self.niah_task, self.cot_task, self.direct_task) if t]
 
+    def niah_metadata(self) -> dict[str, Any]:
+        """The task metadata handed to the comparison: the NIAH evaluation grid."""
+        return {"lengths": list(self.niah_lengths), "depths": list(self.niah_depths), "samples": self.niah_samples,
+                "seed": self.niah_seed}
 
-def demo_tasks(args: argparse.Namespace) -> list[str]:
-    """NIAH first, then the chain-of-thought task and its direct twin (either may be left out with "")."""
-    tasks = [t for t in (args.niah_task, args.cot_task, args.direct_task) if t]
-    if not tasks:
-        raise RHError("no tasks: give at least --niah-task")
-    if len(set(tasks)) != len(tasks):
-        raise RHError(f"a task is named twice: {', '.join(tasks)}")
-    return tasks
+    def detection_settings(self) -> dict[str, Any]:
+        """What makes a detection run: a resumed demo must match it (the comparison guards the rest itself)."""
+        return {
+            "model": str(Path(self.model).resolve()) if Path(self.model).exists() else self.model,
+            "lengths": list(self.detect_lengths),
+            "depths": list(self.detect_depths),
+            "samples": self.detect_samples,
+            "needles": "paper",
+            "haystack": "pg_essays",
+            "seed": 0,
+        }
+
+    def check(self) -> None:
+        if not self.ks or any(k <= 0 for k in self.ks):
+            raise RHError("--k takes positive integers separated by commas")
+        if self.seeds < 1:
+            raise RHError("--seeds must be at least 1: the random control is the point of the demo")
+        for name in ("detect_samples", "niah_samples", "limit", "batch_size"):
+            if getattr(self, name) < 1:
+                raise RHError(f"--{name.replace('_', '-')} must be at least 1")
+        for name in ("detect_lengths", "detect_depths", "niah_lengths", "niah_depths"):
+            if not getattr(self, name):
+                raise RHError(f"--{name.replace('_', '-')} is empty")
+        if self.chat_template not in ("auto", "yes", "no"):
+            raise RHError(f"--chat-template takes auto, yes or no, got {self.chat_template!r}")
+        if not self.tasks:
+            raise RHError("no tasks: give at least --niah-task")
+        if len(set(self.tasks)) != len(self.tasks):
+            raise RHError(f"a task is named twice: {', '.join(self.tasks)}")
+        size = len(self.niah_lengths) * len(self.niah_depths) * self.niah_samples
+        if self.niah_task and size > self.limit:
+            raise RHError(
+                f"the NIAH grid has {size} prompts but --limit {self.limit} applies to every task and would cut it; "
+                f"raise --limit to {size} or shrink --niah-lengths/--niah-depths/--niah-samples"
+            )
+        if Path(self.output_dir).exists() and not Path(self.output_dir).is_dir():
+            raise RHError(f"--output-dir {self.output_dir} is a file")
 
 
 def has_chat_template(model: str) -> bool:
@@ -114,65 +158,19 @@ def has_chat_template(model: str) -> bool:
     return bool(getattr(tokenizer, "chat_template", None))
 
 
-def use_chat_template(args: argparse.Namespace) -> bool:
+def use_chat_template(model: str, mode: str) -> bool:
     """``--chat-template``: ``yes``/``no`` as given, ``auto`` = whenever the tokenizer has one."""
-    return args.chat_template == "yes" or (args.chat_template == "auto" and has_chat_template(args.model))
+    return mode == "yes" or (mode == "auto" and has_chat_template(model))
 
 
-def detection_settings(args: argparse.Namespace) -> dict[str, Any]:
-    """What makes a detection run: a resumed demo must match it (the comparison guards the rest itself)."""
-    return {
-        "model": str(Path(args.model).resolve()) if Path(args.model).exists() else args.model,
-        "lengths": int_list(args.detect_lengths, "--detect-lengths"),
-        "depths": int_list(args.detect_depths, "--detect-depths"),
-        "samples": args.detect_samples,
-        "needles": "paper",
-        "haystack": "pg_essays",
-        "seed": 0,
-    }
-
-
-def compare_args(args: argparse.Namespace, head_scores: Path) -> argparse.Namespace:
-    """The ``rh compare`` arguments this demo amounts to, parsed by compare's own parser (same defaults)."""
-    from rh_tasks import compare
-
-    parser = argparse.ArgumentParser(prog="rh compare")
-    compare.configure(parser)
-    argv = [
-        "--model", args.model, "--head-scores", str(head_scores), "--tasks", ",".join(demo_tasks(args)),
-        "--k", args.k, "--seeds", str(args.seeds), "--output-dir", str(args.output_dir),
-        "--limit", str(args.limit), "--metadata", json.dumps(niah_metadata(args)), "--batch-size", str(args.batch_size),
-    ]
-    for path in args.include_path or []:
-        argv += ["--include-path", str(path)]
-    if use_chat_template(args):
-        argv.append("--apply-chat-template")
-    return parser.parse_args(argv)
-
-
-def validate(args: argparse.Namespace) -> None:
-    """Every bad argument fails here, before the model loads."""
-    from rh_tasks.compare import parse_ks
-
-    parse_ks(args.k)
-    if args.seeds < 1:
-        raise RHError("--seeds must be at least 1: the random control is the point of the demo")
-    for name in ("detect_samples", "niah_samples", "limit", "batch_size"):
-        if getattr(args, name) < 1:
-            raise RHError(f"--{name.replace('_', '-')} must be at least 1")
-    detection_settings(args)
-    grid = niah_metadata(args)
-    if args.niah_task:
-        size = len(grid["lengths"]) * len(grid["depths"]) * grid["samples"]
-        if size > args.limit:
-            raise RHError(
-                f"the NIAH grid has {size} prompts but --limit {args.limit} applies to every task and would cut it; "
-                f"raise --limit to {size} or shrink --niah-lengths/--niah-depths/--niah-samples"
-            )
-    demo_tasks(args)
-    out = Path(args.output_dir)
-    if out.exists() and not out.is_dir():
-        raise RHError(f"--output-dir {out} is a file")
+def compare_config(config: DemoConfig, head_scores: Path) -> CompareConfig:
+    """The comparison this demo amounts to."""
+    return CompareConfig(
+        tasks=tuple(config.tasks), output_dir=Path(config.output_dir), model=config.model, head_scores=head_scores,
+        ks=tuple(sorted(config.ks)), seeds=config.seeds, limit=config.limit, metadata=config.niah_metadata(),
+        batch_size=config.batch_size, apply_chat_template=use_chat_template(config.model, config.chat_template),
+        include_path=tuple(config.include_path), prefix_reuse=config.prefix_reuse,
+    )
 
 
 # ------------------------------------------------------------------------------------------------- state
@@ -180,20 +178,11 @@ def validate(args: argparse.Namespace) -> None:
 
 def load_state(out_dir: Path, settings: dict[str, Any]) -> dict[str, Any]:
     """``demo.json``: refuse a folder that holds a demo with another detection grid; fresh state otherwise."""
-    path = out_dir / DEMO_FILE
-    if not path.exists():
-        return {"settings": settings}
-    state = read_json(path, "demo record")
-    previous = state.get("settings", {}) if isinstance(state, dict) else {}
-    differ = sorted(key for key in set(settings) | set(previous) if settings.get(key) != previous.get(key))
-    if differ:
-        details = "; ".join(f"{key}: was {previous.get(key)!r}, now {settings.get(key)!r}" for key in differ)
-        raise RHError(f"{out_dir} holds a demo with another detection ({details}); use another --output-dir")
-    return state
+    return resume_record(out_dir / DEMO_FILE, settings, "a demo with another detection")
 
 
 def save_state(out_dir: Path, state: dict[str, Any]) -> None:
-    write_atomic(out_dir / DEMO_FILE, json.dumps(state, indent=2) + "\n")
+    write_json_atomic(out_dir / DEMO_FILE, state, indent=2)
 
 
 class ModelOnce:
@@ -217,27 +206,22 @@ class ModelOnce:
 # -------------------------------------------------------------------------------------------------- stages
 
 
-def run_detection(args: argparse.Namespace, out_dir: Path, state: dict[str, Any], get_lm: ModelOnce) -> Path:
+def run_detection(out_dir: Path, state: dict[str, Any], get_lm: ModelOnce, terminal: TextIO | None = None) -> Path:
     """Stage 1: ``rh detect`` on the demo's grid, re-used once finished (resumed if interrupted)."""
-    from rh_models.detect import detect, print_summary
+    from rh_eval.detect import detect, print_summary
 
     scores = out_dir / SCORES_FILE
     if state.get("detection", {}).get("done") and scores.is_file():
-        print(f"rh demo: detection: re-using {scores}")
+        print(f"rh demo: detection: re-using {scores}", file=terminal)
         return scores
     settings = state["settings"]
     print(f"rh demo: detecting retrieval heads ({len(settings['lengths'])} lengths x {len(settings['depths'])} depths "
-          f"x {settings['samples']} needles) -> {scores}")
-    lm = get_lm()
-    reuse_before = lm.prefix_reuse
+          f"x {settings['samples']} needles) -> {scores}", file=terminal)
     started = time.perf_counter()
-    try:
-        summary = detect(lm, scores, lengths=settings["lengths"], depths=settings["depths"],
-                         samples=settings["samples"], needles=settings["needles"], haystack=settings["haystack"],
-                         seed=settings["seed"])
-    finally:
-        lm.prefix_reuse = reuse_before  # detection's KV-prefix reuse stays out of the comparison
-    print_summary(summary, scores)
+    summary = detect(get_lm(), scores, lengths=settings["lengths"], depths=settings["depths"],
+                     samples=settings["samples"], needles=settings["needles"], haystack=settings["haystack"],
+                     seed=settings["seed"], progress=terminal or True)
+    print_summary(summary, scores, file=terminal)
     state["detection"] = {"done": True, "seconds": round(time.perf_counter() - started, 1),
                           "top": summary["top"][:12], "fraction_above_0.1": summary["fraction_above_0.1"]}
     save_state(out_dir, state)
@@ -246,19 +230,10 @@ def run_detection(args: argparse.Namespace, out_dir: Path, state: dict[str, Any]
 
 def plot_heads(scores: Path, out: Path) -> Path:
     """The layers x heads heatmap of the detection, written atomically."""
-    from rh_models.head_plot import plot_head_scores
+    from rh_eval.head_plot import plot_head_scores
     from rh_models.heads import HeadScores
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.stem}.", suffix=".png", dir=out.parent)
-    os.close(fd)
-    try:
-        plot_head_scores(HeadScores.load(scores), tmp, title="retrieval score per head (rh demo detection)")
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return out
+    return plot_head_scores(HeadScores.load(scores), out, title="retrieval score per head (rh demo detection)")
 
 
 # ---------------------------------------------------------------------------------------- headline table
@@ -321,7 +296,7 @@ def shape_checks(board: Leaderboard, task: str) -> list[ShapeCheck]:
 
 def cot_line(board: Leaderboard, cot_task: str, direct_task: str) -> str | None:
     """How much chain-of-thought and direct answering lost under each retrieval@K (informational)."""
-    from rh_tasks.compare_plots import cot_column_pairs
+    from rh_eval.compare_plots import cot_column_pairs
 
     pairs = [(c, d) for c, d in cot_column_pairs(board) if c.task == cot_task and d.task == direct_task]
     if not pairs:
@@ -351,58 +326,81 @@ def write_summary(out_dir: Path, board: Leaderboard, lines: list[str], plots: li
         text.append(f"- wall time (model load, detection and every condition): {seconds / 60:.1f} min")
     text += ["", "Plots:", ""]
     text += [f"- `{os.path.relpath(p, out_dir)}`" for p in plots]
-    return write_atomic(out_dir / SUMMARY_FILE, "\n".join(text) + "\n")
+    return write_text_atomic(out_dir / SUMMARY_FILE, "\n".join(text) + "\n")
 
 
 # ---------------------------------------------------------------------------------------------------- CLI
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--output-dir", default="demo-out", help="folder for everything the demo writes (default demo-out)")
-    parser.add_argument("--model", default="smollm2-135m", help="alias (see `rh models`) or a local HF folder")
-    parser.add_argument("--k", default=DEFAULTS["k"], help=f"heads to mask, comma-separated (default {DEFAULTS['k']})")
-    parser.add_argument("--seeds", type=int, default=3, help="random-head draws per K (default 3)")
-    parser.add_argument("--detect-lengths", default=DEFAULTS["detect_lengths"], help="detection context lengths (tokens)")
-    parser.add_argument("--detect-depths", default=DEFAULTS["detect_depths"], help="detection needle depths (percent)")
-    parser.add_argument("--detect-samples", type=int, default=DETECT_SAMPLES, help="needles per detection cell")
-    parser.add_argument("--niah-task", default=DEFAULTS["niah_task"], help="NIAH task to evaluate (\"\" to skip)")
-    parser.add_argument("--niah-lengths", default=DEFAULTS["niah_lengths"], help="evaluation context lengths (tokens)")
-    parser.add_argument("--niah-depths", default=DEFAULTS["niah_depths"], help="evaluation needle depths (percent)")
-    parser.add_argument("--niah-samples", type=int, default=NIAH_SAMPLES, help="needles per evaluation cell")
-    parser.add_argument("--niah-seed", type=int, default=NIAH_SEED, help="evaluation haystack seed (detection uses 0)")
-    parser.add_argument("--cot-task", default=DEFAULTS["cot_task"], help="chain-of-thought task (\"\" to skip)")
-    parser.add_argument("--direct-task", default=DEFAULTS["direct_task"], help="its direct-answer twin (\"\" to skip)")
-    parser.add_argument("--limit", type=int, default=LIMIT, help=f"examples per task (default {LIMIT}; covers the NIAH grid)")
-    parser.add_argument("--chat-template", choices=("auto", "yes", "no"), default="auto",
+    d = DemoConfig()
+    ints = ",".join
+    parser.add_argument("--output-dir", default=str(d.output_dir), help="folder for everything the demo writes")
+    parser.add_argument("--model", default=d.model, help="alias (see `rh models`) or a local HF folder")
+    parser.add_argument("--k", default=ints(map(str, d.ks)), help="heads to mask, comma-separated (default %(default)s)")
+    parser.add_argument("--seeds", type=int, default=d.seeds, help="random-head draws per K (default %(default)s)")
+    parser.add_argument("--detect-lengths", default=ints(map(str, d.detect_lengths)), help="detection context lengths")
+    parser.add_argument("--detect-depths", default=ints(map(str, d.detect_depths)), help="detection needle depths (%%)")
+    parser.add_argument("--detect-samples", type=int, default=d.detect_samples, help="needles per detection cell")
+    parser.add_argument("--niah-task", default=d.niah_task, help="NIAH task to evaluate (\"\" to skip)")
+    parser.add_argument("--niah-lengths", default=ints(map(str, d.niah_lengths)), help="evaluation context lengths")
+    parser.add_argument("--niah-depths", default=ints(map(str, d.niah_depths)), help="evaluation needle depths (%%)")
+    parser.add_argument("--niah-samples", type=int, default=d.niah_samples, help="needles per evaluation cell")
+    parser.add_argument("--niah-seed", type=int, default=d.niah_seed, help="evaluation haystack seed (detection uses 0)")
+    parser.add_argument("--cot-task", default=d.cot_task, help="chain-of-thought task (\"\" to skip)")
+    parser.add_argument("--direct-task", default=d.direct_task, help="its direct-answer twin (\"\" to skip)")
+    parser.add_argument("--limit", type=int, default=d.limit, help="examples per task (default %(default)s; covers the NIAH grid)")
+    parser.add_argument("--chat-template", choices=("auto", "yes", "no"), default=d.chat_template,
                         help="format the evaluated prompts with the tokenizer's chat template (auto: if it has one; "
                              "detection always uses the paper's plain prompt)")
-    parser.add_argument("--batch-size", type=int, default=BATCH_SIZE, help=f"lm-eval batch size (default {BATCH_SIZE})")
+    parser.add_argument("--batch-size", type=int, default=d.batch_size, help="lm-eval batch size (default %(default)s)")
+    parser.add_argument("--no-prefix-reuse", action="store_true",
+                        help="prefill every prompt from scratch (default: reuse the KV cache of shared prefixes)")
     parser.add_argument("--include-path", action="append", default=[], help="extra folder of task YAMLs (repeatable)")
 
 
-def run(args: argparse.Namespace) -> int:
-    from rh_tasks.compare import run_comparison, use_head_scores
+def config_from_args(args: argparse.Namespace) -> DemoConfig:
+    """The CLI's strings as a checked :class:`DemoConfig`."""
+    config = DemoConfig(
+        output_dir=Path(args.output_dir), model=args.model, ks=tuple(parse_ks(args.k)), seeds=args.seeds,
+        detect_lengths=parse_ints(args.detect_lengths, "--detect-lengths") or (),
+        detect_depths=parse_ints(args.detect_depths, "--detect-depths") or (),
+        detect_samples=args.detect_samples, niah_task=args.niah_task,
+        niah_lengths=parse_ints(args.niah_lengths, "--niah-lengths") or (),
+        niah_depths=parse_ints(args.niah_depths, "--niah-depths") or (),
+        niah_samples=args.niah_samples, niah_seed=args.niah_seed, cot_task=args.cot_task,
+        direct_task=args.direct_task, limit=args.limit, chat_template=args.chat_template, batch_size=args.batch_size,
+        include_path=tuple(str(p) for p in args.include_path or []), prefix_reuse=not args.no_prefix_reuse,
+    )
+    config.check()
+    return config
 
+
+def demo(config: DemoConfig) -> int:
+    """Detection, then every condition on the same loaded model, then the table, checks and plots."""
     started = time.perf_counter()
-    validate(args)
-    out_dir = Path(args.output_dir)
+    config.check()
+    out_dir = Path(config.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    state = load_state(out_dir, detection_settings(args))
+    state = load_state(out_dir, config.detection_settings())
     save_state(out_dir, state)
-    get_lm = ModelOnce(args.model, args.batch_size)
+    get_lm = ModelOnce(config.model, config.batch_size)
+    log = out_dir / LOG_FILE
+    with quiet_console(log) as terminal:
+        scores = run_detection(out_dir, state, get_lm, terminal)
+        comparison = compare_config(config, scores)
+        compare_started = time.perf_counter()
+        print(f"rh demo: {len(plan_conditions(list(comparison.ks), comparison.seeds))} conditions x "
+              f"{', '.join(comparison.tasks)} on the same model, only the mask swapped", file=terminal)
+        board, plots = compare(comparison, scores, get_lm=lambda: get_lm().use_head_scores(scores), log="rh demo",
+                               show_table=False, progress=terminal)
+        plots.append(plot_heads(scores, out_dir / "plots" / HEADS_PLOT))
 
-    scores = run_detection(args, out_dir, state, get_lm)
-    comparison = compare_args(args, scores)
-    compare_started = time.perf_counter()
-    board, plots = run_comparison(comparison, scores, get_lm=lambda: use_head_scores(get_lm(), scores), log="rh demo",
-                                  show_table=False)
-    plots.append(plot_heads(scores, out_dir / "plots" / HEADS_PLOT))
-
-    checks = shape_checks(board, args.niah_task) if args.niah_task else []
+    checks = shape_checks(board, config.niah_task) if config.niah_task else []
     lines = [check.line() for check in checks]
-    if args.niah_task and not checks:
-        lines.append(f"shape check: not computable (no {args.niah_task} score for full, retrieval@K and random@K)")
-    cot = cot_line(board, args.cot_task, args.direct_task) if args.cot_task and args.direct_task else None
+    if config.niah_task and not checks:
+        lines.append(f"shape check: not computable (no {config.niah_task} score for full, retrieval@K and random@K)")
+    cot = cot_line(board, config.cot_task, config.direct_task) if config.cot_task and config.direct_task else None
     if cot:
         lines.append(cot)
     loaded = get_lm.lm is not None
@@ -422,6 +420,10 @@ def run(args: argparse.Namespace) -> int:
     print(headline(board).markdown())
     for line in lines:
         print(f"rh demo: {line}")
-    print(f"rh demo: {len(plots)} plots in {out_dir / 'plots'}; summary in {summary}")
+    print(f"rh demo: {len(plots)} plots in {out_dir / 'plots'}; summary in {summary}; full log in {log}")
     print(f"rh demo: finished in {seconds / 60:.1f} min" + ("" if loaded else " (everything re-used)"))
     return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    return demo(config_from_args(args))

@@ -6,7 +6,7 @@ Usage::
     rh plot niah samples_rh_niah_paper_2025-01-01T00-00-00.jsonl --out heatmap.png
     rh plot niah results_2025-01-01T00-00-00.json --task rh_niah_paper --out heatmap.png
 
-    from rh_tasks.plots import niah_cells, plot_niah_heatmap
+    from rh_eval.plots import niah_cells, plot_niah_heatmap
     full, masked = niah_cells("full/"), niah_cells("masked/")
     plot_niah_heatmap({c: masked[c] - full[c] for c in full}, "diff.png", diff=True, title="masked - full")
 
@@ -25,12 +25,13 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from rh_eval.figures import new_figure, save_figure
+from rh_eval.sample_files import RESULTS_NAME, parse_samples_name
+from rh_models.answers import score_answer
 from rh_models.errors import RHError
-from rh_tasks.metrics import cell_means, score_prediction
+from rh_tasks.metrics import cell_means
 
 _CELL_KEY = re.compile(r"^score_cell_(\d+)_(\d+),")
-_SAMPLES = re.compile(r"^samples_(?P<task>.+)_(?P<date>\d{4}-\d{2}-\d{2}T[\d\-.:]+)\.jsonl$")
-_RESULTS = re.compile(r"^results_(?P<date>.+)\.json$")
 
 
 # --- reading cells ---------------------------------------------------------------------------------------------
@@ -42,7 +43,7 @@ def _sample_score(sample: Mapping[str, Any]) -> float:
     response = sample.get("filtered_resps") or sample.get("resps")
     while isinstance(response, list):  # lm-eval nests: [[text]] or [text]
         response = response[0] if response else ""
-    return score_prediction(str(response or ""), doc["rh_answers"], doc["metric"])
+    return score_answer(str(response or ""), doc["rh_answers"], doc["rh_metric"])
 
 
 def cells_from_samples(samples: Iterable[Mapping[str, Any]]) -> dict[tuple[int, int], float]:
@@ -69,9 +70,9 @@ def _pick_samples(files: list[Path], task: str | None, where: str) -> Path:
     """The newest samples file of ``task`` (or of the only NIAH-looking task) among ``files``."""
     by_task: dict[str, list[tuple[str, Path]]] = {}
     for file in files:
-        match = _SAMPLES.match(file.name)
-        if match:
-            by_task.setdefault(match["task"], []).append((match["date"], file))
+        parsed = parse_samples_name(file.name)
+        if parsed and parsed[1]:  # lm-eval's own files carry the run's date
+            by_task.setdefault(parsed[0], []).append((parsed[1], file))
     if task is not None:
         if task not in by_task:
             raise RHError(f"no samples of task {task!r} in {where} (found: {', '.join(sorted(by_task)) or 'none'})")
@@ -104,7 +105,7 @@ def _cells_from_results(path: Path, task: str | None) -> dict[tuple[int, int], f
     if task is None and len(per_task) > 1:
         raise RHError(f"{path} has per-cell scores of several tasks ({', '.join(sorted(per_task))}); choose --task")
     # no per-cell keys: use the samples lm-eval wrote next to this results file in the same run
-    date = _RESULTS.match(path.name)
+    date = RESULTS_NAME.match(path.name)
     siblings = [f for f in path.parent.glob("samples_*.jsonl") if date and f.name.endswith(f"_{date['date']}.jsonl")]
     if not siblings:
         raise RHError(f"{path} has no per-cell scores and no samples beside it; rerun lm-eval with --log_samples "
@@ -138,10 +139,6 @@ def niah_cells(path_or_samples: str | Path | Iterable[Mapping[str, Any]],
 def plot_niah_heatmap(cells: Mapping[tuple[int, int], float], out: str | Path, title: str | None = None,
                       vmin: float = 0.0, vmax: float = 1.0, diff: bool = False) -> Path:
     """Write a length (x) x depth (y) heatmap; ``diff=True`` uses a diverging map centred on 0 (-vmax..vmax)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
 
     if not cells:
@@ -157,7 +154,8 @@ def plot_niah_heatmap(cells: Mapping[tuple[int, int], float], out: str | Path, t
     else:
         cmap = "RdYlGn"
 
-    fig, ax = plt.subplots(figsize=(1.2 + 0.9 * len(lengths), 1.2 + 0.45 * len(depths)))
+    fig = new_figure(1.2 + 0.9 * len(lengths), 1.2 + 0.45 * len(depths))
+    ax = fig.subplots()
     image = ax.imshow(np.ma.masked_invalid(grid), cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto")
     ax.set_xticks(range(len(lengths)), [str(n) for n in lengths], rotation=45 if len(lengths) > 8 else 0)
     ax.set_yticks(range(len(depths)), [f"{d}%" for d in depths])
@@ -169,12 +167,7 @@ def plot_niah_heatmap(cells: Mapping[tuple[int, int], float], out: str | Path, t
                 ax.text(col, row, f"{value:.2f}", ha="center", va="center", fontsize=7)
     fig.colorbar(image, ax=ax, label="score difference" if diff else "score")
     ax.set_title(title or ("NIAH score difference" if diff else "Needle in a haystack"))
-    fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out)
 
 
 # --- `rh plot` -------------------------------------------------------------------------------------------------

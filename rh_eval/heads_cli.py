@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 
 from rh_models.errors import RHError
-from rh_models.heads import HeadScores, format_heads
+from rh_models.heads import DEFAULT_RETRIEVAL_THRESHOLD, HeadScores, format_heads
 
 
 def compare_scores(a: HeadScores, b: HeadScores, top: int = 10) -> dict:
@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
         scores = HeadScores.load(args.scores)
         total = scores.n_layers * scores.n_heads
         print(f"{scores.n_layers} layers x {scores.n_heads} heads; "
-              f"> 0.1: {len(scores.above(0.1)) / total:.1%}; > 0.5: {len(scores.above(0.5)) / total:.1%}")
+              f"> {DEFAULT_RETRIEVAL_THRESHOLD}: {len(scores.above(DEFAULT_RETRIEVAL_THRESHOLD)) / total:.1%}; > 0.5: {len(scores.above(0.5)) / total:.1%}")
         for head, score in scores.ranked()[: args.top]:
             print(f"{format_heads([head])}\t{score:.4f}")
         return 0

@@ -2,9 +2,15 @@
 
 lm-eval 0.4.13 has no plugin discovery, so the wheel ships ``rh_eval_autoload.pth`` which imports this
 module at every interpreter start. Importing lm-eval here would cost ~50 ms in every Python process, so we
-only install an import hook: when (and if) ``lm_eval.models`` is imported, ``rh-hf`` is registered right
-after it; when ``lm_eval.tasks.manager`` is imported, our ``task_configs`` folder is added to every
-``TaskManager``'s include paths. Nothing here imports torch, transformers or lm-eval.
+only install an import hook that acts when (and if) lm-eval's own modules are imported:
+
+* ``lm_eval.models``: ``rh-hf`` is registered right after lm-eval fills its registry;
+* ``lm_eval.tasks.manager``: our ``task_configs`` folder joins every ``TaskManager``'s include paths;
+* ``lm_eval._cli``: the CLI prints our :class:`~rh_models.errors.RHError` as one line (exit status 1)
+  instead of a traceback -- only in the CLI, never for library users.
+
+Nothing here imports torch, transformers or lm-eval; the lm-eval internals touched are listed in
+:mod:`rh_models.compat`.
 """
 
 from __future__ import annotations
@@ -23,14 +29,22 @@ def _after_models(module: ModuleType) -> None:
 
 
 def _after_task_manager(module: ModuleType) -> None:
-    from rh_tasks import add_task_configs_to_task_manager
+    from rh_models.compat import add_include_path_to_task_manager
+    from rh_tasks import task_config_dir
 
-    add_task_configs_to_task_manager(module.TaskManager)
+    add_include_path_to_task_manager(module.TaskManager, task_config_dir)
+
+
+def _after_cli(module: ModuleType) -> None:
+    from rh_models.compat import print_errors_as_one_line
+
+    print_errors_as_one_line(module.HarnessCLI)
 
 
 _HOOKS: dict[str, Callable[[ModuleType], None]] = {
     "lm_eval.models": _after_models,
     "lm_eval.tasks.manager": _after_task_manager,
+    "lm_eval._cli": _after_cli,
 }
 
 

@@ -2,7 +2,7 @@
 
 Usage::
 
-    from rh_tasks.leaderboard import ConditionResult, build_leaderboard, write_leaderboard
+    from rh_eval.leaderboard import ConditionResult, build_leaderboard, write_leaderboard
     conditions = [ConditionResult.from_dir(d) for d in sorted(Path("out/conditions").iterdir())]
     board = build_leaderboard(conditions)
     paths = write_leaderboard(board, "out", overwrite=True)   # leaderboard.{md,csv,html,tex,json}
@@ -25,13 +25,13 @@ import io
 import json
 import math
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
 from scipy import stats
 
+from rh_models.atomic import write_text_atomic
 from rh_models.errors import RHError
 
 FORMAT = "rh-eval-leaderboard"
@@ -42,21 +42,6 @@ _NOT_METRICS = {"alias", "name", "sample_len", "sample_count", "samples"}
 
 
 # ----------------------------------------------------------------------------------------------- helpers
-
-
-def write_atomic(path: str | Path, text: str) -> Path:
-    """Write ``text`` to ``path`` via a temporary file in the same folder and ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def read_json(path: str | Path, what: str = "file") -> Any:
@@ -128,6 +113,13 @@ def metric_values(results: dict[str, dict[str, Any]]) -> dict[Column, float]:
                 continue
             values[Column(task, metric, filt or "none")] = float(value)
     return values
+
+
+def higher_is_better(flags: Any, column: Column) -> bool | None:
+    """lm-eval's ``higher_is_better`` (``{task: {metric: bool}}``) for one column; None when it does not say."""
+    task_flags = flags.get(column.task) if isinstance(flags, dict) else None
+    flag = task_flags.get(column.metric) if isinstance(task_flags, dict) else None
+    return flag if isinstance(flag, bool) else None
 
 
 @dataclass
@@ -247,10 +239,7 @@ class Leaderboard:
     def html(self) -> str:
         from pytablewriter import HtmlTableWriter
 
-        try:
-            return self._writer(HtmlTableWriter, table_name="leaderboard").dumps()
-        except ImportError:  # pytablewriter's html extra (dominate) is not installed
-            return _plain_html(*self.display_matrix())
+        return self._writer(HtmlTableWriter, table_name="leaderboard").dumps()
 
     def csv(self) -> str:
         """Long format, one line per row x column, numbers only: easy to load anywhere."""
@@ -350,9 +339,8 @@ def build_leaderboard(conditions: Iterable[ConditionResult], confidence: float =
     higher: dict[str, bool | None] = {}
     for condition in conditions:
         for column in values[condition.name]:
-            task_flags = condition.higher_is_better.get(column.task) if isinstance(condition.higher_is_better, dict) else None
-            flag = task_flags.get(column.metric) if isinstance(task_flags, dict) else None
-            if isinstance(flag, bool):
+            flag = higher_is_better(condition.higher_is_better, column)
+            if flag is not None:
                 higher.setdefault(column.id, flag)
     for column in columns:
         higher.setdefault(column.id, None)
@@ -411,7 +399,7 @@ def write_leaderboard(
         "json": lambda: json.dumps(board.to_json(), indent=2, ensure_ascii=False) + "\n",
     }
     for ext, path in paths.items():
-        write_atomic(path, renderers[ext]())
+        write_text_atomic(path, renderers[ext]())
     return paths
 
 
@@ -433,10 +421,3 @@ def _with_arrow(label: str, higher_is_better: bool | None) -> str:
 def _flag_text(flag: bool | None) -> str:
     return "" if flag is None else str(flag).lower()
 
-
-def _plain_html(headers: list[str], matrix: list[list[str]]) -> str:
-    from html import escape
-
-    head = "".join(f"<th>{escape(h)}</th>" for h in headers)
-    body = "\n".join("<tr>" + "".join(f"<td>{escape(v)}</td>" for v in row) + "</tr>" for row in matrix)
-    return f"<table id=\"leaderboard\">\n<thead><tr>{head}</tr></thead>\n<tbody>\n{body}\n</tbody>\n</table>\n"

@@ -2,7 +2,7 @@
 
 Usage::
 
-    from rh_tasks.compare_plots import make_plots
+    from rh_eval.compare_plots import make_plots
     paths = make_plots(board, "out/plots", conditions_dir="out/conditions")   # list of written PNGs
 
 Why: the paper's finding is a *shape*. Scores should fall steeply as more retrieval heads are masked and
@@ -11,46 +11,20 @@ glance, where a table needs careful reading. Chain-of-thought is predicted to su
 answering, hence bars of each ``<task>_cot`` next to ``<task>``. For needle-in-a-haystack, *where* the
 needle is lost (context length x depth) matters, hence a heatmap per condition and its difference to full.
 
-Figures use matplotlib's object API with the Agg canvas (no pyplot global state, no display needed) and
-are written atomically (temporary file + ``os.replace``).
+Figures come from :mod:`rh_eval.figures` (matplotlib's object API, written atomically).
 """
 
 from __future__ import annotations
 
-import os
 import re
-import sys
-import tempfile
 from pathlib import Path
 from typing import Iterable
 
-from rh_tasks.leaderboard import Column, Leaderboard
+from rh_eval.figures import new_figure, save_figure
+from rh_eval.leaderboard import Column, Leaderboard
+from rh_eval.sample_files import samples_by_task, samples_name
 
 COT_SUFFIX = "_cot"
-
-
-def _figure(width: float = 6.0, height: float = 4.0):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    figure = Figure(figsize=(width, height), layout="constrained")
-    FigureCanvasAgg(figure)
-    return figure
-
-
-def save_figure(figure, out: str | Path) -> Path:
-    """Save a figure to ``out`` atomically."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.stem}.", suffix=out.suffix or ".png", dir=out.parent)
-    os.close(fd)
-    try:
-        figure.savefig(tmp, dpi=120)
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return out
 
 
 def safe_name(text: str) -> str:
@@ -72,7 +46,7 @@ def dose_response(board: Leaderboard, column: Column, out: str | Path) -> Path |
     if not series["retrieval"] and not series["random"]:
         return None
 
-    figure = _figure()
+    figure = new_figure()
     axes = figure.add_subplot()
     styles = {"retrieval": ("tab:red", "o", "retrieval heads masked"), "random": ("tab:blue", "s", "random heads masked")}
     for kind, points in series.items():
@@ -116,7 +90,7 @@ def cot_vs_direct(board: Leaderboard, cot: Column, direct: Column, out: str | Pa
     import numpy as np
 
     rows = [r for r in board.rows if board.cell(r.name, cot) or board.cell(r.name, direct)]
-    figure = _figure(max(6.0, 1.1 * len(rows) + 2), 4.0)
+    figure = new_figure(max(6.0, 1.1 * len(rows) + 2), 4.0)
     axes = figure.add_subplot()
     x = np.arange(len(rows))
     width = 0.38
@@ -164,25 +138,22 @@ def niah_sample_tasks(conditions_dir: Path, tasks: Iterable[str]) -> list[str]:
     """NIAH tasks with samples: those asked for, and the members of an asked-for group (``rh_niah`` ->
     ``rh_niah_paper``), since lm-eval logs samples per task, never per group."""
     asked = {t for t in tasks if "niah" in t}
-    logged = {p.name[len("samples_"):-len(".jsonl")] for p in conditions_dir.glob("*/samples_*.jsonl")}
+    logged = {task for folder in conditions_dir.glob("*") if folder.is_dir() for task in samples_by_task(folder)}
     members = {t for t in logged if any(t.startswith(f"{group}_") for group in asked)}
     return sorted(asked | members)
 
 
 def niah_heatmaps(board: Leaderboard, conditions_dir: str | Path, out_dir: str | Path, tasks: Iterable[str]) -> list[Path]:
     """Length x depth heatmap per condition and its difference to full, for every NIAH task with samples."""
-    try:
-        from rh_tasks.plots import niah_cells, plot_niah_heatmap
-    except ImportError as exc:
-        print(f"rh compare: NIAH heatmaps skipped ({exc})", file=sys.stderr)
-        return []
+    from rh_eval.plots import niah_cells, plot_niah_heatmap
+
     conditions_dir, out_dir = Path(conditions_dir), Path(out_dir)
     written: list[Path] = []
     for task in niah_sample_tasks(conditions_dir, tasks):
         cells = {}
         for row in board.rows:
             for name in row.conditions:
-                path = conditions_dir / name / f"samples_{task}.jsonl"
+                path = conditions_dir / name / samples_name(task)
                 if path.is_file():
                     found = niah_cells(path)
                     if found:

@@ -25,7 +25,6 @@ import fnmatch
 import json
 import math
 import os
-import re
 import shutil
 import sys
 import tempfile
@@ -36,19 +35,20 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-from rh_models.errors import RHError
-from rh_tasks.leaderboard import (
+from rh_eval.leaderboard import (
     FORMAT,
     Column,
     Leaderboard,
+    higher_is_better,
     is_number,
     metric_values,
     read_json,
-    write_atomic,
 )
+from rh_eval.sample_files import RESULTS_NAME, samples_by_task, samples_name
+from rh_models.atomic import write_text_atomic
+from rh_models.errors import RHError
 
 PLAIN_ROW = "lm-eval"  # the single row of a plain lm-eval results file; it matches a leaderboard's "full"
-_DATE_ID = r"\d{4}-\d{2}-\d{2}T[0-9.\-]+"
 
 
 # ------------------------------------------------------------------------------------------------- loading
@@ -65,14 +65,10 @@ class SampleSource:
     def path(self, task: str) -> Path | None:
         if self.folder is None:
             return None
-        if self.date_id is None:
-            candidate = self.folder / f"samples_{task}.jsonl"
+        if self.date_id is None or self.date_id:
+            candidate = self.folder / samples_name(task, self.date_id)
             return candidate if candidate.is_file() else None
-        if self.date_id:
-            candidate = self.folder / f"samples_{task}_{self.date_id}.jsonl"
-            return candidate if candidate.is_file() else None
-        pattern = re.compile(rf"samples_{re.escape(task)}_{_DATE_ID}\.jsonl")
-        found = sorted(p for p in self.folder.glob(f"samples_{task}_*.jsonl") if pattern.fullmatch(p.name))
+        found = [path for date, path in samples_by_task(self.folder).get(task, []) if date]
         return found[0] if len(found) == 1 else None
 
 
@@ -124,12 +120,7 @@ def load_scores(path: str | Path, what: str = "results") -> RunScores:
     elif isinstance(data, dict) and isinstance(data.get("results"), dict):
         values = {(PLAIN_ROW, column.id): value for column, value in metric_values(data["results"]).items()}
         flags = data.get("higher_is_better")
-        higher: dict[str, bool | None] = {}
-        for row, column_id in values:
-            column = Column.parse(column_id)
-            task_flags = flags.get(column.task) if isinstance(flags, dict) else None
-            flag = task_flags.get(column.metric) if isinstance(task_flags, dict) else None
-            higher[column_id] = flag if isinstance(flag, bool) else None
+        higher = {column_id: higher_is_better(flags, Column.parse(column_id)) for _, column_id in values}
         scores = RunScores(path, "lm-eval", values, higher, {PLAIN_ROW: [_plain_source(path)]}, data)
     else:
         raise RHError(f"{what} {path} is neither an rh-eval leaderboard.json nor an lm-eval results JSON")
@@ -148,8 +139,8 @@ def _plain_source(path: Path) -> SampleSource:
     sidecar = sidecar_dir(path)
     if sidecar.is_dir():
         return SampleSource("", sidecar)
-    match = re.fullmatch(rf"results_({_DATE_ID})\.json", path.name)
-    return SampleSource("", path.parent, match.group(1) if match else "")
+    match = RESULTS_NAME.fullmatch(path.name)
+    return SampleSource("", path.parent, match["date"] if match else "")
 
 
 def sidecar_dir(baseline: Path) -> Path:
@@ -390,7 +381,7 @@ def update_baseline(run_path: str | Path, baseline_path: str | Path) -> tuple[Pa
             _copy_samples(scores.samples[PLAIN_ROW][0], staging)
         target.parent.mkdir(parents=True, exist_ok=True)
         _swap_folder(staging, sidecar)
-        write_atomic(target, json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n")
+        write_text_atomic(target, json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n")
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target, replaced
@@ -404,16 +395,14 @@ def _copy_samples(source: SampleSource, dest: Path) -> bool:
     """Copy each task's per-sample scores (ids, hashes, metric values; no documents) into ``dest``."""
     if source.folder is None or not source.folder.is_dir():
         return False
-    pattern = re.compile(rf"samples_(.+?)(?:_{_DATE_ID})?\.jsonl")
-    tasks = {m.group(1) for p in source.folder.glob("samples_*.jsonl") if (m := pattern.fullmatch(p.name))}
     copied = False
-    for task in sorted(tasks):
+    for task in sorted(samples_by_task(source.folder)):
         path = source.path(task)
         if path is None:
             continue
         with open(path, encoding="utf-8") as handle:
             lines = [json.dumps(_compact_sample(json.loads(line))) for line in handle if line.strip()]
-        write_atomic(dest / f"samples_{task}.jsonl", "\n".join(lines) + "\n")
+        write_text_atomic(dest / samples_name(task), "\n".join(lines) + "\n")
         copied = True
     return copied
 

@@ -1,4 +1,4 @@
-"""Layers x heads heatmap of mean retrieval scores (``rh detect --plot``, ``rh plot heads``).
+"""Layers x heads heatmap of mean retrieval scores (``rh detect --plot``, the demo's ``head_scores.png``).
 
 Usage::
 
@@ -12,19 +12,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rh_models.heads import HeadScores
+from rh_eval.figures import new_figure, save_figure
+from rh_models.heads import DEFAULT_RETRIEVAL_THRESHOLD, HeadScores
 
 
 def plot_head_scores(scores: HeadScores, out: str | Path, title: str | None = None) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
 
     grid = np.array([[scores.mean((layer, head)) for head in range(scores.n_heads)] for layer in range(scores.n_layers)])
     height = max(3.0, 0.22 * scores.n_layers)
-    fig, ax = plt.subplots(figsize=(max(4.0, 0.45 * scores.n_heads + 2), height))
+    fig = new_figure(max(4.0, 0.45 * scores.n_heads + 2), height)
+    ax = fig.subplots()
     image = ax.imshow(grid, aspect="auto", cmap="viridis", vmin=0.0, vmax=max(0.5, float(grid.max())), origin="lower")
     ax.set_xlabel("query head")
     ax.set_ylabel("layer")
@@ -32,11 +30,6 @@ def plot_head_scores(scores: HeadScores, out: str | Path, title: str | None = No
     ax.set_xticks(range(scores.n_heads))
     fig.colorbar(image, ax=ax, label="retrieval score")
     for (layer, head), value in np.ndenumerate(grid):
-        if value > 0.1:
+        if value > DEFAULT_RETRIEVAL_THRESHOLD:
             ax.text(head, layer, f"{value:.2f}", ha="center", va="center", fontsize=6, color="white")
-    fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=130)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out, dpi=130)

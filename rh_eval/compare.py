@@ -5,11 +5,15 @@ Usage::
     rh compare --model smollm2-135m --head-scores scores.json --tasks rh_niah,rh_vartrack,rh_vartrack_cot \\
         --k 6,12 --seeds 3 --output-dir out --limit 20
 
+    from rh_eval.compare import CompareConfig, compare
+    board, plots = compare(CompareConfig(model="smollm2-135m", tasks=("rh_niah",), output_dir=Path("out"),
+                                         head_scores=Path("scores.json"), ks=(6,)))
+
     out/conditions/<name>/results.json        lm-eval's output (no samples); its presence = condition done
     out/conditions/<name>/samples_<task>.jsonl per-sample results (paired tests in `rh check`, NIAH heatmaps)
     out/conditions/<name>/condition.json      kind, K, seed, method, scope and the exact heads masked
-    out/leaderboard.{md,csv,html,tex,json}    see rh_tasks.leaderboard
-    out/plots/*.png                           see rh_tasks.compare_plots
+    out/leaderboard.{md,csv,html,tex,json}    see rh_eval.leaderboard
+    out/plots/*.png                           see rh_eval.compare_plots
 
 Why: the paper's evidence is a contrast between conditions, so every condition must run on the *same*
 weights, tasks, limits and prompts. The model is loaded once and only the head mask is swapped between
@@ -25,24 +29,28 @@ import argparse
 import hashlib
 import json
 import sys
-from dataclasses import dataclass
+from contextlib import nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, TextIO
 
-from rh_models.errors import RHError
-from rh_tasks.leaderboard import (
+from rh_eval.leaderboard import (
     ConditionResult,
     Leaderboard,
     build_leaderboard,
     leaderboard_paths,
-    read_json,
-    write_atomic,
     write_leaderboard,
 )
+from rh_eval.resume import resume_record
+from rh_eval.sample_files import samples_name
+from rh_models.arguments import parse_int_list
+from rh_models.atomic import write_json_atomic, write_text_atomic
+from rh_models.attention import MASK_METHODS, MASK_SCOPES
+from rh_models.errors import RHError
+from rh_models.zoo import DEFAULT_MODEL
 
 RUN_FILE = "run.json"
-METHODS = ("zero", "uniform")
-SCOPES = ("all", "decode")
+DETECTED_SCORES = "head_scores.json"  # where a detection run by `rh compare` itself lands, in the output folder
 
 
 # ------------------------------------------------------------------------------------------------- planning
@@ -76,6 +84,57 @@ def plan_conditions(ks: list[int], seeds: int) -> list[ConditionPlan]:
     return plans
 
 
+@dataclass(frozen=True)
+class CompareConfig:
+    """What one comparison evaluates; :meth:`check` refuses a bad value before any work starts.
+
+    ``head_scores=None`` runs detection first, on the loaded model, with ``detect_*`` (``None``: the paper's grid).
+    ``prefix_reuse`` hands ``rh-hf``'s shared-prefix KV cache to every condition (exact; few-shot and NIAH
+    prompts share long prefixes).
+    """
+
+    tasks: tuple[str, ...]
+    output_dir: Path
+    model: str = DEFAULT_MODEL
+    head_scores: Path | None = None
+    ks: tuple[int, ...] = (6,)
+    seeds: int = 3
+    method: str = "zero"
+    scope: str = "all"
+    random_match: str | None = None
+    limit: int | float | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+    batch_size: int | str = 1
+    apply_chat_template: bool = False
+    num_fewshot: int | None = None
+    include_path: tuple[str, ...] = ()
+    plots: bool = True
+    detect_lengths: tuple[int, ...] | None = None
+    detect_depths: tuple[int, ...] | None = None
+    detect_samples: int = 3
+    prefix_reuse: bool = False
+
+    def check(self) -> None:
+        if not self.tasks:
+            raise RHError("--tasks is empty")
+        if len(set(self.tasks)) != len(self.tasks):
+            raise RHError(f"--tasks lists something twice: {','.join(self.tasks)}")
+        if not self.ks or any(k <= 0 for k in self.ks) or len(set(self.ks)) != len(self.ks):
+            raise RHError(f"--k takes distinct positive integers, got {','.join(map(str, self.ks)) or 'nothing'}")
+        if self.seeds < 0:
+            raise RHError("--seeds must be 0 or more")
+        if self.num_fewshot is not None and self.num_fewshot < 0:
+            raise RHError("--num-fewshot must be 0 or more")
+        if self.detect_samples < 1:
+            raise RHError("--detect-samples must be at least 1")
+        if self.method not in MASK_METHODS or self.scope not in MASK_SCOPES:
+            raise RHError(f"mask method/scope {self.method}/{self.scope} is not supported")
+        if self.head_scores is not None and not Path(self.head_scores).is_file():
+            raise RHError(f"head-score file {self.head_scores} does not exist")
+        if Path(self.output_dir).exists() and not Path(self.output_dir).is_dir():
+            raise RHError(f"--output-dir {self.output_dir} is a file")
+
+
 def parse_list(text: str, what: str) -> list[str]:
     items = [part.strip() for part in str(text).split(",") if part.strip()]
     if not items:
@@ -94,14 +153,14 @@ def parse_ks(text: str) -> list[int]:
     return sorted(ks)
 
 
-def parse_ints(text: str | None, what: str) -> list[int] | None:
-    """``"500,1000"`` -> ``[500, 1000]``; None/empty -> None (the callee's default)."""
+def parse_ints(text: str | None, what: str) -> tuple[int, ...] | None:
+    """``"500,1000"`` -> ``(500, 1000)``; None/empty -> None (the callee's default)."""
     if text in (None, ""):
         return None
-    parts = parse_list(text, what)
-    if not all(part.isdigit() for part in parts):
+    values = parse_int_list(what, text)
+    if any(value < 0 for value in values):
         raise RHError(f"{what} takes non-negative integers separated by commas, got {text!r}")
-    return [int(part) for part in parts]
+    return tuple(values)
 
 
 def parse_limit(text: str | None) -> int | float | None:
@@ -128,101 +187,92 @@ def parse_metadata(text: str | None) -> dict[str, Any]:
     return value
 
 
+def parse_batch_size(text: str | int) -> int | str:
+    """lm-eval's ``--batch_size``: a positive integer, ``auto`` or ``auto:N``."""
+    if str(text).isdigit() and int(text) > 0:
+        return int(text)
+    if str(text).startswith("auto"):
+        return str(text)
+    raise RHError(f"--batch-size takes a positive integer or auto, got {text!r}")
+
+
 # --------------------------------------------------------------------------------------------- run settings
 
 
-def run_settings(args: argparse.Namespace, tasks: list[str], head_scores: Path) -> dict[str, Any]:
+def run_settings(config: CompareConfig, head_scores: Path) -> dict[str, Any]:
     """Everything that changes results: a resumed run must match it exactly (K and seeds may grow)."""
     return {
-        "model": str(Path(args.model).resolve()) if Path(args.model).exists() else args.model,
+        "model": str(Path(config.model).resolve()) if Path(config.model).exists() else config.model,
         "head_scores_sha256": hashlib.sha256(head_scores.read_bytes()).hexdigest(),
-        "tasks": tasks,
-        "method": args.method,
-        "scope": args.scope,
-        "random_match": args.random_match,
-        "limit": parse_limit(args.limit),
-        "metadata": parse_metadata(args.metadata),
-        "apply_chat_template": bool(args.apply_chat_template),
-        "num_fewshot": args.num_fewshot,
-        "include_path": [str(Path(p).resolve()) for p in args.include_path or []],
+        "tasks": list(config.tasks),
+        "method": config.method,
+        "scope": config.scope,
+        "random_match": config.random_match,
+        "limit": config.limit,
+        "metadata": config.metadata,
+        "apply_chat_template": bool(config.apply_chat_template),
+        "num_fewshot": config.num_fewshot,
+        "include_path": [str(Path(p).resolve()) for p in config.include_path],
     }
 
 
 def check_settings(out_dir: Path, settings: dict[str, Any]) -> bool:
     """Record the settings in ``run.json``, or verify them on resume; True when resuming."""
     path = out_dir / RUN_FILE
-    if not path.exists():
-        write_atomic(path, json.dumps({"settings": settings}, indent=2) + "\n")
-        return False
-    previous = read_json(path, "run record").get("settings", {})
-    differ = sorted(key for key in set(settings) | set(previous) if settings.get(key) != previous.get(key))
-    if differ:
-        details = "; ".join(f"{key}: was {previous.get(key)!r}, now {settings.get(key)!r}" for key in differ)
-        raise RHError(f"{out_dir} holds a run with other settings ({details}); use another --output-dir")
-    return True
+    resuming = path.exists()
+    record = resume_record(path, settings, "a run with other settings")
+    if not resuming:
+        write_json_atomic(path, record, indent=2)
+    return resuming
 
 
 # ---------------------------------------------------------------------------------------------- evaluation
 
 
-DETECTED_SCORES = "head_scores.json"  # where a detection run by `rh compare` itself lands, in the output folder
-
-
-def existing_head_scores(args: argparse.Namespace, out_dir: Path) -> Path | None:
-    """The score file to rank heads by, if there is one: --head-scores, or an earlier detection in DIR."""
-    if args.head_scores:
-        path = Path(args.head_scores)
-        if not path.is_file():
-            raise RHError(f"head-score file {path} does not exist")
-        return path
-    detected = out_dir / DETECTED_SCORES
+def existing_head_scores(config: CompareConfig) -> Path | None:
+    """The score file to rank heads by, if there is one: ``head_scores``, or an earlier detection in the folder."""
+    if config.head_scores is not None:
+        return Path(config.head_scores)
+    detected = Path(config.output_dir) / DETECTED_SCORES
     if detected.is_file():
         print(f"rh compare: no --head-scores; re-using the detection in {detected}")
         return detected
     return None
 
 
-def detect_first(lm: Any, args: argparse.Namespace, out_dir: Path) -> Path:
+def detect_first(lm: Any, config: CompareConfig) -> Path:
     """No score file: run ``rh detect`` on the model already loaded for the comparison (resumable as ever)."""
-    from rh_models.detect import DEFAULT_DEPTHS, detect, print_summary
+    from rh_eval.detect import detect, print_summary
+    from rh_tasks.niah import DEFAULT_DEPTHS
 
-    detected = out_dir / DETECTED_SCORES
+    detected = Path(config.output_dir) / DETECTED_SCORES
     print(f"rh compare: no --head-scores; running retrieval-head detection first -> {detected}")
-    summary = detect(lm, detected, lengths=parse_ints(args.detect_lengths, "--detect-lengths"),
-                     depths=parse_ints(args.detect_depths, "--detect-depths") or list(DEFAULT_DEPTHS),
-                     samples=args.detect_samples)
+    summary = detect(lm, detected, lengths=list(config.detect_lengths) if config.detect_lengths else None,
+                     depths=list(config.detect_depths or DEFAULT_DEPTHS), samples=config.detect_samples)
     print_summary(summary, detected)
     return detected
 
 
-def use_head_scores(lm: Any, scores: Path) -> Any:
-    """Rank heads by ``scores`` on an already loaded model (``top:K``/``random:K`` read ``lm.head_scores``)."""
-    from rh_models.heads import HeadScores
-
-    lm.head_scores = HeadScores.load(scores, lm.n_layers, lm.n_heads)
-    return lm
-
-
-def load_model(args: argparse.Namespace, head_scores: Path | None):
+def load_model(config: CompareConfig, head_scores: Path | None):
     """Load the model once (``rh-hf``); conditions only swap its mask."""
     from rh_models.lm import RHHFLM
 
-    batch_size: int | str = int(args.batch_size) if str(args.batch_size).isdigit() else args.batch_size
-    return RHHFLM(pretrained=args.model, batch_size=batch_size, head_scores=str(head_scores) if head_scores else None)
+    return RHHFLM(pretrained=config.model, batch_size=config.batch_size,
+                  head_scores=str(head_scores) if head_scores else None)
 
 
-def task_manager(args: argparse.Namespace, tasks: list[str]):
-    """lm-eval's TaskManager with --include-path and --metadata; unknown tasks fail before the model loads.
+def task_manager(config: CompareConfig, tasks: list[str]):
+    """lm-eval's TaskManager with the include paths and metadata; unknown tasks fail before the model loads.
 
     As the stock ``lm_eval`` CLI does with ``--model_args``, ``pretrained`` (the model) is merged under the
     user's metadata: tasks that size prompts in the model's tokens (``rh_niah``) read the tokenizer from it.
-    Indexing lm-eval's thousands of built-in tasks takes ~10 s, so our task folder and --include-path are
+    Indexing lm-eval's thousands of built-in tasks takes ~10 s, so our task folder and the include paths are
     tried alone first; the built-ins are indexed only when a task is not found there.
     """
     from lm_eval.tasks import TaskManager
 
-    include = [str(p) for p in args.include_path or []] or None
-    metadata = {"pretrained": args.model, **parse_metadata(args.metadata)}
+    include = [str(p) for p in config.include_path] or None
+    metadata = {"pretrained": config.model, **config.metadata}
     manager = TaskManager(include_path=include, include_defaults=False, metadata=metadata)
     if any(t not in manager.all_tasks for t in tasks):
         manager = TaskManager(include_path=include, metadata=metadata)
@@ -232,27 +282,28 @@ def task_manager(args: argparse.Namespace, tasks: list[str]):
     return manager
 
 
-def evaluate(lm: Any, tasks: list[str], args: argparse.Namespace, manager: Any) -> dict[str, Any]:
+def evaluate(lm: Any, tasks: list[str], config: CompareConfig, manager: Any) -> dict[str, Any]:
     """One ``simple_evaluate`` call on the already-masked model, with per-sample logging."""
     from lm_eval import simple_evaluate
 
     output = simple_evaluate(
         model=lm,
         tasks=tasks,
-        limit=parse_limit(args.limit),
+        limit=config.limit,
         log_samples=True,
         task_manager=manager,
-        apply_chat_template=bool(args.apply_chat_template),
-        num_fewshot=args.num_fewshot,
+        apply_chat_template=bool(config.apply_chat_template),
+        num_fewshot=config.num_fewshot,
     )
     if output is None:
         raise RHError("lm-eval returned no results (not rank 0?)")
     return output
 
 
-def run_condition(lm: Any, plan: ConditionPlan, args: argparse.Namespace, tasks: list[str], manager: Any) -> tuple[dict, dict]:
+def run_condition(lm: Any, plan: ConditionPlan, config: CompareConfig, manager: Any) -> tuple[dict, dict]:
     """Swap the mask in, evaluate, and return (condition record, lm-eval output)."""
-    lm.set_mask(plan.spec, method=args.method, scope=args.scope, seed=plan.seed or 0, random_match=args.random_match)
+    lm.set_mask(plan.spec, method=config.method, scope=config.scope, seed=plan.seed or 0,
+                random_match=config.random_match)
     info = lm.mask_info()
     record = {
         "name": plan.name,
@@ -260,15 +311,15 @@ def run_condition(lm: Any, plan: ConditionPlan, args: argparse.Namespace, tasks:
         "k": plan.k,
         "seed": plan.seed,
         "heads": [list(h) for h in info["heads"]],
-        "method": info.get("method", args.method),
-        "scope": info.get("scope", args.scope),
+        "method": info.get("method", config.method),
+        "scope": info.get("scope", config.scope),
         "spec": info.get("spec", plan.spec),
-        "random_match": args.random_match if plan.kind == "random" else None,
+        "random_match": config.random_match if plan.kind == "random" else None,
         "mask": info,
     }
     if plan.kind != "full" and len(record["heads"]) != plan.k:
         raise RHError(f"{plan.name}: the mask holds {len(record['heads'])} heads, expected {plan.k}")
-    return record, evaluate(lm, tasks, args, manager)
+    return record, evaluate(lm, list(config.tasks), config, manager)
 
 
 def write_condition(folder: Path, record: dict[str, Any], output: dict[str, Any]) -> None:
@@ -277,10 +328,10 @@ def write_condition(folder: Path, record: dict[str, Any], output: dict[str, Any]
 
     for task, samples in (output.get("samples") or {}).items():
         lines = [json.dumps(_sanitize_sample(s), default=handle_non_serializable, ensure_ascii=False) for s in samples]
-        write_atomic(folder / f"samples_{task}.jsonl", "".join(line + "\n" for line in lines))
-    write_atomic(folder / "condition.json", json.dumps(record, indent=2) + "\n")
+        write_text_atomic(folder / samples_name(task), "".join(line + "\n" for line in lines))
+    write_text_atomic(folder / "condition.json", json.dumps(record, indent=2) + "\n")
     results = {key: value for key, value in output.items() if key != "samples"}
-    write_atomic(folder / "results.json", json.dumps(results, indent=2, default=handle_non_serializable, ensure_ascii=False) + "\n")
+    write_text_atomic(folder / "results.json", json.dumps(results, indent=2, default=handle_non_serializable, ensure_ascii=False) + "\n")
 
 
 def _sanitize_sample(sample: dict[str, Any]) -> dict[str, Any]:
@@ -304,7 +355,7 @@ def _sanitize_sample(sample: dict[str, Any]) -> dict[str, Any]:
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default="smollm2-135m", help="alias (see `rh models`) or a local HF folder")
+    parser.add_argument("--model", default=DEFAULT_MODEL, help="alias (see `rh models`) or a local HF folder")
     parser.add_argument("--head-scores", help="score file from `rh detect`; without it detection runs first")
     parser.add_argument("--detect-lengths", default=None,
                         help="without --head-scores: detection lengths in tokens (default: the paper's grid up to the "
@@ -316,57 +367,71 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--k", default="6", help="comma-separated numbers of heads to mask (default 6)")
     parser.add_argument("--seeds", type=int, default=3, help="random-head draws per K: seeds 0..S-1 (default 3)")
     parser.add_argument("--output-dir", required=True, help="folder for conditions/, leaderboard.* and plots/")
-    parser.add_argument("--method", choices=METHODS, default="zero", help="how a masked head is silenced")
-    parser.add_argument("--scope", choices=SCOPES, default="all", help="mask on every forward or only while decoding")
+    parser.add_argument("--method", choices=MASK_METHODS, default="zero", help="how a masked head is silenced")
+    parser.add_argument("--scope", choices=MASK_SCOPES, default="all", help="mask on every forward or only while decoding")
     parser.add_argument("--random-match", choices=("layer",), default=None,
                         help="draw random heads from the same layers as the top-K retrieval heads")
     parser.add_argument("--limit", help="examples per task (a fraction if < 1); for quick runs")
     parser.add_argument("--metadata", help="JSON object passed to the tasks, e.g. '{\"max_seq_lengths\": [1024]}'")
     parser.add_argument("--batch-size", default="1", help="lm-eval batch size (default 1)")
+    parser.add_argument("--prefix-reuse", action="store_true",
+                        help="reuse the KV cache of the prefix consecutive prompts share (exact; faster for few-shot "
+                             "and NIAH prompts)")
     parser.add_argument("--apply-chat-template", action="store_true", help="format prompts with the chat template")
     parser.add_argument("--num-fewshot", type=int, default=None, help="override the tasks' few-shot count")
     parser.add_argument("--include-path", action="append", default=[], help="extra folder of task YAMLs (repeatable)")
     parser.add_argument("--no-plots", action="store_true", help="write the leaderboard only")
 
 
-def validate_args(args: argparse.Namespace) -> tuple[list[str], list[int], Path]:
-    """Tasks, sorted K values and the output folder (created); every bad argument fails here, before work."""
-    tasks = parse_list(args.tasks, "--tasks")
-    ks = parse_ks(args.k)
-    if args.seeds < 0:
-        raise RHError("--seeds must be 0 or more")
-    if args.num_fewshot is not None and args.num_fewshot < 0:
-        raise RHError("--num-fewshot must be 0 or more")
-    parse_limit(args.limit)
-    parse_metadata(args.metadata)
-    parse_ints(args.detect_lengths, "--detect-lengths")
-    parse_ints(args.detect_depths, "--detect-depths")
-    if args.detect_samples < 1:
-        raise RHError("--detect-samples must be at least 1")
-    out_dir = Path(args.output_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise RHError(f"--output-dir {out_dir} is a file")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    return tasks, ks, out_dir
+def config_from_args(args: argparse.Namespace) -> CompareConfig:
+    """The CLI's strings as a checked :class:`CompareConfig`."""
+    config = CompareConfig(
+        tasks=tuple(parse_list(args.tasks, "--tasks")),
+        output_dir=Path(args.output_dir),
+        model=args.model,
+        head_scores=Path(args.head_scores) if args.head_scores else None,
+        ks=tuple(parse_ks(args.k)),
+        seeds=args.seeds,
+        method=args.method,
+        scope=args.scope,
+        random_match=args.random_match,
+        limit=parse_limit(args.limit),
+        metadata=parse_metadata(args.metadata),
+        batch_size=parse_batch_size(args.batch_size),
+        apply_chat_template=bool(args.apply_chat_template),
+        num_fewshot=args.num_fewshot,
+        include_path=tuple(str(p) for p in args.include_path or []),
+        plots=not args.no_plots,
+        detect_lengths=parse_ints(args.detect_lengths, "--detect-lengths"),
+        detect_depths=parse_ints(args.detect_depths, "--detect-depths"),
+        detect_samples=args.detect_samples,
+        prefix_reuse=bool(args.prefix_reuse),
+    )
+    config.check()
+    return config
 
 
-def run_comparison(
-    args: argparse.Namespace,
+def compare(
+    config: CompareConfig,
     head_scores: Path,
     get_lm: Callable[[], Any] | None = None,
     log: str = "rh compare",
     show_table: bool = True,
+    progress: TextIO | None = None,
 ) -> tuple[Leaderboard, list[Path]]:
     """Evaluate the missing conditions, then write the leaderboard (and plots); returns (board, plot paths).
 
     ``get_lm`` returns the model to mask; it is called only when some condition is still missing, so a
     finished run re-renders its table without loading anything. ``rh demo`` passes the model it already
-    loaded for detection; by default the model named by ``args.model`` is loaded here. ``show_table=False``
-    leaves printing the table to the caller.
+    loaded for detection; by default the model named by ``config.model`` is loaded here. ``show_table=False``
+    leaves printing the table to the caller; ``progress`` is where the conditions bar is drawn (stderr by default).
     """
-    tasks, ks, out_dir = validate_args(args)
-    check_settings(out_dir, run_settings(args, tasks, head_scores))
-    plans = plan_conditions(ks, args.seeds)
+    config.check()
+    out_dir = Path(config.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tasks = list(config.tasks)
+    check_settings(out_dir, run_settings(config, head_scores))
+    plans = plan_conditions(sorted(config.ks), config.seeds)
     folders = {plan.name: out_dir / "conditions" / plan.name for plan in plans}
     pending = [plan for plan in plans if not (folders[plan.name] / "results.json").is_file()]
     for plan in plans:
@@ -377,15 +442,16 @@ def run_comparison(
         from lm_eval.utils import make_table
         from tqdm import tqdm
 
-        manager = task_manager(args, tasks)
-        lm = get_lm() if get_lm is not None else load_model(args, head_scores)
-        progress = tqdm(pending, desc="conditions", unit="condition", file=sys.stderr)
-        for plan in progress:
-            progress.set_postfix_str(plan.name)
-            record, output = run_condition(lm, plan, args, tasks, manager)
-            write_condition(folders[plan.name], record, output)
-            tqdm.write(f"\n{plan.name} ({len(record['heads'])} heads masked, {record['method']}/{record['scope']})")
-            tqdm.write(make_table(output))
+        manager = task_manager(config, tasks)
+        lm = get_lm() if get_lm is not None else load_model(config, head_scores)
+        bar = tqdm(pending, desc="conditions", unit="condition", file=progress or sys.stderr)
+        with lm.settings(prefix_reuse=True) if config.prefix_reuse else nullcontext():
+            for plan in bar:
+                bar.set_postfix_str(plan.name)
+                record, output = run_condition(lm, plan, config, manager)
+                write_condition(folders[plan.name], record, output)
+                tqdm.write(f"\n{plan.name} ({len(record['heads'])} heads masked, {record['method']}/{record['scope']})")
+                tqdm.write(make_table(output))
 
     board = build_leaderboard([ConditionResult.from_dir(folders[p.name], root=out_dir) for p in plans])
     replacing = any(path.exists() for path in leaderboard_paths(out_dir).values())
@@ -394,8 +460,8 @@ def run_comparison(
         print(board.markdown())
     print(f"{log}: leaderboard {'updated' if replacing else 'written'}: {paths['md'].with_suffix('.*')}")
     plots: list[Path] = []
-    if not args.no_plots:
-        from rh_tasks.compare_plots import make_plots
+    if config.plots:
+        from rh_eval.compare_plots import make_plots
 
         plots = make_plots(board, out_dir / "plots", conditions_dir=out_dir / "conditions", tasks=tasks)
         print(f"{log}: {len(plots)} plots in {out_dir / 'plots'}")
@@ -403,12 +469,13 @@ def run_comparison(
 
 
 def run(args: argparse.Namespace) -> int:
-    _, _, out_dir = validate_args(args)
-    head_scores = existing_head_scores(args, out_dir)
+    config = config_from_args(args)
+    Path(config.output_dir).mkdir(parents=True, exist_ok=True)
+    head_scores = existing_head_scores(config)
     if head_scores is not None:
-        run_comparison(args, head_scores)
+        compare(config, head_scores)
         return 0
-    lm = load_model(args, None)  # one model for detection and every condition
-    head_scores = detect_first(lm, args, out_dir)
-    run_comparison(args, head_scores, get_lm=lambda: use_head_scores(lm, head_scores))
+    lm = load_model(config, None)  # one model for detection and every condition
+    head_scores = detect_first(lm, config)
+    compare(config, head_scores, get_lm=lambda: lm.use_head_scores(head_scores))
     return 0

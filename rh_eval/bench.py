@@ -32,9 +32,10 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from rh_models.bench_reuse import pick_contenders, render_reuse, time_prefix_reuse
-from rh_models.cli_args import comma_ints
+from rh_eval.bench_reuse import pick_contenders, render_reuse, time_prefix_reuse
+from rh_eval.cli_args import comma_ints
 from rh_models.errors import RHError
+from rh_models.zoo import DEFAULT_MODEL
 
 _PAGE = 4096
 
@@ -109,16 +110,17 @@ class Workload:
         from transformers import AutoConfig, AutoTokenizer
 
         from rh_models.heads import select_heads
+        from rh_models.shape import context_length, head_shape
         from rh_models.zoo import resolve_pretrained
         from rh_tasks.niah import build_docs
 
         self.path = resolve_pretrained(model)
         self.new_tokens = new_tokens
         config = AutoConfig.from_pretrained(self.path)
-        self.n_layers, self.n_heads = config.num_hidden_layers, config.num_attention_heads
+        self.n_layers, self.n_heads = head_shape(config)
         self.mask = select_heads(mask_heads, self.n_layers, self.n_heads)
         tokenizer = AutoTokenizer.from_pretrained(self.path)
-        max_length = getattr(config, "max_position_embeddings", None) or 2048
+        max_length = context_length(config, tokenizer)
         docs = build_docs(tokenizer, lengths=lengths, depths=[50], samples=1, max_length=max_length,
                           max_gen_toks=new_tokens)
         self.docs = {doc["length"]: doc for doc in docs}
@@ -172,17 +174,13 @@ class Workload:
 
         def call() -> object:
             from rh_models.heads import HeadSet
-            from rh_models.recorder import ScoreRecorder
 
+            # the mask is swapped through the control directly: set_mask's one-forward self-check would be timed too
             ours.control.set_mask(self.mask if key == "mask" else HeadSet((), ours.n_layers, ours.n_heads))
             if key != "record":
                 return through_lm_eval(ours)
-            ours.recorder = ScoreRecorder(ours.tokenizer, ours.n_layers, ours.n_heads, self.scratch)
-            ours.write_scores_after_generate = False
-            try:
+            with ours.settings(recorder=ours.new_recorder(self.scratch)):
                 return through_lm_eval(ours)
-            finally:
-                ours.recorder, ours.write_scores_after_generate = None, True
         return call
 
     def _naive(self, doc: dict) -> list:
@@ -222,7 +220,7 @@ def _probe_in_subprocess(model: str, lengths: list[int], new_tokens: int, mask_h
     import sys
 
     args = json.dumps([model, lengths, new_tokens, mask_heads, key, length])
-    code = ("import json, sys; from rh_models.bench import memory_probe; "
+    code = ("import json, sys; from rh_eval.bench import memory_probe; "
             "print('RH_PROBE', memory_probe(*json.loads(sys.argv[1])))")
     done = subprocess.run([sys.executable, "-c", code, args], capture_output=True, text=True)
     lines = [line for line in done.stdout.splitlines() if line.startswith("RH_PROBE ")]
@@ -320,7 +318,7 @@ def render(result: dict) -> str:
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--model", default=DEFAULT_MODEL)
     parser.add_argument("--lengths", type=comma_ints, default=[1000, 2000, 4000, 8000],
                         help="prompt lengths of the overhead table; empty to skip it")
     parser.add_argument("--new-tokens", type=int, default=32)

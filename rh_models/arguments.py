@@ -1,0 +1,67 @@
+"""Parsing of the values users type: booleans and integer lists, from model args, metadata or the ``rh`` CLI.
+
+Usage::
+
+    parse_bool("record_overwrite", "true")        # True; "ture" is an RHError, not a silent False
+    parse_int_list("--detect-lengths", "500,1000")  # [500, 1000]; also accepts [500, 1000] from JSON metadata
+    optional_int("random_exclude", "")              # None
+
+Why one module: ``--model_args``, ``--metadata`` and ``rh`` options reach us as strings, JSON values or Python
+values, and each of them once had its own parser with its own idea of what "yes" means. Free of torch and
+lm-eval imports, so argument errors stay instant.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from rh_models.errors import RHError
+
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+
+
+def parse_bool(name: str, value: Any) -> bool:
+    """``true/false/yes/no/on/off/1/0`` (any case) or a bool; anything else is one clear error."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    text = str(value).strip().lower()
+    if text in _TRUE or text in _FALSE:
+        return text in _TRUE
+    raise RHError(f"{name} must be true or false, got {value!r}")
+
+
+def optional_int(name: str, value: Any) -> int | None:
+    """An integer, or ``None`` for an absent value (``None``, ``""``, ``none``)."""
+    if value is None or str(value).strip().lower() in ("", "none"):
+        return None
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise RHError(f"{name} must be an integer, got {value!r}") from None
+
+
+def parse_int_list(name: str, value: Any) -> list[int]:
+    """``"500,1000"`` (``;`` works too), ``[500, 1000]`` or ``500`` -> ``[500, 1000]``, in the order given.
+
+    Whole floats from JSON (``500.0``) are accepted; an empty value gives ``[]`` (callers decide if that is fine).
+    """
+    if isinstance(value, str):
+        value = [part for part in value.replace(";", ",").split(",") if part.strip()]
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = [value]
+    if not isinstance(value, Iterable):
+        raise RHError(f"{name} must be a list of integers, got {value!r}")
+    numbers = []
+    for item in value:
+        try:
+            number = float(str(item).strip()) if not isinstance(item, bool) else float("nan")
+        except ValueError:
+            number = float("nan")
+        if number != number or number != int(number):
+            raise RHError(f"{name} must be integers separated by commas, got {item!r}")
+        numbers.append(int(number))
+    return numbers

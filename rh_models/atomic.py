@@ -1,0 +1,46 @@
+"""Atomic file writes: a reader (or a resumed run) sees the old file or the new one, never half of one.
+
+Usage::
+
+    write_text_atomic("out/leaderboard.md", text)
+    write_json_atomic("out/scores.json", {"0-0": [0.1]})
+    with atomic_path("out/plot.png") as tmp:      # for writers that want a file name (matplotlib)
+        figure.savefig(tmp)
+
+Why one module: every output of rh-eval (score files, results, leaderboards, plots, resume records) is written
+this way, and long runs are interrupted; one implementation keeps the temporary-file and clean-up rules the same.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """A temporary path beside ``path`` (same suffix); moved onto ``path`` if the block succeeds, else removed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix or ".tmp", dir=path.parent)
+    os.close(handle)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+    return Path(path)
+
+
+def write_json_atomic(path: str | Path, payload: object, indent: int = 1) -> Path:
+    return write_text_atomic(path, json.dumps(payload, indent=indent) + "\n")

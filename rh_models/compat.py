@@ -1,0 +1,130 @@
+"""Every private internal of lm-eval, transformers and torch that rh-eval relies on, in one place.
+
+Checked against lm-eval 0.4.13, transformers 5.24.0 and torch 2.13.0 (see :data:`CHECKED_AGAINST`).
+:func:`missing_internals` lists what a newer release removed; ``tests/test_compat.py`` fails loudly on it, so an
+upgrade breaks one test with a name instead of a run with a riddle.
+
+Why these and no others: where a public API exists we use it (``AttentionInterface`` / ``AttentionMaskInterface``
+registration and lookup, ``DynamicCache``, ``postprocess_generated_text``). What remains has no public
+equivalent: the CPU flash kernel that returns its log-sum-exp (for the prefix cascade), transformers' check
+that a model routes attention through the interface, the ``HFLM`` methods a subclass must override to see
+generated batches, ``ConfigurableTask``'s metric tables (per-length NIAH breakdown keys), and the entry points
+of lm-eval's CLI and ``TaskManager`` that the autoload hook extends.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import sys
+from collections.abc import Callable
+from typing import Any
+
+CHECKED_AGAINST = {"lm_eval": "0.4.13", "transformers": "5.24.0", "torch": "2.13.0"}
+
+# HFLM methods/attributes RHHFLM overrides or sets (lm_eval/models/huggingface.py)
+HFLM_INTERNALS = ("_model_generate", "tok_batch_encode", "tok_decode", "batch_size_per_gpu", "think_end_token")
+# ConfigurableTask tables NIAHTask fills for its breakdown keys (lm_eval/api/task.py)
+TASK_INTERNALS = ("_metric_fn_list", "_metric_fn_kwargs", "_aggregation_list", "_higher_is_better")
+
+
+def cpu_flash_attention(query, key, value, is_causal: bool, scale: float | None):
+    """``(output, logsumexp)`` of torch's CPU flash kernel: the only one that also returns the log-sum-exp."""
+    import torch
+
+    return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(query, key, value, 0.0, is_causal, scale=scale)
+
+
+def routes_attention_through_interface(model: Any) -> bool:
+    """transformers' own verdict on whether ``set_attn_implementation`` can take effect for this model."""
+    return bool(getattr(model, "_can_set_attn_implementation", lambda: True)())
+
+
+def attention_implementation(config: Any) -> str:
+    return config._attn_implementation or "eager"
+
+
+def set_process_rank(lm: Any, rank: int, world_size: int) -> None:
+    """Shard requests over CPU processes as HFLM does over GPUs (it sets these only for multi-GPU runs)."""
+    lm._rank, lm._world_size = rank, world_size
+
+
+def hflm_world_size(lm: Any) -> int:
+    return lm._world_size
+
+
+def task_metric_tables(task: Any) -> tuple[dict, dict, dict, dict]:
+    """``ConfigurableTask``'s metric function, kwargs, aggregation and higher-is-better tables (by metric name)."""
+    return task._metric_fn_list, task._metric_fn_kwargs, task._aggregation_list, task._higher_is_better
+
+
+def add_include_path_to_task_manager(task_manager_cls: type, folder: Callable[[], Any]) -> None:
+    """Wrap ``TaskManager.__init__`` so ``folder()`` is always among its include paths (user paths kept after)."""
+    original = task_manager_cls.__init__
+    if getattr(original, "_rh_wrapped", False):
+        return
+    signature = inspect.signature(original)
+
+    @functools.wraps(original)
+    def __init__(self, *args, **kwargs):
+        bound = signature.bind(self, *args, **kwargs)
+        user = bound.arguments.get("include_path")
+        user_paths = [] if user is None else list(user) if isinstance(user, (list, tuple)) else [user]
+        ours = str(folder())
+        if ours not in map(str, user_paths):
+            bound.arguments["include_path"] = [ours, *user_paths]
+        original(*bound.args, **bound.kwargs)
+
+    __init__._rh_wrapped = True  # type: ignore[attr-defined]
+    task_manager_cls.__init__ = __init__
+
+
+def print_errors_as_one_line(cli_cls: type) -> None:
+    """Make lm-eval's ``HarnessCLI.execute`` print an :class:`RHError` as ``rh-eval: error: ...`` and exit 1."""
+    from rh_models.errors import RHError
+
+    original = cli_cls.execute
+    if getattr(original, "_rh_wrapped", False):
+        return
+
+    @functools.wraps(original)
+    def execute(self, args):
+        try:
+            return original(self, args)
+        except RHError as error:
+            print(f"rh-eval: error: {error}", file=sys.stderr)
+            raise SystemExit(1) from None
+
+    execute._rh_wrapped = True  # type: ignore[attr-defined]
+    cli_cls.execute = execute
+
+
+def missing_internals() -> list[str]:
+    """The internals above that this installation lacks (empty when everything rh-eval needs is there)."""
+    import torch
+    from lm_eval._cli.harness import HarnessCLI
+    from lm_eval.api.task import ConfigurableTask
+    from lm_eval.models.huggingface import HFLM
+    from lm_eval.tasks import TaskManager
+    from transformers import PreTrainedModel
+
+    missing = [f"HFLM.{name}" for name in HFLM_INTERNALS if not _defined_on(HFLM, name)]
+    missing += [f"ConfigurableTask.{name}" for name in TASK_INTERNALS if name not in _init_source(ConfigurableTask)]
+    if not hasattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu"):
+        missing.append("torch.ops.aten._scaled_dot_product_flash_attention_for_cpu")
+    if not hasattr(PreTrainedModel, "_can_set_attn_implementation"):
+        missing.append("PreTrainedModel._can_set_attn_implementation")
+    if "include_path" not in inspect.signature(TaskManager.__init__).parameters:
+        missing.append("TaskManager(include_path=...)")
+    if not callable(getattr(HarnessCLI, "execute", None)):
+        missing.append("lm_eval._cli.HarnessCLI.execute")
+    return missing
+
+
+def _defined_on(cls: type, name: str) -> bool:
+    return hasattr(cls, name) or name in _init_source(cls)
+
+
+@functools.lru_cache(maxsize=None)
+def _init_source(cls: type) -> str:
+    return "".join(inspect.getsource(klass) for klass in cls.__mro__ if klass.__module__.startswith("lm_eval"))
