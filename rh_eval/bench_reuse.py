@@ -94,7 +94,7 @@ def time_prefix_reuse(lm, lengths: list[int], depths: list[int], samples: int, r
                 start = time.perf_counter()
                 with lm.settings(cascade=with_cascade):
                     detect(lm, out, lengths=lengths, depths=depths, samples=samples, progress=False,
-                           prefix_reuse=reuse, batch_cells=batch_cells)
+                           prefix_reuse=reuse, batch_by="cell" if batch_cells else "none")
                 seconds = time.perf_counter() - start
                 scores.setdefault(contender, out.read_text())
             timer.remove()

@@ -2,7 +2,7 @@
 
 Usage::
 
-    rh demo                                   # = make demo: smollm2-135m, offline, < 15 min on 2 CPU cores
+    rh demo                                   # = make demo: smollm2-135m, offline, 4.5 min on 2 CPU cores
     rh demo --output-dir demo-out --k 4,8     # more K values: more rows, a real dose-response curve
     rh demo --model path/to/hf-model --cot-task "" --limit 6    # any local model; NIAH only
 
@@ -220,7 +220,7 @@ def run_detection(out_dir: Path, state: dict[str, Any], get_lm: ModelOnce, termi
     started = time.perf_counter()
     summary = detect(get_lm(), scores, lengths=settings["lengths"], depths=settings["depths"],
                      samples=settings["samples"], needles=settings["needles"], haystack=settings["haystack"],
-                     seed=settings["seed"], progress=terminal or True)
+                     seed=settings["seed"], batch_by="length", progress=terminal or True)
     print_summary(summary, scores, file=terminal)
     state["detection"] = {"done": True, "seconds": round(time.perf_counter() - started, 1),
                           "top": summary["top"][:12], "fraction_above_0.1": summary["fraction_above_0.1"]}

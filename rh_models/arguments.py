@@ -44,6 +44,13 @@ def optional_int(name: str, value: Any) -> int | None:
         raise RHError(f"{name} must be an integer, got {value!r}") from None
 
 
+def parse_float(name: str, value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise RHError(f"{name} must be a number, got {value!r}") from None
+
+
 def parse_int_list(name: str, value: Any) -> list[int]:
     """``"500,1000"`` (``;`` works too), ``[500, 1000]`` or ``500`` -> ``[500, 1000]``, in the order given.
 

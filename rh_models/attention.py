@@ -50,6 +50,14 @@ MASK_METHODS = ("zero", "uniform")
 MASK_SCOPES = ("all", "decode")
 
 
+def check_mask_method(method: str, scope: str) -> None:
+    """``mask_method`` / ``mask_scope`` values, refused in one line (also before a model loads)."""
+    if method not in MASK_METHODS:
+        raise RHError(f"mask_method={method!r} is not supported; choose one of {', '.join(MASK_METHODS)}")
+    if scope not in MASK_SCOPES:
+        raise RHError(f"mask_scope={scope!r} is not supported; choose one of {', '.join(MASK_SCOPES)}")
+
+
 def wrapped_name(base: str) -> str:
     return PREFIX + base
 
@@ -134,10 +142,7 @@ class HeadControl:
 
     # ------------------------------------------------------------------ masking
     def set_mask(self, heads: HeadSet, method: str = "zero", scope: str = "all") -> None:
-        if method not in MASK_METHODS:
-            raise RHError(f"mask_method={method!r} is not supported; choose one of {', '.join(MASK_METHODS)}")
-        if scope not in MASK_SCOPES:
-            raise RHError(f"mask_scope={scope!r} is not supported; choose one of {', '.join(MASK_SCOPES)}")
+        check_mask_method(method, scope)
         if (heads.n_layers, heads.n_heads) != (self.n_layers, self.n_heads):
             raise RHError(
                 f"head set is for {heads.n_layers} x {heads.n_heads} heads, the model has {self.n_layers} x {self.n_heads}"

@@ -30,8 +30,8 @@ from lm_eval.api.registry import register_model
 from lm_eval.models.huggingface import HFLM
 
 from rh_models.answers import ANSWERED_ABOVE
-from rh_models.arguments import optional_int, parse_bool
-from rh_models.attention import MASK_METHODS, MASK_SCOPES, HeadControl
+from rh_models.arguments import optional_int, parse_bool, parse_float
+from rh_models.attention import HeadControl, check_mask_method
 from rh_models.cascade import PrefixCascade
 from rh_models.compat import hflm_world_size, set_process_rank
 from rh_models.errors import RHError
@@ -76,10 +76,8 @@ class RHHFLM(HFLM):
         **kwargs: Any,
     ) -> None:
         mask_heads = str(mask_heads)
-        if str(mask_method) not in MASK_METHODS:
-            raise RHError(f"mask_method={mask_method!r} is not supported; choose one of {', '.join(MASK_METHODS)}")
-        if str(mask_scope) not in MASK_SCOPES:
-            raise RHError(f"mask_scope={mask_scope!r} is not supported; choose one of {', '.join(MASK_SCOPES)}")
+        check_mask_method(str(mask_method), str(mask_scope))
+        min_score = parse_float("record_min_score", record_min_score)
         spec = parse_head_spec(mask_heads)  # syntax only: what the heads are depends on the loaded model's shape
         if spec.needs_scores and head_scores is None:
             raise RHError(f"mask_heads={mask_heads} needs head_scores=PATH (a score file from `rh detect`)")
@@ -115,7 +113,7 @@ class RHHFLM(HFLM):
             random_match=random_match,
         )
         self.recorder = (
-            self.new_recorder(record_scores, float(record_min_score), parse_bool("record_count_repeats", record_count_repeats))
+            self.new_recorder(record_scores, min_score, parse_bool("record_count_repeats", record_count_repeats))
             if record_scores
             else None
         )
@@ -312,9 +310,15 @@ class RHHFLM(HFLM):
         self.prefix.keep(cache, context, attention_mask)
         return output
 
-    def _prefill(self, ids: list[int], cache: Any) -> None:
-        """Extend a one-row prefix cache to all of ``ids`` (the decoder only: no logits are needed)."""
-        new = torch.tensor([ids[cache.get_seq_length() :]], device=self.device)
+    def _prefill(self, rows: list[list[int]], cache: Any) -> None:
+        """Extend a prefix cache (one row per row) to all of each row's tokens: the decoder only, no logits.
+
+        Rows are right-padded to one width; a real token never attends to the padding after it (causal), and
+        the caller keeps only each row's own positions.
+        """
+        start = cache.get_seq_length()
+        width = max(map(len, rows)) - start
+        new = torch.tensor([row[start:] + [row[-1]] * (width - len(row) + start) for row in rows], device=self.device)
         with torch.no_grad(), self.control.prefilling(self.prefix_cascade):
             self.model.base_model(input_ids=new, past_key_values=cache, use_cache=True)
 

@@ -12,8 +12,9 @@ it, so a shared prefix needs prefilling once. On a CPU, prefill is most of the t
 SmolLM2-135M takes about a second; a decoding step of 48 rows a third of that).
 
 How: rows are taken in order of their tokens, so that prompts sharing prefixes come together. Each row copies
-the longest prefix it shares with the previous batch's prompts or with the rows of this batch already done, and
-``extend`` prefills (one row, no padding) only the rest, up to its last ``MIN_RECOMPUTED`` tokens. The rows are
+the longest prefix it shares with the previous batch's prompts or with a row of this batch done before it, and
+``extend`` prefills only the rest, up to its last ``MIN_RECOMPUTED`` tokens; rows copying the same prefix are
+prefilled together (right-padded: causal attention never lets a real token see the padding after it). The rows are
 then laid out left-padded, as lm-eval pads them: row ``i`` with ``pad_i`` pads holds ``pad_i`` masked zero slots
 and then its own cached tokens, so every row leaves the same number of tokens for ``generate`` to prefill, and
 transformers derives positions from the attention mask, so each cached token sits at the position its key was
@@ -38,9 +39,10 @@ from transformers.cache_utils import DynamicLayer
 logger = logging.getLogger(__name__)
 
 MIN_RECOMPUTED = 2  # tokens of every row that generate() prefills: the step that makes the first answer token
+WAVE_GAIN = 16  # tokens of shared prefix a row may forgo to be prefilled in a batch with other rows
 
-# (tokens, a 1-row DynamicCache holding their first few) -> the cache extended to all of them
-Extend = Callable[[list[int], Any], None]
+# (rows of tokens, a DynamicCache holding the first few of each, one row per row) -> the cache extended to all
+Extend = Callable[[list[list[int]], Any], None]
 
 
 @dataclass
@@ -97,20 +99,67 @@ class PrefixCache:
         if min(map(len, rows)) <= MIN_RECOMPUTED:
             self.cached = []
             return DynamicCache(config=self.config)
-        sources, done = list(self.cached), {}
-        for b in sorted(range(len(rows)), key=lambda i: rows[i]):
-            ids = rows[b][: len(rows[b]) - MIN_RECOMPUTED]
-            done[b] = self._prefix_of(ids, sources, extend)
-            sources.append(done[b])
+        targets = [row[: len(row) - MIN_RECOMPUTED] for row in rows]
+        done: dict[int, _Cached] = {}
+        for wave in self._plan(targets):
+            for (source, _), members in wave.items():
+                shared = min(tokens for _, tokens in members)
+                done.update(self._extend_group(source, shared, [b for b, _ in members], targets, done, extend))
         self.cached = []  # the previous batch's tensors can go once its rows are copied
         cache = DynamicCache(config=self.config)
         cache.layers = [PreallocatedLayer(capacity) for _ in done[0].layers]
         slots = width - MIN_RECOMPUTED
-        for layer in range(len(done[0].layers)):
-            keys = [F.pad(done[b].layers[layer][0], (0, 0, slots - len(done[b].ids), 0)) for b in range(len(rows))]
-            values = [F.pad(done[b].layers[layer][1], (0, 0, slots - len(done[b].ids), 0)) for b in range(len(rows))]
+        prefixes = [done[b].prefix(len(targets[b])) for b in range(len(rows))]
+        for layer in range(len(cache.layers)):
+            keys = [F.pad(prefix[layer][0], (0, 0, slots - len(targets[b]), 0)) for b, prefix in enumerate(prefixes)]
+            values = [F.pad(prefix[layer][1], (0, 0, slots - len(targets[b]), 0)) for b, prefix in enumerate(prefixes)]
             cache.update(torch.cat(keys), torch.cat(values), layer)
         return cache
+
+    def _plan(self, targets: list[list[int]]) -> list[dict[tuple[Any, int], list[tuple[int, int]]]]:
+        """Waves of ``{(source, bucket): [(row, shared tokens)]}``; a wave needs only sources made before it.
+
+        Rows are taken in token order, so that rows sharing prefixes meet. Each row copies from a prompt cached by
+        the previous batch or from a row of this batch; among the sources within ``WAVE_GAIN`` tokens of its longest
+        shared prefix it takes the earliest wave, so that many rows can be prefilled together (rows of one group
+        copy the group's shortest shared prefix: at most ``2 * WAVE_GAIN`` tokens less than their best).
+        """
+        waves: list[dict[tuple[Any, int], list[tuple[int, int]]]] = []
+        wave_of: dict[int, int] = {}
+        done: list[int] = []
+        for b in sorted(range(len(targets)), key=lambda i: targets[i]):
+            candidates = [(_common_length(c.ids, targets[b]), 0, ("cached", j)) for j, c in enumerate(self.cached)]
+            candidates += [(_common_length(targets[r], targets[b]), wave_of[r] + 1, ("row", r)) for r in done]
+            best = max((shared for shared, _, _ in candidates), default=0)
+            if best == 0:
+                shared, wave, source = 0, 0, None
+            else:
+                shared, wave, source = min((c for c in candidates if c[0] >= best - WAVE_GAIN),
+                                           key=lambda c: (c[1], -c[0]))
+            wave_of[b] = wave
+            done.append(b)
+            while len(waves) <= wave:
+                waves.append({})
+            waves[wave].setdefault((source, shared // WAVE_GAIN), []).append((b, shared))
+        return waves
+
+    def _extend_group(self, source: tuple[str, int] | None, shared: int, members: list[int],
+                      targets: list[list[int]], done: dict[int, _Cached], extend: Extend) -> dict[int, _Cached]:
+        """Copy the source's first ``shared`` tokens for every member, prefill the rest of each in one forward."""
+        from transformers import DynamicCache
+
+        cache = DynamicCache(config=self.config)
+        if source is not None:
+            origin = self.cached[source[1]] if source[0] == "cached" else done[source[1]]
+            for layer, (keys, values) in enumerate(origin.prefix(shared)):
+                cache.update(keys.expand(len(members), -1, -1, -1).contiguous(),
+                             values.expand(len(members), -1, -1, -1).contiguous(), layer)
+            self.tokens_reused += shared * len(members)
+        rows = [targets[b] for b in members]
+        if any(len(row) > shared for row in rows):
+            extend(rows, cache)
+        layers = [(layer.keys, layer.values) for layer in cache.layers]
+        return {b: _Cached(targets[b], layers, row=i) for i, b in enumerate(members)}
 
     def keep(self, cache: Any, context: torch.Tensor, attention_mask: torch.Tensor | None) -> None:
         """After generation: the batch's prompts (all of their tokens now have keys) become the candidates."""
@@ -121,24 +170,6 @@ class PrefixCache:
             _Cached(row[keep.bool()].tolist(), layers, row=b, start=width - int(keep.sum()))
             for b, (row, keep) in enumerate(zip(context.cpu(), mask.cpu()))
         ]
-
-    def _prefix_of(self, ids: list[int], sources: list[_Cached], extend: Extend) -> _Cached:
-        """``ids``' keys/values: the longest cached prefix copied, the rest prefilled by ``extend``."""
-        from transformers import DynamicCache
-
-        best, shared = None, 0
-        for source in sources:
-            common = _common_length(source.ids, ids)
-            if common > shared:
-                best, shared = source, common
-        cache = DynamicCache(config=self.config)
-        if best is not None:
-            for layer, (keys, values) in enumerate(best.prefix(shared)):
-                cache.update(keys.clone(), values.clone(), layer)
-            self.tokens_reused += shared
-        if shared < len(ids):
-            extend(ids, cache)
-        return _Cached(ids, [(layer.keys, layer.values) for layer in cache.layers])
 
 
 class PreallocatedLayer(DynamicLayer):

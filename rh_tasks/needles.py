@@ -121,22 +121,20 @@ def paper_needle_sets(samples: int | None = None) -> list[NeedleSet]:
 
 # --- RULER-style key -> value needles --------------------------------------------------------------------------
 
-_ADJECTIVES = (
-    "amber", "ancient", "bitter", "brave", "bright", "calm", "clever", "crimson", "curious", "dusty",
-    "eager", "electric", "fancy", "fierce", "frozen", "gentle", "gifted", "golden", "grumpy", "hollow",
-    "humble", "icy", "jolly", "lazy", "loyal", "lucky", "misty", "modern", "narrow", "noble",
-    "odd", "pale", "patient", "polite", "proud", "quiet", "rapid", "rustic", "scarlet", "shiny",
-    "silent", "silver", "sleepy", "smooth", "solid", "sour", "steady", "stormy", "sturdy", "swift",
-    "tame", "tender", "tiny", "velvet", "vivid", "wandering", "wild", "wise", "witty", "zealous",
-)
-_NOUNS = (
-    "anchor", "apple", "badger", "banjo", "basket", "beacon", "bicycle", "blanket", "bottle", "bridge",
-    "candle", "canyon", "carpet", "castle", "cactus", "comet", "compass", "cottage", "crayon", "dolphin",
-    "drum", "engine", "falcon", "feather", "fountain", "garden", "glacier", "hammer", "harbor", "helmet",
-    "island", "jacket", "kettle", "ladder", "lantern", "lemon", "magnet", "meadow", "mirror", "needle",
-    "orchard", "otter", "pebble", "pepper", "piano", "pillow", "planet", "puzzle", "rabbit", "ribbon",
-    "saddle", "scarf", "shovel", "spider", "teapot", "thunder", "tiger", "trumpet", "violet", "walnut",
-)
+_ADJECTIVES = tuple("""
+    amber ancient bitter brave bright calm clever crimson curious dusty eager electric fancy fierce
+    frozen gentle gifted golden grumpy hollow humble icy jolly lazy loyal lucky misty modern narrow
+    noble odd pale patient polite proud quiet rapid rustic scarlet shiny silent silver sleepy smooth
+    solid sour steady stormy sturdy swift tame tender tiny velvet vivid wandering wild wise witty
+    zealous
+""".split())
+_NOUNS = tuple("""
+    anchor apple badger banjo basket beacon bicycle blanket bottle bridge candle canyon carpet castle
+    cactus comet compass cottage crayon dolphin drum engine falcon feather fountain garden glacier
+    hammer harbor helmet island jacket kettle ladder lantern lemon magnet meadow mirror needle orchard
+    otter pebble pepper piano pillow planet puzzle rabbit ribbon saddle scarf shovel spider teapot
+    thunder tiger trumpet violet walnut
+""".split())
 _VALUE_NAMES = {"numbers": "number", "uuids": "UUID", "words": "word"}
 
 
@@ -175,22 +173,26 @@ def _join_keys(keys: list[str]) -> str:
     return keys[0] if len(keys) == 1 else ", ".join(keys[:-1]) + " and " + keys[-1]
 
 
-def kv_needle_sets(
-    kind: str,
-    samples: int = 3,
-    seed: int = 0,
-    key_type: str = "words",
-    value_type: str = "numbers",
-    num_distractors: int = 3,
-    num_values: int = 4,
-    num_queries: int = 4,
-    haystack_text: str = "",
-) -> list[NeedleSet]:
+@dataclass(frozen=True)
+class KVOptions:
+    """How the key -> value variants draw their needles (RULER's knobs)."""
+
+    key_type: str = "words"
+    value_type: str = "numbers"
+    num_distractors: int = 3  # multikey: keys inserted besides the asked one
+    num_values: int = 4  # multivalue: values of the one key
+    num_queries: int = 4  # multiquery: keys asked at once
+
+
+def kv_needle_sets(kind: str, samples: int = 3, seed: int = 0, options: KVOptions = KVOptions(),
+                   haystack_text: str = "") -> list[NeedleSet]:
     """``samples`` key -> value needle sets of one variant, deterministic in ``seed``.
 
     Keys and values never occur in ``haystack_text`` (so the ``needles`` haystack of distractor lines cannot
     contain the asked needle), and keys are distinct across all sets of the grid.
     """
+    key_type, value_type = options.key_type, options.value_type
+    num_distractors, num_values, num_queries = options.num_distractors, options.num_values, options.num_queries
     if key_type not in KEY_TYPES or value_type not in VALUE_TYPES:
         raise RHError(f"keys must be one of {', '.join(KEY_TYPES)} and values one of {', '.join(VALUE_TYPES)}; "
                       f"got keys={key_type!r}, values={value_type!r}")
@@ -249,14 +251,14 @@ def kv_needle_sets(
 
 
 def make_needle_sets(kind: str, samples: int | None = None, seed: int = 0, haystack_text: str = "",
-                     **kv_options: object) -> list[NeedleSet]:
+                     kv: KVOptions = KVOptions()) -> list[NeedleSet]:
     """Needle sets of one kind: ``paper`` (hand-written facts) or one of the key -> value variants."""
     if kind == "paper":
         return paper_needle_sets(samples)
     if kind not in NEEDLE_KINDS:
         raise RHError(f"unknown needles {kind!r}; choose one of {', '.join(NEEDLE_KINDS)}")
-    return kv_needle_sets(kind, samples=3 if samples is None else samples, seed=seed,
-                          haystack_text=haystack_text, **kv_options)  # type: ignore[arg-type]
+    return kv_needle_sets(kind, samples=3 if samples is None else samples, seed=seed, options=kv,
+                          haystack_text=haystack_text)
 
 
 def distractor_lines(count: int, seed: int = 0, value_type: str = "numbers") -> list[str]:

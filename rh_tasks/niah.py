@@ -38,7 +38,7 @@ from rh_models.arguments import parse_bool, parse_int_list
 from rh_models.compat import task_metric_tables
 from rh_models.errors import RHError
 from rh_tasks.haystack import TokenizedHaystack, load_haystack
-from rh_tasks.needles import NEEDLE_KINDS, NeedleSet, make_needle_sets
+from rh_tasks.needles import NEEDLE_KINDS, KVOptions, NeedleSet, make_needle_sets
 
 # The answer prefix follows on the next line (lm-eval adds no space after a newline). Tuned on SmolLM2-135M:
 # an "Answer:" line before the prefix made it paraphrase answers ("in a grandfather clock") and break lines.
@@ -191,11 +191,7 @@ def build_docs(
     samples: int | None = None,
     fit_chat_template: bool = True,
     cell_metrics: bool = False,
-    keys: str = "words",
-    values: str = "numbers",
-    num_distractors: int = 3,
-    num_values: int = 4,
-    num_queries: int = 4,
+    kv: KVOptions = KVOptions(),
     haystack_split: str = "train",
     haystack_field: str = "text",
 ) -> list[dict[str, Any]]:
@@ -234,12 +230,8 @@ def build_docs(
             f"use lengths <= {budget} or a larger max_length"
         )
 
-    hay = _tokenized_haystack(tokenizer, haystack, seed, values, haystack_split, haystack_field, lengths[-1])
-    needle_sets = make_needle_sets(
-        needles, samples=samples, seed=seed, haystack_text=hay.text,
-        **({} if needles == "paper" else dict(key_type=keys, value_type=values, num_distractors=num_distractors,
-                                              num_values=num_values, num_queries=num_queries)),
-    )
+    hay = _tokenized_haystack(tokenizer, haystack, seed, kv.value_type, haystack_split, haystack_field, lengths[-1])
+    needle_sets = make_needle_sets(needles, samples=samples, seed=seed, haystack_text=hay.text, kv=kv)
     width = len(str(lengths[-1]))
     docs = []
     for length in lengths:
@@ -414,14 +406,12 @@ def docs_from_metadata(**metadata: Any) -> tuple[list[dict[str, Any]], Any, int]
         answer_prefix=prefix,
         samples=None if metadata.get("samples") is None else _positive_int("samples", metadata["samples"]),
         cell_metrics=_as_bool("cell_metrics", metadata.get("cell_metrics", False)),
-        keys=str(metadata.get("keys", "words")),
-        values=str(metadata.get("values", "numbers")),
+        kv=KVOptions(key_type=str(metadata.get("keys", "words")), value_type=str(metadata.get("values", "numbers")),
+                     **{key: _positive_int(key, metadata[key])
+                        for key in ("num_distractors", "num_values", "num_queries") if key in metadata}),
         haystack_split=str(metadata.get("haystack_split", "train")),
         haystack_field=str(metadata.get("haystack_field", "text")),
     )
-    for key in ("num_distractors", "num_values", "num_queries"):
-        if key in metadata:
-            options[key] = _positive_int(key, metadata[key])
     docs = build_docs(tokenizer, **options)
     return docs, tokenizer, _positive_int("max_length", max_length)
 

@@ -126,3 +126,19 @@ def run_cli(program: str, *args: str, env: dict | None = None, cwd=None, timeout
 
 def rh_error_lines(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if line.startswith("rh-eval: error:")]
+
+
+class FakeMaskedLM:
+    """Base of the RHHFLM stand-ins of the workflow tests: the mask record and head ranking as the real one's."""
+
+    n_layers, n_heads = 2, 2
+    info: dict = {}
+
+    def mask_info(self):
+        return dict(self.info)
+
+    def use_head_scores(self, path):
+        from rh_models.heads import HeadScores
+
+        self.head_scores = HeadScores.load(path, self.n_layers, self.n_heads)
+        return self

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import ARCHITECTURES, VOCAB, tiny_model
 from transformers import DynamicCache
 
-from conftest import ARCHITECTURES, VOCAB, tiny_model
 from rh_models.attention import HeadControl
 from rh_models.cascade import PrefixCascade
 from rh_models.heads import HeadSet

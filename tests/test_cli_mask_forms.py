@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from conftest import rh_error_lines, run_cli
 
 # tiny llama: 2 layers x 4 query heads; 1-2 is the one retrieval head of the score file below

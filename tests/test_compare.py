@@ -9,10 +9,17 @@ import types
 from pathlib import Path
 
 import pytest
+from conftest import FakeMaskedLM
 
-from rh_eval.cli import main
 from rh_eval import compare
-from rh_eval.compare import ConditionPlan, parse_ks, parse_limit, parse_metadata, plan_conditions
+from rh_eval.cli import main
+from rh_eval.compare import (
+    ConditionPlan,
+    parse_ks,
+    parse_limit,
+    parse_metadata,
+    plan_conditions,
+)
 from rh_eval.compare_plots import cot_column_pairs, cot_pairs, make_plots
 from rh_eval.leaderboard import ConditionResult, build_leaderboard
 from rh_models.errors import RHError
@@ -46,7 +53,7 @@ def test_argument_parsing():
 # ------------------------------------------------------------------------------------------ resume (fakes)
 
 
-class FakeLM:
+class FakeLM(FakeMaskedLM):
     """Stands in for RHHFLM: remembers the mask; heads depend on the spec and seed like the real one's."""
 
     n_layers, n_heads = 2, 2
@@ -59,14 +66,6 @@ class FakeLM:
         heads = [] if spec == "none" else [[0, h] for h in range(k)] if spec.startswith("top") else [[1, (seed + h) % 4] for h in range(k)]
         self.info = {"spec": spec, "seed": seed, "heads": heads, "method": method, "scope": scope}
 
-    def mask_info(self):
-        return dict(self.info)
-
-    def use_head_scores(self, path):
-        from rh_models.heads import HeadScores
-
-        self.head_scores = HeadScores.load(path, self.n_layers, self.n_heads)
-        return self
 
 
 @pytest.fixture

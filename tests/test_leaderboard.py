@@ -10,7 +10,6 @@ from html.parser import HTMLParser
 
 import pytest
 
-from rh_models.errors import RHError
 from rh_eval.leaderboard import (
     Column,
     ConditionResult,
@@ -20,6 +19,7 @@ from rh_eval.leaderboard import (
     metric_values,
     write_leaderboard,
 )
+from rh_models.errors import RHError
 
 # t_{0.975, df=2}, from a printed t table
 T_975_DF2 = 4.302653

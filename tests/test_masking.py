@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from conftest import ARCHITECTURES, VOCAB, tiny_model
+
 from rh_models.attention import HeadControl, attention_modules
 from rh_models.errors import RHError
 from rh_models.heads import HeadSet

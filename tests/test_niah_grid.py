@@ -6,9 +6,14 @@ import pytest
 
 from rh_models.errors import RHError
 from rh_models.zoo import resolve_pretrained
-from rh_tasks.haystack import NOISE_SENTENCES, TokenizedHaystack, load_haystack, pg_essays_dir
-from rh_tasks.niah import build_docs, load_tokenizer, render_chat
+from rh_tasks.haystack import (
+    NOISE_SENTENCES,
+    TokenizedHaystack,
+    load_haystack,
+    pg_essays_dir,
+)
 from rh_tasks.needles import PAPER_FACTS
+from rh_tasks.niah import build_docs, load_tokenizer, render_chat
 
 LENGTHS = [600, 1200]
 DEPTHS = [0, 25, 50, 75, 100]

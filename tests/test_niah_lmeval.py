@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from rh_eval.plots import niah_cells
 from rh_models.errors import RHError
 from rh_models.zoo import resolve_pretrained
-from rh_eval.plots import niah_cells
 
 OFFLINE_ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 

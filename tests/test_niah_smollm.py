@@ -9,8 +9,8 @@ import sys
 
 import pytest
 
-from rh_models.zoo import resolve_pretrained
 from rh_eval.plots import niah_cells
+from rh_models.zoo import resolve_pretrained
 
 
 @pytest.mark.smollm
