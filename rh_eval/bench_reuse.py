@@ -34,7 +34,7 @@ REUSE_CONTENDERS = {
 
 
 class ForwardTimer:
-    """Seconds of prefill calls and decoding steps of one model, via forward hooks; positions prefilled
+    """Seconds of prefill calls and decoding steps of one decoder, via forward hooks; positions prefilled
     (batch x new tokens, padding included) and decoding steps (a batched step counts once)."""
 
     def __init__(self, model) -> None:
@@ -88,7 +88,7 @@ def time_prefix_reuse(lm, lengths: list[int], depths: list[int], samples: int, r
             reuse, with_cascade, batch_cells = REUSE_CONTENDERS[contender]
             lm.prefix_tokens_reused = 0
             lm.prefix.clear()  # no head start from the previous contender's cache
-            timer = ForwardTimer(lm.model)
+            timer = ForwardTimer(lm.model.base_model)  # the decoder: generate steps and prefix prefills alike
             with tempfile.TemporaryDirectory() as folder:
                 out = Path(folder) / "scores.json"
                 start = time.perf_counter()

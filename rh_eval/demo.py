@@ -42,7 +42,7 @@ from rh_eval.compare import (
     plan_conditions,
 )
 from rh_eval.console import quiet_console
-from rh_eval.leaderboard import Column, Leaderboard
+from rh_eval.leaderboard import Leaderboard, headline_column
 from rh_eval.resume import resume_record
 from rh_models.atomic import write_json_atomic, write_text_atomic
 from rh_models.errors import RHError
@@ -56,6 +56,7 @@ HEADS_PLOT = "head_scores.png"
 
 # Sized for SmolLM2-135M on 2 CPU cores (README, "What it finds", gives the measured time).
 DETECT_SAMPLES = 3  # needles per detection cell, as in the paper
+HEAD_SHARE = 0.03  # K of the default condition: the paper's masks are a few percent of the heads
 NIAH_SAMPLES = 2
 NIAH_SEED = 1  # evaluation haystack differs from detection's (seed 0): no scoring on the detection prompts
 LIMIT = 48  # CoT/direct documents per condition; the NIAH grid (12 prompts) is complete well below it
@@ -71,7 +72,7 @@ class DemoConfig:
 
     output_dir: Path = Path("demo-out")
     model: str = DEFAULT_MODEL
-    ks: tuple[int, ...] = (8,)
+    ks: tuple[int, ...] = ()  # empty: one K, about 3 % of the model's heads (8 of SmolLM2's 270)
     seeds: int = 3
     detect_lengths: tuple[int, ...] = (500, 1000)
     detect_depths: tuple[int, ...] = (0, 50, 100)
@@ -113,7 +114,7 @@ class DemoConfig:
         }
 
     def check(self) -> None:
-        if not self.ks or any(k <= 0 for k in self.ks):
+        if any(k <= 0 for k in self.ks):
             raise RHError("--k takes positive integers separated by commas")
         if self.seeds < 1:
             raise RHError("--seeds must be at least 1: the random control is the point of the demo")
@@ -161,6 +162,17 @@ def has_chat_template(model: str) -> bool:
 def use_chat_template(model: str, mode: str) -> bool:
     """``--chat-template``: ``yes``/``no`` as given, ``auto`` = whenever the tokenizer has one."""
     return mode == "yes" or (mode == "auto" and has_chat_template(model))
+
+
+def share_of_heads(model: str, share: float = HEAD_SHARE) -> int:
+    """About ``share`` of the model's heads (at least one), from its config alone: the paper masks a few percent."""
+    from transformers import AutoConfig
+
+    from rh_models.shape import head_shape
+    from rh_models.zoo import resolve_pretrained
+
+    n_layers, n_heads = head_shape(AutoConfig.from_pretrained(resolve_pretrained(model)))
+    return max(1, round(share * n_layers * n_heads))
 
 
 def compare_config(config: DemoConfig, head_scores: Path) -> CompareConfig:
@@ -272,16 +284,9 @@ class ShapeCheck:
                 f"random@{self.k} mean {self.random_mean:.3f} (seeds: {seeds}) -> {verdict}")
 
 
-def niah_column(board: Leaderboard, task: str) -> Column | None:
-    """The NIAH task's headline metric: its first higher-is-better column (unfiltered preferred)."""
-    columns = [c for c in board.columns if c.task == task]
-    columns.sort(key=lambda c: (board.higher_is_better.get(c.id) is not True, c.filter != "none", c.metric))
-    return columns[0] if columns else None
-
-
 def shape_checks(board: Leaderboard, task: str) -> list[ShapeCheck]:
     """One check per K from the leaderboard's numbers (none without NIAH, full or a random row)."""
-    column = niah_column(board, task)
+    column = headline_column(board, task)
     full = next((board.cell(r.name, column) for r in board.rows if r.kind == "full"), None) if column else None
     if column is None or full is None:
         return []
@@ -337,7 +342,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     ints = ",".join
     parser.add_argument("--output-dir", default=str(d.output_dir), help="folder for everything the demo writes")
     parser.add_argument("--model", default=d.model, help="alias (see `rh models`) or a local HF folder")
-    parser.add_argument("--k", default=ints(map(str, d.ks)), help="heads to mask, comma-separated (default %(default)s)")
+    parser.add_argument("--k", default="", help="heads to mask, comma-separated (default: about 3 %% of the model's heads)")
     parser.add_argument("--seeds", type=int, default=d.seeds, help="random-head draws per K (default %(default)s)")
     parser.add_argument("--detect-lengths", default=ints(map(str, d.detect_lengths)), help="detection context lengths")
     parser.add_argument("--detect-depths", default=ints(map(str, d.detect_depths)), help="detection needle depths (%%)")
@@ -362,7 +367,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def config_from_args(args: argparse.Namespace) -> DemoConfig:
     """The CLI's strings as a checked :class:`DemoConfig`."""
     config = DemoConfig(
-        output_dir=Path(args.output_dir), model=args.model, ks=tuple(parse_ks(args.k)), seeds=args.seeds,
+        output_dir=Path(args.output_dir), model=args.model, ks=tuple(parse_ks(args.k)) if args.k else (), seeds=args.seeds,
         detect_lengths=parse_ints(args.detect_lengths, "--detect-lengths") or (),
         detect_depths=parse_ints(args.detect_depths, "--detect-depths") or (),
         detect_samples=args.detect_samples, niah_task=args.niah_task,
@@ -380,6 +385,8 @@ def demo(config: DemoConfig) -> int:
     """Detection, then every condition on the same loaded model, then the table, checks and plots."""
     started = time.perf_counter()
     config.check()
+    if not config.ks:
+        config = replace(config, ks=(share_of_heads(config.model),))
     out_dir = Path(config.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     state = load_state(out_dir, config.detection_settings())

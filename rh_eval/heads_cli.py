@@ -4,6 +4,7 @@ Usage::
 
     rh heads show scores.json --top 20
     rh heads compare scores_needles_a.json scores_needles_b.json --top 10
+    rh heads summary demo-out/head_scores.json g3/head_scores.json --results demo-out g3   # see rh_eval.universality
 
 ``compare`` answers "are these the same retrieval heads?" across needle sets, seeds or library versions:
 overlap of the top-K sets and Kendall's tau over all heads' mean scores (scipy).
@@ -46,9 +47,19 @@ def configure(parser: argparse.ArgumentParser) -> None:
     compare.add_argument("a")
     compare.add_argument("b")
     compare.add_argument("--top", type=int, default=10)
+    summary = sub.add_parser("summary", help="the paper's universal-and-sparse table over score files")
+    summary.add_argument("scores", nargs="+", help="score files, one per model")
+    summary.add_argument("--results", nargs="+", default=[],
+                         help="per score file, the folder of an `rh compare` / `rh demo` run: adds NIAH full / "
+                              "retrieval@K / random@K")
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.action == "summary":
+        from rh_eval.universality import summary_table
+
+        print(summary_table(args.scores, args.results))
+        return 0
     if args.action == "show":
         scores = HeadScores.load(args.scores)
         total = scores.n_layers * scores.n_heads

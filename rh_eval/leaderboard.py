@@ -379,6 +379,13 @@ def build_leaderboard(conditions: Iterable[ConditionResult], confidence: float =
 # ------------------------------------------------------------------------------------------------ output
 
 
+def headline_column(board: Leaderboard, task: str) -> Column | None:
+    """A task's headline metric: its first higher-is-better column (unfiltered preferred)."""
+    columns = [c for c in board.columns if c.task == task]
+    columns.sort(key=lambda c: (board.higher_is_better.get(c.id) is not True, c.filter != "none", c.metric))
+    return columns[0] if columns else None
+
+
 def leaderboard_paths(out_dir: str | Path, stem: str = "leaderboard") -> dict[str, Path]:
     return {ext: Path(out_dir) / f"{stem}.{ext}" for ext in EXTENSIONS}
 

@@ -17,7 +17,7 @@ def run(args: argparse.Namespace) -> int:
     if args.action == "list":
         for alias, model in ALIASES.items():
             state = "converted" if (converted_dir(alias) / "config.json").is_file() else "not converted yet"
-            print(f"{alias}\t{model.description}\t[{state}: {converted_dir(alias)}]")
+            print(f"{alias}\t{model.description}; licence: {model.licence}\t[{state}: {converted_dir(alias)}]")
         return 0
     if not args.alias:
         raise RHError("`rh models path` needs an alias, e.g. `rh models path smollm2-135m`")

