@@ -78,6 +78,8 @@ class RHHFLM(HFLM):
         mask_heads = str(mask_heads)
         check_mask_method(str(mask_method), str(mask_scope))
         min_score = parse_float("record_min_score", record_min_score)
+        count_repeats = parse_bool("record_count_repeats", record_count_repeats)
+        prefix_reuse = parse_bool("prefix_reuse", prefix_reuse)
         spec = parse_head_spec(mask_heads)  # syntax only: what the heads are depends on the loaded model's shape
         if spec.needs_scores and head_scores is None:
             raise RHError(f"mask_heads={mask_heads} needs head_scores=PATH (a score file from `rh detect`)")
@@ -113,14 +115,14 @@ class RHHFLM(HFLM):
             random_match=random_match,
         )
         self.recorder = (
-            self.new_recorder(record_scores, min_score, parse_bool("record_count_repeats", record_count_repeats))
+            self.new_recorder(record_scores, min_score, count_repeats)
             if record_scores
             else None
         )
         self._writes_recorder = True  # False while a caller owns the recorder (see `settings`)
         self._batch_contexts: list[str] = []
         self._requests_by_context: dict[str, Any] = {}
-        self.prefix_reuse = parse_bool("prefix_reuse", prefix_reuse)
+        self.prefix_reuse = prefix_reuse
         self.prefix_cascade: PrefixCascade | None = PrefixCascade()  # None: continuations use the stock masked sdpa
 
     def new_recorder(self, path: str | Path, min_score: float = ANSWERED_ABOVE, count_repeats: bool = False) -> ScoreRecorder:

@@ -58,3 +58,21 @@ def test_bad_random_match_is_refused_before_the_model_loads(tiny_llama_dir, tiny
     errors = rh_error_lines(result.stderr)
     assert len(errors) == 1 and "random_match='head' is not supported" in errors[0], result.stderr[-1500:]
     assert "Loading weights" not in result.stderr and "Traceback" not in result.stderr
+
+
+def test_record_and_prefix_reuse_args_from_the_stock_cli(tiny_llama_dir, tmp_path):
+    """``record_min_score`` (the task's own metric decides) and ``prefix_reuse`` as a user types them."""
+    scores = tmp_path / "s.json"
+    result = run_cli("lm_eval", "--model", "rh-hf", "--model_args",
+                     f"pretrained={tiny_llama_dir},record_scores={scores},record_min_score=-1,prefix_reuse=true",
+                     "--tasks", "rh_niah", "--metadata", '{"lengths": [150], "depths": [0, 100], "samples": 1}',
+                     "--gen_kwargs", "max_gen_toks=3")
+    assert result.returncode == 0, result.stderr[-2000:]
+    meta = json.loads(scores.with_suffix(".meta.json").read_text())
+    assert meta["min_score"] == -1 and meta["tests_seen"] == meta["tests_contributing"] == 2
+    assert meta["labels"]["length"] == [150] and meta["labels"]["depth"] == [0, 100]
+    bad = run_cli("lm_eval", "--model", "rh-hf", "--model_args", f"pretrained={tiny_llama_dir},prefix_reuse=maybe",
+                  "--tasks", "rh_niah")
+    assert bad.returncode != 0 and "Loading weights" not in bad.stderr  # refused before the model loads
+    assert rh_error_lines(bad.stderr) == ["rh-eval: error: prefix_reuse must be true or false, "
+                                                                  "got 'maybe'"], bad.stderr[-1500:]
