@@ -80,6 +80,8 @@ class RHHFLM(HFLM):
         min_score = parse_float("record_min_score", record_min_score)
         count_repeats = parse_bool("record_count_repeats", record_count_repeats)
         prefix_reuse = parse_bool("prefix_reuse", prefix_reuse)
+        seed = optional_int("mask_seed", mask_seed) or 0
+        random_exclude = optional_int("random_exclude", random_exclude)
         spec = parse_head_spec(mask_heads)  # syntax only: what the heads are depends on the loaded model's shape
         if spec.needs_scores and head_scores is None:
             raise RHError(f"mask_heads={mask_heads} needs head_scores=PATH (a score file from `rh detect`)")
@@ -110,8 +112,8 @@ class RHHFLM(HFLM):
             spec,
             method=str(mask_method),
             scope=str(mask_scope),
-            seed=int(mask_seed),
-            random_exclude=optional_int("random_exclude", random_exclude),
+            seed=seed,
+            random_exclude=random_exclude,
             random_match=random_match,
         )
         self.recorder = (

@@ -108,6 +108,7 @@ def test_stock_cli_runs_rh_hf_end_to_end(tiny_llama_dir, tiny_task_dir, tmp_path
         ("mask_heads=99-0", "layer 99 out of range"),
         ("mask_heads=1-x", "bad head '1-x'"),
         ("mask_heads=top:5", "needs head_scores"),
+        ("mask_heads=random:2,mask_seed=one", "mask_seed must be an integer"),
         ("mask_heads=top:2,head_scores={wrong_shape}", "is for a model with 3 layers x 4 heads, but this model has 2 x 4"),
         ("mask_heads=top:2,head_scores={malformed}", "not valid JSON"),
     ],
