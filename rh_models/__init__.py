@@ -1,4 +1,4 @@
-"""rh-eval models: the lm-eval model class ``rh-hf`` that masks attention heads and records copy events.
+"""rh-eval models: ``rh-hf`` (masks attention heads, records copy events) and ``rh-vllm`` (masks heads on vLLM).
 
 Usage (stock lm-eval CLI, nothing else to import)::
 
@@ -12,10 +12,11 @@ from __future__ import annotations
 
 MODEL_NAME = "rh-hf"
 MODEL_TARGET = "rh_models.lm:RHHFLM"
+MODELS = {MODEL_NAME: MODEL_TARGET, "rh-vllm": "rh_models.vllm_lm:RHVLLM"}  # vLLM is imported only when used
 
 
 def register() -> None:
-    """Register ``rh-hf`` in lm-eval's model registry as a lazy placeholder.
+    """Register ``rh-hf`` and ``rh-vllm`` in lm-eval's model registry as lazy placeholders.
 
     Must run *after* ``lm_eval.models`` has filled the registry: lm-eval 0.4.x imports its built-in
     model table only when the registry is empty, so registering first would hide every built-in model.
@@ -23,5 +24,6 @@ def register() -> None:
     import lm_eval.models  # noqa: F401  (fills the registry with the built-in placeholders first)
     from lm_eval.api.registry import model_registry
 
-    if MODEL_NAME not in model_registry:
-        model_registry.register(MODEL_NAME, target=MODEL_TARGET)
+    for name, target in MODELS.items():
+        if name not in model_registry:
+            model_registry.register(name, target=target)

@@ -1,0 +1,115 @@
+"""Head masks as exact weight edits, for engines whose attention kernels we must not touch (vLLM).
+
+Why weight edits: both mask methods are identities on the projection weights, so an engine keeps its CUDA
+graphs, ``torch.compile``, every attention backend and tensor parallelism, and nothing runs per token:
+
+- ``zero``: head h's slice of the output-projection input is zero  <=>  columns ``W_o[:, h*d:(h+1)*d]`` are
+  zero (the output bias, if any, stays in both).
+- ``uniform``: head h's query is zero  <=>  rows ``W_q[h*d:(h+1)*d, :]`` of the (fused) QKV projection and
+  their bias are zero. After a per-head RMS norm and RoPE a zero query stays zero, every score is 0 and
+  softmax is uniform over exactly the positions the model may see (what ``rh-hf`` does).
+
+Under tensor parallelism (Megatron sharding, what vLLM's ``QKVParallelLinear`` / ``RowParallelLinear`` do)
+rank r holds query heads ``[r*n, (r+1)*n)`` with ``n = total_heads / tp_size``; its fused QKV weight is
+``[q (n*d) | k | v]`` rows and its output projection takes the same n heads' columns. GQA does not move the
+query rows (key/value heads are sharded or replicated after them). This module is pure torch: the slice
+arithmetic is unit-tested against an explicit per-head computation, a simulated 2-way shard included.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from rh_models.errors import RHError
+
+
+@dataclass(frozen=True)
+class HeadSharding:
+    """Which query heads one tensor-parallel rank holds, and where their rows / columns sit locally."""
+
+    total_heads: int
+    head_size: int
+    tp_rank: int = 0
+    tp_size: int = 1
+
+    def __post_init__(self) -> None:
+        if self.total_heads % self.tp_size:
+            raise RHError(f"{self.total_heads} query heads do not split over tensor_parallel_size={self.tp_size}")
+
+    @property
+    def local_heads(self) -> int:
+        return self.total_heads // self.tp_size
+
+    def local_index(self, head: int) -> int | None:
+        """The rank-local index of global query head ``head``, or None when another rank holds it."""
+        start = self.tp_rank * self.local_heads
+        return head - start if start <= head < start + self.local_heads else None
+
+    def query_rows(self, local: int) -> slice:
+        """Rows of the local fused QKV weight (and bias) that produce this head's query."""
+        return slice(local * self.head_size, (local + 1) * self.head_size)
+
+    def output_columns(self, local: int) -> slice:
+        """Columns of the local output-projection weight that read this head's attention output."""
+        return slice(local * self.head_size, (local + 1) * self.head_size)
+
+
+@dataclass
+class AttentionWeights:
+    """One layer's projections on one rank: fused QKV weight/bias and output-projection weight."""
+
+    qkv_weight: torch.Tensor
+    o_weight: torch.Tensor
+    sharding: HeadSharding
+    qkv_bias: torch.Tensor | None = None
+
+    def check(self, layer: int) -> None:
+        """Refuse layouts we cannot edit exactly (quantized or packed weights, unexpected widths)."""
+        need_q = self.sharding.local_heads * self.sharding.head_size
+        for name, tensor, dim in (("QKV", self.qkv_weight, 0), ("output", self.o_weight, 1)):
+            if tensor.ndim != 2 or not tensor.is_floating_point():
+                raise RHError(f"layer {layer}: the {name} projection weight is {tensor.dtype} {tuple(tensor.shape)}, "
+                              "not a plain float matrix (quantized?); rh-vllm masks unquantized weights only")
+            if tensor.shape[dim] < need_q:
+                raise RHError(f"layer {layer}: the {name} projection has {tensor.shape[dim]} rows/columns for "
+                              f"{self.sharding.local_heads} heads of size {self.sharding.head_size}")
+
+
+@dataclass
+class WeightMask:
+    """Edits applied in place with a copy of only the edited slices, so ``restore`` is bit-exact."""
+
+    saved: list[tuple[torch.Tensor, tuple[slice, ...], torch.Tensor]] = field(default_factory=list)
+
+    def zero(self, tensor: torch.Tensor, index: tuple[slice, ...]) -> None:
+        with torch.no_grad():
+            self.saved.append((tensor, index, tensor[index].clone()))
+            tensor[index] = 0
+
+    def restore(self) -> None:
+        """Put every edited slice back (latest first, so overlapping edits unwind correctly)."""
+        with torch.no_grad():
+            for tensor, index, original in reversed(self.saved):
+                tensor[index] = original
+        self.saved.clear()
+
+    def __len__(self) -> int:
+        return len(self.saved)
+
+
+def mask_layer(weights: AttentionWeights, heads: list[int], method: str, edits: WeightMask) -> list[int]:
+    """Apply ``method`` to the global query ``heads`` this rank holds; returns the local indices edited."""
+    local = [i for i in (weights.sharding.local_index(h) for h in heads) if i is not None]
+    for index in local:
+        if method == "zero":
+            edits.zero(weights.o_weight, (slice(None), weights.sharding.output_columns(index)))
+        elif method == "uniform":
+            rows = weights.sharding.query_rows(index)
+            edits.zero(weights.qkv_weight, (rows, slice(None)))
+            if weights.qkv_bias is not None:
+                edits.zero(weights.qkv_bias, (rows,))
+        else:
+            raise RHError(f"mask_method={method} cannot be expressed as a weight edit (zero or uniform)")
+    return local
