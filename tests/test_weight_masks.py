@@ -1,0 +1,134 @@
+"""The slice arithmetic behind ``rh-vllm``: weight edits on (sharded, fused, GQA) projections must equal the
+explicit per-head masks, and restoring must give the original weights bit for bit. Pure torch, no vLLM."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from rh_models.errors import RHError
+from rh_models.vllm_worker import uniform_obstacle
+from rh_models.weight_masks import AttentionWeights, HeadSharding, WeightMask, mask_layer
+
+HIDDEN, HEAD_SIZE, TOKENS = 24, 4, 7
+
+
+def _weights(n_heads: int, n_kv: int, seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    rand = lambda *shape: torch.randn(*shape, generator=g, dtype=torch.float64)  # noqa: E731
+    return {"q": rand(n_heads * HEAD_SIZE, HIDDEN), "k": rand(n_kv * HEAD_SIZE, HIDDEN),
+            "v": rand(n_kv * HEAD_SIZE, HIDDEN), "o": rand(HIDDEN, n_heads * HEAD_SIZE),
+            "bq": rand(n_heads * HEAD_SIZE), "bk": rand(n_kv * HEAD_SIZE), "bv": rand(n_kv * HEAD_SIZE),
+            "x": rand(TOKENS, HIDDEN)}
+
+
+def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Causal softmax attention of one head: (T, d) each."""
+    scores = q @ k.T / HEAD_SIZE**0.5
+    scores = scores.masked_fill(torch.triu(torch.ones(TOKENS, TOKENS, dtype=torch.bool), 1), float("-inf"))
+    return scores.softmax(-1) @ v
+
+
+def reference(w: dict, n_heads: int, n_kv: int, masked: set[int], method: str) -> torch.Tensor:
+    """The definition: per head, a zero query (uniform) or a zero head output (zero), then the output projection."""
+    q = w["x"] @ w["q"].T + w["bq"]
+    k = w["x"] @ w["k"].T + w["bk"]
+    v = w["x"] @ w["v"].T + w["bv"]
+    group = n_heads // n_kv
+    outputs = []
+    for h in range(n_heads):
+        qh = q[:, h * HEAD_SIZE:(h + 1) * HEAD_SIZE]
+        if h in masked and method == "uniform":
+            qh = torch.zeros_like(qh)
+        kv = slice((h // group) * HEAD_SIZE, (h // group + 1) * HEAD_SIZE)
+        out = _attend(qh, k[:, kv], v[:, kv])
+        outputs.append(torch.zeros_like(out) if h in masked and method == "zero" else out)
+    return torch.cat(outputs, -1) @ w["o"].T
+
+
+def shard(w: dict, n_heads: int, n_kv: int, rank: int, tp: int) -> tuple[AttentionWeights, list[int]]:
+    """What vLLM's QKVParallelLinear / RowParallelLinear hold on one rank (KV heads replicated when tp > n_kv)."""
+    local_q = n_heads // tp
+    kv_heads = [rank * n_kv // tp] if tp >= n_kv else list(range(rank * n_kv // tp, (rank + 1) * n_kv // tp))
+    rows = lambda heads: [r for h in heads for r in range(h * HEAD_SIZE, (h + 1) * HEAD_SIZE)]  # noqa: E731
+    q_rows, kv_rows = rows(range(rank * local_q, (rank + 1) * local_q)), rows(kv_heads)
+    qkv = torch.cat([w["q"][q_rows], w["k"][kv_rows], w["v"][kv_rows]])
+    bias = torch.cat([w["bq"][q_rows], w["bk"][kv_rows], w["bv"][kv_rows]])
+    return AttentionWeights(qkv.clone(), w["o"][:, q_rows].clone(), HeadSharding(n_heads, HEAD_SIZE, rank, tp),
+                            bias.clone()), kv_heads
+
+
+def sharded_forward(parts: list[tuple[AttentionWeights, list[int]]], x: torch.Tensor, n_heads: int,
+                    n_kv: int) -> torch.Tensor:
+    """Each rank attends with its own heads; the row-parallel output projection sums the ranks (all-reduce)."""
+    total = torch.zeros(TOKENS, HIDDEN, dtype=x.dtype)
+    for weights, kv_heads in parts:
+        local_q = weights.sharding.local_heads
+        qkv = x @ weights.qkv_weight.T + weights.qkv_bias
+        q, k, v = qkv.split([local_q * HEAD_SIZE, len(kv_heads) * HEAD_SIZE, len(kv_heads) * HEAD_SIZE], -1)
+        outs = []
+        for j in range(local_q):
+            global_head = weights.sharding.tp_rank * local_q + j
+            kv_local = kv_heads.index(global_head // (n_heads // n_kv))
+            kv = slice(kv_local * HEAD_SIZE, (kv_local + 1) * HEAD_SIZE)
+            outs.append(_attend(q[:, j * HEAD_SIZE:(j + 1) * HEAD_SIZE], k[:, kv], v[:, kv]))
+        total += torch.cat(outs, -1) @ weights.o_weight.T
+    return total
+
+
+@pytest.mark.parametrize("n_heads,n_kv,tp", [(6, 6, 1), (6, 2, 1), (6, 2, 2), (6, 1, 2), (8, 2, 2), (8, 4, 2)])
+@pytest.mark.parametrize("method", ["zero", "uniform"])
+def test_weight_edits_equal_the_per_head_definition(n_heads, n_kv, tp, method):
+    w = _weights(n_heads, n_kv)
+    masked = {1, n_heads - 1, n_heads // 2}
+    parts = [shard(w, n_heads, n_kv, rank, tp) for rank in range(tp)]
+    unmasked = sharded_forward(parts, w["x"], n_heads, n_kv)
+    torch.testing.assert_close(unmasked, reference(w, n_heads, n_kv, set(), method), rtol=1e-10, atol=1e-10)
+    originals = [(p.qkv_weight.clone(), p.qkv_bias.clone(), p.o_weight.clone()) for p, _ in parts]
+    edits = WeightMask()
+    edited = [mask_layer(p, sorted(masked), method, edits) for p, _ in parts]
+    assert sum(map(len, edited)) == len(masked)  # every head edited on exactly one rank
+    got = sharded_forward(parts, w["x"], n_heads, n_kv)
+    torch.testing.assert_close(got, reference(w, n_heads, n_kv, masked, method), rtol=1e-10, atol=1e-10)
+    assert not torch.allclose(got, unmasked)
+    edits.restore()
+    for (p, _), (qkv, bias, o) in zip(parts, originals):
+        assert torch.equal(p.qkv_weight, qkv) and torch.equal(p.qkv_bias, bias) and torch.equal(p.o_weight, o)
+
+
+def test_uniform_edit_gives_uniform_attention_over_visible_positions():
+    w = _weights(4, 2)
+    weights, kv = shard(w, 4, 2, 0, 1)
+    mask_layer(weights, [2], "uniform", WeightMask())
+    q = (w["x"] @ weights.qkv_weight.T + weights.qkv_bias)[:, 2 * HEAD_SIZE:3 * HEAD_SIZE]
+    assert torch.equal(q, torch.zeros_like(q))  # so every visible score is 0 -> softmax uniform
+
+
+def test_sharding_maps_global_heads_to_one_rank():
+    ranks = [HeadSharding(32, 128, r, 4) for r in range(4)]
+    assert [[s.local_index(h) for s in ranks] for h in (0, 7, 8, 31)] == [
+        [0, None, None, None], [7, None, None, None], [None, 0, None, None], [None, None, None, 7]]
+    assert ranks[1].query_rows(3) == slice(384, 512) and ranks[1].output_columns(3) == slice(384, 512)
+    with pytest.raises(RHError, match="do not split"):
+        HeadSharding(9, 64, 0, 2)
+
+
+def test_quantized_or_packed_weights_are_refused():
+    weights = AttentionWeights(torch.zeros(8, 4, dtype=torch.int8), torch.zeros(4, 8), HeadSharding(2, 2))
+    with pytest.raises(RHError, match="not a plain float matrix"):
+        weights.check(3)
+
+
+def test_uniform_is_refused_where_a_zero_query_is_not_uniform_attention():
+    class Block(torch.nn.Module):
+        def __init__(self, norm: torch.nn.Module | None) -> None:
+            super().__init__()
+            if norm is not None:
+                self.q_norm = norm
+
+    attn = type("Attn", (), {"impl": type("Impl", (), {"alibi_slopes": None})()})()
+    assert uniform_obstacle(Block(torch.nn.RMSNorm(8)), attn, 8) is None  # per-head norm (Qwen3, Gemma3)
+    assert "has a bias" in uniform_obstacle(Block(torch.nn.LayerNorm(8)), attn, 8)
+    assert "spans" in uniform_obstacle(Block(torch.nn.RMSNorm(64)), attn, 8)  # norm over all heads (OLMo2)
+    alibi = type("Attn", (), {"impl": type("Impl", (), {"alibi_slopes": [0.5]})()})()
+    assert "ALiBi" in uniform_obstacle(Block(None), alibi, 8)
