@@ -4,6 +4,7 @@ Usage::
 
     rh compare --model smollm2-135m --head-scores scores.json --tasks rh_niah,rh_vartrack,rh_vartrack_cot \\
         --k 6,12 --seeds 3 --output-dir out --limit 20
+    rh compare --backend vllm --model-args tensor_parallel_size=2 ...   # one rh-vllm engine (weight edits)
 
     from rh_eval.compare import CompareConfig, compare
     board, plots = compare(CompareConfig(model="smollm2-135m", tasks=("rh_niah",), output_dir=Path("out"),
@@ -30,7 +31,7 @@ import hashlib
 import json
 import sys
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, TextIO
 
@@ -50,6 +51,7 @@ from rh_models.errors import RHError
 from rh_models.zoo import DEFAULT_MODEL
 
 RUN_FILE = "run.json"
+BACKENDS = ("hf", "vllm")
 DETECTED_SCORES = "head_scores.json"  # where a detection run by `rh compare` itself lands, in the output folder
 
 
@@ -113,8 +115,16 @@ class CompareConfig:
     detect_depths: tuple[int, ...] | None = None
     detect_samples: int = 3
     prefix_reuse: bool = False
+    backend: str = "hf"
+    model_args: dict[str, Any] = field(default_factory=dict)
 
     def check(self) -> None:
+        if self.backend not in BACKENDS:
+            raise RHError(f"--backend {self.backend} is not one of {', '.join(BACKENDS)}")
+        if self.backend == "vllm" and self.prefix_reuse:
+            raise RHError("--prefix-reuse is rh-hf's cache; with --backend vllm pass --model-args enable_prefix_caching=True")
+        if self.backend == "vllm" and self.scope != "all":
+            raise RHError("--scope decode cannot be a weight edit; use --backend hf for it")
         if not self.tasks:
             raise RHError("--tasks is empty")
         if len(set(self.tasks)) != len(self.tasks):
@@ -187,6 +197,17 @@ def parse_metadata(text: str | None) -> dict[str, Any]:
     return value
 
 
+def parse_model_args(text: str | None) -> dict[str, Any]:
+    """``k=v,k=v`` as lm-eval's ``--model_args`` parses it; the mask is ours to set, so mask args are refused."""
+    from lm_eval.utils import simple_parse_args_string
+
+    args = simple_parse_args_string(text) if text else {}
+    ours = sorted(set(args) & {"pretrained", "mask_heads", "head_scores", "mask_method", "mask_scope", "mask_seed"})
+    if ours:
+        raise RHError(f"--model-args may not set {', '.join(ours)}: rh compare sets them per condition")
+    return args
+
+
 def parse_batch_size(text: str | int) -> int | str:
     """lm-eval's ``--batch_size``: a positive integer, ``auto`` or ``auto:N``."""
     if str(text).isdigit() and int(text) > 0:
@@ -213,6 +234,9 @@ def run_settings(config: CompareConfig, head_scores: Path) -> dict[str, Any]:
         "apply_chat_template": bool(config.apply_chat_template),
         "num_fewshot": config.num_fewshot,
         "include_path": [str(Path(p).resolve()) for p in config.include_path],
+        # only when set, so that folders written before these options existed still resume
+        **({"backend": config.backend} if config.backend != "hf" else {}),
+        **({"model_args": config.model_args} if config.model_args else {}),
     }
 
 
@@ -253,12 +277,16 @@ def detect_first(lm: Any, config: CompareConfig) -> Path:
     return detected
 
 
-def load_model(config: CompareConfig, head_scores: Path | None):
-    """Load the model once (``rh-hf``); conditions only swap its mask."""
+def load_model(config: CompareConfig, head_scores: Path | None, backend: str | None = None):
+    """Load the model once (``rh-hf``, or one ``rh-vllm`` engine); conditions only swap its mask."""
+    scores = str(head_scores) if head_scores else None
+    if (backend or config.backend) == "vllm":
+        from rh_models.vllm_lm import RHVLLM
+
+        return RHVLLM(pretrained=config.model, head_scores=scores, batch_size=config.batch_size, **config.model_args)
     from rh_models.lm import RHHFLM
 
-    return RHHFLM(pretrained=config.model, batch_size=config.batch_size,
-                  head_scores=str(head_scores) if head_scores else None)
+    return RHHFLM(pretrained=config.model, batch_size=config.batch_size, head_scores=scores, **config.model_args)
 
 
 def task_manager(config: CompareConfig, tasks: list[str]):
@@ -377,6 +405,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prefix-reuse", action="store_true",
                         help="reuse the KV cache of the prefix consecutive prompts share (exact; faster for few-shot "
                              "and NIAH prompts)")
+    parser.add_argument("--backend", choices=BACKENDS, default="hf",
+                        help="hf: rh-hf (default); vllm: one rh-vllm engine, masks as weight edits (detection, if "
+                             "needed, still runs on rh-hf first)")
+    parser.add_argument("--model-args", default=None,
+                        help="extra model args as lm-eval takes them, e.g. tensor_parallel_size=2,dtype=bfloat16")
     parser.add_argument("--apply-chat-template", action="store_true", help="format prompts with the chat template")
     parser.add_argument("--num-fewshot", type=int, default=None, help="override the tasks' few-shot count")
     parser.add_argument("--include-path", action="append", default=[], help="extra folder of task YAMLs (repeatable)")
@@ -406,6 +439,8 @@ def config_from_args(args: argparse.Namespace) -> CompareConfig:
         detect_depths=parse_ints(args.detect_depths, "--detect-depths"),
         detect_samples=args.detect_samples,
         prefix_reuse=bool(args.prefix_reuse),
+        backend=args.backend,
+        model_args=parse_model_args(args.model_args),
     )
     config.check()
     return config
@@ -473,6 +508,12 @@ def run(args: argparse.Namespace) -> int:
     Path(config.output_dir).mkdir(parents=True, exist_ok=True)
     head_scores = existing_head_scores(config)
     if head_scores is not None:
+        compare(config, head_scores)
+        return 0
+    if config.backend == "vllm":  # vLLM's kernels expose no attention weights: detect on rh-hf, then free it
+        detector = load_model(replace(config, model_args={}), None, backend="hf")  # engine args are vLLM's
+        head_scores = detect_first(detector, config)
+        del detector
         compare(config, head_scores)
         return 0
     lm = load_model(config, None)  # one model for detection and every condition

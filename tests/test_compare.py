@@ -306,3 +306,32 @@ def test_smollm2_retrieval_heads_matter_more_than_random_ones(tmp_path):
     column = "rh_niah_paper/score,none"
     full, retrieval, random = (board["values"][name][column] for name in ("full", "retrieval@8", "random@8"))
     assert retrieval < full and retrieval < random, (full, retrieval, random)
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--backend", "vllm", "--prefix-reuse"], "--prefix-reuse is rh-hf's cache"),
+    (["--backend", "vllm", "--scope", "decode"], "--scope decode cannot be a weight edit"),
+    (["--model-args", "mask_heads=top:3"], "--model-args may not set mask_heads"),
+])
+def test_backend_options_refuse_what_they_cannot_do(tmp_path, capsys, extra, message):
+    scores = tmp_path / "s.json"
+    scores.write_text("{}")
+    code = main(["compare", "--tasks", "rh_niah", "--head-scores", str(scores), "--output-dir", str(tmp_path / "o"),
+                 *extra])
+    assert code == 2 and message in capsys.readouterr().err
+
+
+def test_backend_and_model_args_are_part_of_the_run_settings(tmp_path):
+    from rh_eval.cli import build_parser
+    from rh_eval.compare import config_from_args, run_settings
+
+    scores = tmp_path / "s.json"
+    scores.write_text("{}")
+    base = ["compare", "--tasks", "rh_niah", "--head-scores", str(scores), "--output-dir", str(tmp_path)]
+    hf = run_settings(config_from_args(build_parser("compare").parse_args(base)), scores)
+    assert "backend" not in hf and "model_args" not in hf  # folders written before the option still resume
+    vllm = config_from_args(build_parser("compare").parse_args([*base, "--backend", "vllm", "--model-args",
+                                                       "tensor_parallel_size=2,dtype=bfloat16"]))
+    assert vllm.model_args == {"tensor_parallel_size": 2, "dtype": "bfloat16"}
+    settings = run_settings(vllm, scores)
+    assert settings["backend"] == "vllm" and settings != hf
