@@ -283,7 +283,8 @@ def load_model(config: CompareConfig, head_scores: Path | None, backend: str | N
     if (backend or config.backend) == "vllm":
         from rh_models.vllm_lm import RHVLLM
 
-        return RHVLLM(pretrained=config.model, head_scores=scores, batch_size=config.batch_size, **config.model_args)
+        batch_size = "auto" if config.batch_size == 1 else config.batch_size  # 1 (hf's default) would serialise vLLM
+        return RHVLLM(pretrained=config.model, head_scores=scores, batch_size=batch_size, **config.model_args)
     from rh_models.lm import RHHFLM
 
     return RHHFLM(pretrained=config.model, batch_size=config.batch_size, head_scores=scores, **config.model_args)

@@ -30,19 +30,13 @@ from lm_eval.api.registry import register_model
 from lm_eval.models.huggingface import HFLM
 
 from rh_models.answers import ANSWERED_ABOVE
-from rh_models.arguments import optional_int, parse_bool, parse_float
-from rh_models.attention import HeadControl, check_mask_method
+from rh_models.arguments import parse_bool, parse_float
+from rh_models.attention import HeadControl
 from rh_models.cascade import PrefixCascade
 from rh_models.compat import hflm_world_size, set_process_rank
 from rh_models.errors import RHError
-from rh_models.heads import (
-    HeadScores,
-    HeadSet,
-    HeadSpec,
-    check_random_match,
-    parse_head_spec,
-    select_heads,
-)
+from rh_models.heads import HeadScores, HeadSet, HeadSpec, select_heads
+from rh_models.mask_args import parse_mask_args
 from rh_models.prefix_cache import PrefixCache
 from rh_models.recorder import ScoreRecorder, is_needle_test
 from rh_models.zoo import DEFAULT_MODEL, is_alias, resolve_pretrained
@@ -75,19 +69,10 @@ class RHHFLM(HFLM):
         prefix_reuse: bool = False,
         **kwargs: Any,
     ) -> None:
-        mask_heads = str(mask_heads)
-        check_mask_method(str(mask_method), str(mask_scope))
+        mask = parse_mask_args(mask_heads, head_scores, mask_method, mask_scope, mask_seed, random_exclude, random_match)
         min_score = parse_float("record_min_score", record_min_score)
         count_repeats = parse_bool("record_count_repeats", record_count_repeats)
         prefix_reuse = parse_bool("prefix_reuse", prefix_reuse)
-        seed = optional_int("mask_seed", mask_seed) or 0
-        random_exclude = optional_int("random_exclude", random_exclude)
-        spec = parse_head_spec(mask_heads)  # syntax only: what the heads are depends on the loaded model's shape
-        if spec.needs_scores and head_scores is None:
-            raise RHError(f"mask_heads={mask_heads} needs head_scores=PATH (a score file from `rh detect`)")
-        random_match = check_random_match(random_match)
-        if head_scores is not None and not Path(head_scores).is_file():
-            raise RHError(f"head-score file {head_scores} does not exist")
         if record_scores and Path(record_scores).exists() and not parse_bool("record_overwrite", record_overwrite):
             raise RHError(f"{record_scores} exists; remove it or pass record_overwrite=true")
 
@@ -108,14 +93,7 @@ class RHHFLM(HFLM):
         self.head_scores = HeadScores.load(head_scores, self.n_layers, self.n_heads) if head_scores else None
         self._mask_request: dict[str, Any] = {}
         self.prefix = PrefixCache(self.model.config)  # before set_mask, which clears it
-        self.set_mask(
-            spec,
-            method=str(mask_method),
-            scope=str(mask_scope),
-            seed=seed,
-            random_exclude=random_exclude,
-            random_match=random_match,
-        )
+        self.set_mask(mask.spec, **mask.selection())
         self.recorder = (
             self.new_recorder(record_scores, min_score, count_repeats)
             if record_scores

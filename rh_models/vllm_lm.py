@@ -30,10 +30,10 @@ from typing import Any
 from lm_eval.api.registry import register_model
 from lm_eval.models.vllm_causallms import VLLM
 
-from rh_models.arguments import optional_int
 from rh_models.attention import check_mask_method
 from rh_models.errors import RHError
-from rh_models.heads import HeadScores, HeadSet, HeadSpec, check_random_match, parse_head_spec, select_heads
+from rh_models.heads import HeadScores, HeadSet, HeadSpec, select_heads
+from rh_models.mask_args import parse_mask_args
 from rh_models.vllm_worker import EXTENSION_QUALNAME
 from rh_models.zoo import DEFAULT_MODEL, is_alias, resolve_pretrained
 
@@ -93,18 +93,10 @@ class RHVLLM(VLLM):
             if kwargs.get(name) not in (None, "", False, "false", "False"):
                 raise RHError(f"rh-vllm: {reason}")
             kwargs.pop(name, None)
-        check_mask_method(str(mask_method), str(mask_scope))
-        if str(mask_scope) != "all":
+        mask = parse_mask_args(mask_heads, head_scores, mask_method, mask_scope, mask_seed, random_exclude, random_match)
+        if mask.scope != "all":
             raise RHError("rh-vllm: mask_scope=decode cannot be a weight edit (the same weights serve prefill and "
                           "decoding); use --model rh-hf for it")
-        spec = parse_head_spec(str(mask_heads))
-        if spec.needs_scores and head_scores is None:
-            raise RHError(f"mask_heads={mask_heads} needs head_scores=PATH (a score file from `rh detect`)")
-        if head_scores is not None and not Path(head_scores).is_file():
-            raise RHError(f"head-score file {head_scores} does not exist")
-        seed = optional_int("mask_seed", mask_seed) or 0
-        random_exclude = optional_int("random_exclude", random_exclude)
-        random_match = check_random_match(random_match)
         if kwargs.get("worker_extension_cls") not in (None, EXTENSION_QUALNAME):
             raise RHError("rh-vllm sets worker_extension_cls itself; it cannot be combined with another extension")
         kwargs["worker_extension_cls"] = EXTENSION_QUALNAME
@@ -113,13 +105,13 @@ class RHVLLM(VLLM):
         pretrained = resolve_pretrained(pretrained)
         super().__init__(pretrained=pretrained, **kwargs)
         self.pretrained = pretrained
-        self.method = str(mask_method)
+        self.method = mask.method
         self._heads: list[list[int]] = []
         self._mask_request: dict[str, Any] = {}
         shape = self._shape()
         self.n_layers, self.n_heads = shape["n_layers"], shape["n_heads"]
-        self.head_scores = HeadScores.load(head_scores, self.n_layers, self.n_heads) if head_scores else None
-        self.set_mask(spec, method=self.method, seed=seed, random_exclude=random_exclude, random_match=random_match)
+        self.head_scores = HeadScores.load(mask.head_scores, self.n_layers, self.n_heads) if mask.head_scores else None
+        self.set_mask(mask.spec, **mask.selection())
 
     # ------------------------------------------------------------------ engine access
     def _shape(self) -> dict[str, Any]:
@@ -160,6 +152,7 @@ class RHVLLM(VLLM):
             "random_match": random_match,
         }
         if self.data_parallel_size <= 1:
+            self.model.collective_rpc("rh_clear_mask")  # the reference is the unmasked model, not the last mask
             before = self._probe_logprobs() if self._heads else None
             apply_mask(self.model, self._heads, method)
             if before is not None and self._probe_logprobs() == before:

@@ -1,0 +1,50 @@
+"""The mask model args ``rh-hf`` and ``rh-vllm`` share, checked before any model loads.
+
+Why before: a typo in ``mask_heads`` or a missing score file should cost the user one line, not a model load
+(minutes for a 70B model). What ``top:K`` / ``random:K`` select depends on the loaded model's shape, so only the
+syntax and the files are checked here; :func:`rh_models.heads.select_heads` resolves the heads afterwards.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rh_models.arguments import optional_int
+from rh_models.attention import check_mask_method
+from rh_models.errors import RHError
+from rh_models.heads import HeadSpec, check_random_match, parse_head_spec
+
+
+@dataclass(frozen=True)
+class MaskArgs:
+    spec: HeadSpec
+    head_scores: str | None
+    method: str
+    scope: str
+    seed: int
+    random_exclude: int | None
+    random_match: str | None
+
+    def selection(self) -> dict[str, Any]:
+        """Keyword arguments of ``set_mask`` for this request."""
+        return {"method": self.method, "scope": self.scope, "seed": self.seed,
+                "random_exclude": self.random_exclude, "random_match": self.random_match}
+
+
+def parse_mask_args(mask_heads: Any = "none", head_scores: Any = None, mask_method: Any = "zero",
+                    mask_scope: Any = "all", mask_seed: Any = 0, random_exclude: Any = None,
+                    random_match: Any = None) -> MaskArgs:
+    """The strings lm-eval passes from ``--model_args``, as a checked :class:`MaskArgs`."""
+    method, scope = str(mask_method), str(mask_scope)
+    check_mask_method(method, scope)
+    spec = parse_head_spec(str(mask_heads))
+    if spec.needs_scores and head_scores is None:
+        raise RHError(f"mask_heads={mask_heads} needs head_scores=PATH (a score file from `rh detect`)")
+    if head_scores is not None and not Path(head_scores).is_file():
+        raise RHError(f"head-score file {head_scores} does not exist")
+    return MaskArgs(spec=spec, head_scores=None if head_scores is None else str(head_scores), method=method,
+                    scope=scope, seed=optional_int("mask_seed", mask_seed) or 0,
+                    random_exclude=optional_int("random_exclude", random_exclude),
+                    random_match=check_random_match(random_match))
