@@ -46,8 +46,14 @@ _REFUSED = {
 
 
 def apply_mask(llm: Any, heads: list[list[int]], method: str) -> list[dict[str, Any]]:
-    """Set the mask on every worker of one engine; raise the first refusal as one line."""
+    """Set the mask on every worker of one engine; raise the first refusal as one line.
+
+    vLLM's prefix cache holds keys/values computed under the previous weights: a prompt seen before the change
+    would reuse them and silently mix two conditions, so the cache is emptied with every change.
+    """
     replies = llm.collective_rpc("rh_set_mask", args=(heads, method))
+    if not llm.reset_prefix_cache():
+        raise RHError("vLLM refused to reset its prefix cache after a mask change; refusing to mix conditions")
     for reply in replies:
         if "error" in reply:
             raise RHError(reply["error"])
@@ -153,6 +159,7 @@ class RHVLLM(VLLM):
         }
         if self.data_parallel_size <= 1:
             self.model.collective_rpc("rh_clear_mask")  # the reference is the unmasked model, not the last mask
+            self.model.reset_prefix_cache()
             before = self._probe_logprobs() if self._heads else None
             apply_mask(self.model, self._heads, method)
             if before is not None and self._probe_logprobs() == before:

@@ -96,7 +96,7 @@ def test_rh_vllm_masks_the_same_heads_as_rh_hf_with_the_same_generations(hf_lm, 
     for task in tasks:
         a, b = generations(hf_out, task), generations(vllm_out, task)
         same = sum(x == y for x, y in zip(a, b)) / len(a)
-        assert len(a) == len(b) == 10 and same >= 0.9, (task, same, a, b)
+        assert len(a) == len(b) >= 10 and same >= 0.9, (task, same, a, b)  # a sample per doc and filter
     assert abs(niah_score(hf_out) - niah_score(vllm_out)) <= 0.05
 
 
@@ -149,3 +149,25 @@ def test_a_head_out_of_range_is_refused_on_the_loaded_engine(vllm_lm):
         vllm_lm.set_mask("30-0")
     with pytest.raises(RHError, match="head 9 out of range"):
         vllm_lm.set_mask("3-9")
+
+
+def test_a_data_parallel_replica_applies_the_mask_before_generating(vllm_lm):
+    """lm-eval's data-parallel path builds a fresh engine per Ray replica; ours masks it first (called here
+    without Ray: the replica function is plain)."""
+    from vllm import SamplingParams, TokensPrompt
+
+    from rh_models.vllm_lm import generate_on_replica
+
+    spec = ";".join(f"{layer}-{head}" for layer in range(4) for head in range(9))
+    long_text = " ".join(f"Item {i} is kept in box {i * 7 % 13}." for i in range(40))  # many cache blocks
+    prompts = [vllm_lm.tok_encode(text) for text in (long_text + " Item 3 is kept in box", "1, 2, 3, 4,")]
+    params = [SamplingParams(temperature=0, max_tokens=12)] * len(prompts)
+    run = lambda: [o.outputs[0].token_ids for o in vllm_lm.model.generate(  # noqa: E731
+        [TokensPrompt(prompt_token_ids=p) for p in prompts], sampling_params=params, use_tqdm=False)]
+    vllm_lm.set_mask("none")
+    unmasked = run()
+    heads = vllm_lm.set_mask(spec, method="zero")
+    masked = run()  # the long prompt's blocks were cached unmasked: they must not be reused
+    assert masked[0] != unmasked[0]
+    replica = generate_on_replica(vllm_lm.model_args, [list(h) for h in heads], "zero", params, prompts, None)
+    assert [o.outputs[0].token_ids for o in replica] == masked
