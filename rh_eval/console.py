@@ -43,6 +43,7 @@ def quiet_console(log_path: str | Path) -> Iterator[TextIO]:
                 handler_.setStream(stream)
             root.removeHandler(handler)
             root.setLevel(saved_level)
+            _reopen_handlers_left_on(log, log_path)
 
 
 def _library_handlers_to(log: TextIO) -> list[tuple[logging.StreamHandler, TextIO]]:
@@ -53,3 +54,15 @@ def _library_handlers_to(log: TextIO) -> list[tuple[logging.StreamHandler, TextI
             if type(handler) is logging.StreamHandler and handler.stream in (sys.__stderr__, sys.__stdout__):
                 moved.append((handler, handler.setStream(log)))
     return moved
+
+
+def _reopen_handlers_left_on(log: TextIO, log_path: Path) -> None:
+    """Handlers a library created inside the context (vLLM's logger binds ``sys.stdout`` when first used) would
+    write to the closed log later, e.g. from an engine's shutdown at exit ("I/O operation on closed file"):
+    point them at the same log, reopened, so their last records land where the rest went."""
+    reopened: TextIO | None = None
+    for logger in [logging.getLogger(name) for name in list(logging.root.manager.loggerDict)] + [logging.getLogger()]:
+        for handler in getattr(logger, "handlers", []):
+            if isinstance(handler, logging.StreamHandler) and vars(handler).get("stream") is log:  # not lastResort
+                reopened = reopened or log_path.open("a", encoding="utf-8")
+                handler.setStream(reopened)

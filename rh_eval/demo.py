@@ -5,6 +5,7 @@ Usage::
     rh demo                                   # = make demo: smollm2-135m, offline, 4.5 min on 2 CPU cores
     rh demo --output-dir demo-out --k 4,8     # more K values: more rows, a real dose-response curve
     rh demo --model path/to/hf-model --cot-task "" --limit 6    # any local model; NIAH only
+    rh demo --backend vllm                    # detection on rh-hf, the conditions on one rh-vllm engine
 
     demo-out/head_scores.json (+ .meta.json, .tests.jsonl)   stage 1: `rh detect` on a small grid
     demo-out/conditions/, run.json, leaderboard.*            stage 2: `rh compare` (full / retrieval@K / random@K)
@@ -30,15 +31,18 @@ from __future__ import annotations
 import argparse
 import os
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Callable, TextIO
 
 from rh_eval.compare import (
+    BACKENDS,
     CompareConfig,
     compare,
+    load_model,
     parse_ints,
     parse_ks,
+    parse_model_args,
     plan_conditions,
 )
 from rh_eval.console import quiet_console
@@ -60,6 +64,9 @@ HEAD_SHARE = 0.03  # K of the default condition: the paper's masks are a few per
 NIAH_SAMPLES = 2
 NIAH_SEED = 1  # evaluation haystack differs from detection's (seed 0): no scoring on the detection prompts
 LIMIT = 48  # CoT/direct documents per condition; the NIAH grid (12 prompts) is complete well below it
+# --backend vllm: fp32 as rh-hf (vLLM would otherwise down-cast), and a share of memory that fits our CPU machines
+# (on vLLM's CPU backend it is the share of the NUMA node's memory); --model-args override either
+VLLM_ENGINE_ARGS = {"dtype": "float32", "gpu_memory_utilization": 0.3}
 BATCH_SIZE = 48  # a CoT task in one batch: decoding 48 rows costs 8 ms a row-step on 2 cores, one row 75 ms
 
 
@@ -89,7 +96,9 @@ class DemoConfig:
     chat_template: str = "auto"  # auto | yes | no
     batch_size: int = BATCH_SIZE
     include_path: tuple[str, ...] = ()
-    prefix_reuse: bool = True
+    prefix_reuse: bool = True  # rh-hf's; vLLM caches shared prefixes itself
+    backend: str = "hf"  # where the conditions run; detection always runs on rh-hf (it needs attention rows)
+    model_args: dict[str, Any] = field(default_factory=dict)  # extra rh-vllm engine args (--backend vllm)
 
     @property
     def tasks(self) -> list[str]:
@@ -124,6 +133,10 @@ class DemoConfig:
         for name in ("detect_lengths", "detect_depths", "niah_lengths", "niah_depths"):
             if not getattr(self, name):
                 raise RHError(f"--{name.replace('_', '-')} is empty")
+        if self.backend not in BACKENDS:
+            raise RHError(f"--backend {self.backend} is not one of {', '.join(BACKENDS)}")
+        if self.model_args and self.backend != "vllm":
+            raise RHError("--model-args are rh-vllm engine args: use them with --backend vllm")
         if self.chat_template not in ("auto", "yes", "no"):
             raise RHError(f"--chat-template takes auto, yes or no, got {self.chat_template!r}")
         if not self.tasks:
@@ -180,8 +193,11 @@ def compare_config(config: DemoConfig, head_scores: Path) -> CompareConfig:
     return CompareConfig(
         tasks=tuple(config.tasks), output_dir=Path(config.output_dir), model=config.model, head_scores=head_scores,
         ks=tuple(sorted(config.ks)), seeds=config.seeds, limit=config.limit, metadata=config.niah_metadata(),
-        batch_size=config.batch_size, apply_chat_template=use_chat_template(config.model, config.chat_template),
-        include_path=tuple(config.include_path), prefix_reuse=config.prefix_reuse,
+        apply_chat_template=use_chat_template(config.model, config.chat_template),
+        include_path=tuple(config.include_path), prefix_reuse=config.prefix_reuse and config.backend == "hf",
+        backend=config.backend,
+        model_args={**VLLM_ENGINE_ARGS, **config.model_args} if config.backend == "vllm" else {},
+        batch_size=config.batch_size if config.backend == "hf" else "auto",  # vLLM schedules all prompts itself
     )
 
 
@@ -212,6 +228,24 @@ class ModelOnce:
             print(f"rh demo: loading {self.model}")
             # detection still runs one prompt per call (its resume and prefix reuse need that)
             self.lm = RHHFLM(pretrained=self.model, batch_size=self.batch_size)
+        return self.lm
+
+    def release(self) -> None:
+        """Drop the model (before a vLLM engine reserves its share of memory)."""
+        self.lm = None
+
+
+class EngineOnce:
+    """The comparison's ``rh-vllm`` engine, loaded on first use (a finished demo loads nothing)."""
+
+    def __init__(self, load: Callable[[], Any]) -> None:
+        self.load = load
+        self.lm: Any = None
+
+    def __call__(self) -> Any:
+        if self.lm is None:
+            print("rh demo: loading one rh-vllm engine for every condition")
+            self.lm = self.load()
         return self.lm
 
 
@@ -362,6 +396,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-prefix-reuse", action="store_true",
                         help="prefill every prompt from scratch (default: reuse the KV cache of shared prefixes)")
     parser.add_argument("--include-path", action="append", default=[], help="extra folder of task YAMLs (repeatable)")
+    parser.add_argument("--backend", choices=BACKENDS, default=d.backend,
+                        help="run the conditions on rh-hf or on one rh-vllm engine (detection always uses rh-hf)")
+    parser.add_argument("--model-args", default=None, help="rh-vllm engine args k=v,... (with --backend vllm)")
 
 
 def config_from_args(args: argparse.Namespace) -> DemoConfig:
@@ -376,6 +413,7 @@ def config_from_args(args: argparse.Namespace) -> DemoConfig:
         niah_samples=args.niah_samples, niah_seed=args.niah_seed, cot_task=args.cot_task,
         direct_task=args.direct_task, limit=args.limit, chat_template=args.chat_template, batch_size=args.batch_size,
         include_path=tuple(str(p) for p in args.include_path or []), prefix_reuse=not args.no_prefix_reuse,
+        backend=args.backend, model_args=parse_model_args(args.model_args),
     )
     config.check()
     return config
@@ -396,10 +434,18 @@ def demo(config: DemoConfig) -> int:
     with quiet_console(log) as terminal:
         scores = run_detection(out_dir, state, get_lm, terminal)
         comparison = compare_config(config, scores)
+        detection_loaded = get_lm.lm is not None
+        if config.backend == "vllm":
+            get_lm.release()
+            engine = EngineOnce(lambda: load_model(comparison, scores))
+            get_eval_lm: Callable[[], Any] = engine
+        else:
+            engine = None
+            get_eval_lm = lambda: get_lm().use_head_scores(scores)  # noqa: E731
         compare_started = time.perf_counter()
         print(f"rh demo: {len(plan_conditions(list(comparison.ks), comparison.seeds))} conditions x "
               f"{', '.join(comparison.tasks)} on the same model, only the mask swapped", file=terminal)
-        board, plots = compare(comparison, scores, get_lm=lambda: get_lm().use_head_scores(scores), log="rh demo",
+        board, plots = compare(comparison, scores, get_lm=get_eval_lm, log="rh demo",
                                show_table=False, progress=terminal)
         plots.append(plot_heads(scores, out_dir / "plots" / HEADS_PLOT))
 
@@ -410,7 +456,7 @@ def demo(config: DemoConfig) -> int:
     cot = cot_line(board, config.cot_task, config.direct_task) if config.cot_task and config.direct_task else None
     if cot:
         lines.append(cot)
-    loaded = get_lm.lm is not None
+    loaded = detection_loaded or get_lm.lm is not None or (engine is not None and engine.lm is not None)
     seconds = time.perf_counter() - started
     state.setdefault("runs", []).append({
         "seconds": round(seconds, 1), "comparison_seconds": round(time.perf_counter() - compare_started, 1),

@@ -13,7 +13,7 @@ or from Python, one engine with masks swapped per condition (what ``rh compare -
 
 Masks are weight edits made on every worker through vLLM's ``worker_extension_cls`` / ``collective_rpc``
 (:mod:`rh_models.vllm_worker`), so CUDA graphs, compilation, every attention backend and tensor parallelism
-stay as they are. With ``data_parallel_size > 1`` lm-eval builds one engine per Ray worker for every call;
+stay as they are (on vLLM's CPU backend the engine runs eager: see :func:`cpu_engine_args`). With ``data_parallel_size > 1`` lm-eval builds one engine per Ray worker for every call;
 each replica applies the same mask before generating (:func:`generate_on_replica`).
 
 What a weight edit cannot express is refused in one line: ``mask_scope=decode`` and ``record_scores`` (paged
@@ -43,6 +43,23 @@ _REFUSED = {
                      "detect with `rh detect` (or --model rh-hf) and pass head_scores=",
     "prefix_reuse": "prefix_reuse is rh-hf's cache; vLLM caches shared prefixes itself (enable_prefix_caching)",
 }
+
+
+_FALSE = (False, "false", "False", 0, "0")
+
+
+def cpu_engine_args(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """On vLLM's CPU backend, run eager: the first mask reloads the weights vLLM repacked for oneDNN
+    (:meth:`~rh_models.vllm_worker.RHWorkerExtension._rh_plain_weights`), and a graph compiled before that
+    still calls the repacked kernels (it fails on the first step after the reload). GPUs keep compilation."""
+    from vllm.platforms import current_platform
+
+    if not current_platform.is_cpu():
+        return kwargs
+    if kwargs.get("enforce_eager", True) in _FALSE:
+        raise RHError("rh-vllm: on vLLM's CPU backend masks need enforce_eager=True (the masked weights are "
+                      "reloaded after vLLM compiled its graph for the repacked ones)")
+    return {**kwargs, "enforce_eager": True}
 
 
 def apply_mask(llm: Any, heads: list[list[int]], method: str) -> list[dict[str, Any]]:
@@ -106,6 +123,7 @@ class RHVLLM(VLLM):
         if kwargs.get("worker_extension_cls") not in (None, EXTENSION_QUALNAME):
             raise RHError("rh-vllm sets worker_extension_cls itself; it cannot be combined with another extension")
         kwargs["worker_extension_cls"] = EXTENSION_QUALNAME
+        kwargs = cpu_engine_args(kwargs)
 
         self.model_alias = pretrained if is_alias(pretrained) else None
         pretrained = resolve_pretrained(pretrained)

@@ -52,6 +52,14 @@ class FakeLM(FakeMaskedLM):
             self.prefix_reuse = saved
 
 
+class FakeEngine(FakeLM):
+    """Stands in for one RHVLLM engine (``--backend vllm``): loaded with the score file, never asked for reuse."""
+
+    def __init__(self, head_scores):
+        super().__init__()
+        self.use_head_scores(head_scores)
+
+
 @pytest.fixture
 def fakes(monkeypatch):
     """Fake detection, model and lm-eval: NIAH collapses under top:K, random:K barely moves."""
@@ -73,7 +81,8 @@ def fakes(monkeypatch):
 
     def evaluate(lm, tasks, args, manager):
         info = lm.mask_info()
-        assert lm.prefix_reuse, "the demo's comparison reuses shared prompt prefixes"
+        # rh-hf's comparison reuses shared prompt prefixes; vLLM caches them itself and is never asked to
+        assert lm.prefix_reuse != isinstance(lm, FakeEngine)
         calls["evaluate"].append(info["spec"] + f"/{info['seed']}")
         score = {"none": 0.8}.get(info["spec"], 0.1 if info["spec"].startswith("top") else 0.7 + 0.05 * info["seed"])
         results, samples = {}, {}
@@ -246,3 +255,29 @@ def test_end_to_end_tiny_llama(tmp_path, tiny_llama_dir, capsys):
     samples = (out / "conditions" / "full" / f"samples_{NIAH}.jsonl").read_text().splitlines()
     assert sorted(json.loads(s)["doc"]["depth"] for s in samples) == [0, 100]  # the demo's grid, not the default
     assert "shape check" in printed
+
+
+def test_backend_vllm_detects_on_rh_hf_and_runs_the_conditions_on_one_engine(tmp_path, fakes, monkeypatch):
+    engines = []
+
+    def load_engine(config, head_scores):
+        engines.append(config)
+        return FakeEngine(head_scores)
+
+    monkeypatch.setattr(demo, "load_model", load_engine)
+    out = tmp_path / "out"
+    assert _demo(out, "--backend", "vllm", "--model-args", "gpu_memory_utilization=0.5") == 0
+    assert fakes["loads"] == 1 and len(fakes["detect"]) == 1  # detection on rh-hf
+    assert len(engines) == 1 and fakes["evaluate"] == ["none/0", "top:2/0", "random:2/0", "random:2/1"]
+    config = engines[0]
+    assert config.backend == "vllm" and not config.prefix_reuse and config.batch_size == "auto"
+    assert config.model_args == {"dtype": "float32", "gpu_memory_utilization": 0.5}  # demo default, user's override
+    heads = json.loads((out / "conditions" / "retrieval@2" / "condition.json").read_text())["heads"]
+    assert heads == [[0, 1], [1, 2]]
+    assert json.loads((out / "run.json").read_text())["settings"]["backend"] == "vllm"
+    assert _demo(out) == 2  # the same folder with the other backend: refused, not mixed
+
+
+def test_model_args_need_the_vllm_backend(tmp_path, fakes, capsys):
+    assert _demo(tmp_path / "out", "--model-args", "dtype=float32") == 2
+    assert "--model-args are rh-vllm engine args" in capsys.readouterr().err

@@ -17,7 +17,7 @@ from conftest import rh_error_lines, run_cli  # noqa: E402
 
 pytestmark = [pytest.mark.vllm, pytest.mark.smollm]
 
-ENGINE_ARGS = {"dtype": "float32", "gpu_memory_utilization": 0.15, "enforce_eager": True, "max_model_len": 2048}
+ENGINE_ARGS = {"dtype": "float32", "gpu_memory_utilization": 0.3, "enforce_eager": True, "max_model_len": 2048}
 ENGINE_ARG_TEXT = ",".join(f"{k}={v}" for k, v in ENGINE_ARGS.items())
 NIAH_GRID = {"lengths": [500, 1000], "depths": [0, 25, 50, 75, 100], "samples": 1, "seed": 3}  # 10 docs
 COT_LIMIT = 10
@@ -133,6 +133,7 @@ def test_stock_cli_collapses_niah_with_top_heads_but_not_with_random_heads(score
     ("mask_heads=top:4", "needs head_scores"),
     ("mask_heads=3-x", "bad head"),
     ("prefix_reuse=true", "vLLM caches shared prefixes itself"),
+    ("enforce_eager=False", "masks need enforce_eager=True"),  # CPU only: the reloaded weights postdate the graph
 ])
 def test_bad_model_args_get_one_line(args, message):
     done = run_cli("lm_eval", "--model", "rh-vllm", "--model_args", f"pretrained=smollm2-135m,{args}",
@@ -171,3 +172,31 @@ def test_a_data_parallel_replica_applies_the_mask_before_generating(vllm_lm):
     assert masked[0] != unmasked[0]
     replica = generate_on_replica(vllm_lm.model_args, [list(h) for h in heads], "zero", params, prompts, None)
     assert [o.outputs[0].token_ids for o in replica] == masked
+
+
+def test_rh_compare_with_the_vllm_backend_writes_the_hf_backends_leaderboard(scores, tmp_path):
+    """One engine, masks swapped per condition: same rows, columns, heads and (within 0.05) values as rh-hf."""
+    boards, heads = {}, {}
+    for backend in ("hf", "vllm"):
+        out = tmp_path / backend
+        # no enforce_eager here: on CPU rh-vllm must choose it itself (the README's command omits it)
+        engine = "dtype=float32,gpu_memory_utilization=0.3,max_model_len=2048"
+        extra = ["--model-args", engine] if backend == "vllm" else ["--batch-size", "10"]
+        done = run_cli("rh", "compare", "--backend", backend, "--model", "smollm2-135m", "--head-scores", str(scores),
+                       "--tasks", "rh_niah_paper", "--metadata", json.dumps(NIAH_GRID), "--k", "8", "--seeds", "2",
+                       "--no-plots", "--output-dir", str(out), *extra, memory_gb=VLLM_CLI_MEMORY_GB, timeout=1200)
+        assert done.returncode == 0, done.stderr[-3000:]
+        boards[backend] = json.loads((out / "leaderboard.json").read_text())
+        heads[backend] = {p.name: json.loads((p / "condition.json").read_text())["heads"]
+                          for p in (out / "conditions").iterdir()}
+    hf, vllm = boards["hf"], boards["vllm"]
+    assert [r["name"] for r in vllm["rows"]] == [r["name"] for r in hf["rows"]] == ["full", "retrieval@8", "random@8"]
+    assert heads["vllm"] == heads["hf"] and sorted(heads["hf"]) == ["full", "random@8-seed0", "random@8-seed1",
+                                                                    "retrieval@8"]
+    assert vllm["rows"] == hf["rows"] and vllm["columns"] == hf["columns"]
+    assert vllm["values"].keys() == hf["values"].keys()
+    for row, values in hf["values"].items():
+        assert vllm["values"][row].keys() == values.keys()
+        for column, value in values.items():
+            if isinstance(value, (int, float)):
+                assert abs(vllm["values"][row][column] - value) <= 0.05, (row, column, value, vllm["values"][row])
