@@ -44,7 +44,10 @@ def scores(hf_lm, tmp_path_factory) -> Path:
 def vllm_lm(scores):
     from rh_models.vllm_lm import RHVLLM
 
-    return RHVLLM(pretrained="smollm2-135m", head_scores=str(scores), **ENGINE_ARGS)
+    lm = RHVLLM(pretrained="smollm2-135m", head_scores=str(scores), **ENGINE_ARGS)
+    yield lm
+    # shut the engine down while pytest's streams are open: at interpreter exit vLLM would log to closed ones
+    lm.model.llm_engine.engine_core.shutdown()
 
 
 def run_tasks(lm, tasks: list[str], limit: int | None = None) -> dict:
