@@ -36,16 +36,17 @@ from pathlib import Path
 from typing import Any, Callable, TextIO
 
 from rh_eval.leaderboard import (
+    EXTENSIONS,
     ConditionResult,
     Leaderboard,
     build_leaderboard,
     leaderboard_paths,
     write_leaderboard,
 )
-from rh_eval.resume import resume_record
+from rh_eval.resume import clear_outputs, resume_record, save_record
 from rh_eval.sample_files import samples_name
 from rh_models.arguments import parse_int_list
-from rh_models.atomic import write_json_atomic, write_text_atomic
+from rh_models.atomic import write_text_atomic
 from rh_models.attention import MASK_METHODS, MASK_SCOPES
 from rh_models.errors import RHError
 from rh_models.zoo import DEFAULT_MODEL
@@ -221,32 +222,49 @@ def parse_batch_size(text: str | int) -> int | str:
 
 
 def run_settings(config: CompareConfig, head_scores: Path) -> dict[str, Any]:
-    """Everything that changes results: a resumed run must match it exactly (K and seeds may grow)."""
+    """Everything that changes results, in the order a refusal names differences (K and seeds may grow)."""
+    from rh_models.shape import model_config_sha256
+
     return {
         "model": str(Path(config.model).resolve()) if Path(config.model).exists() else config.model,
-        "head_scores_sha256": hashlib.sha256(head_scores.read_bytes()).hexdigest(),
+        "model_config_sha256": model_config_sha256(config.model),
+        "backend": config.backend,
+        "model_args": config.model_args,
         "tasks": list(config.tasks),
+        "metadata": config.metadata,
+        "limit": config.limit,
+        "num_fewshot": config.num_fewshot,
+        "apply_chat_template": bool(config.apply_chat_template),
         "method": config.method,
         "scope": config.scope,
         "random_match": config.random_match,
-        "limit": config.limit,
-        "metadata": config.metadata,
-        "apply_chat_template": bool(config.apply_chat_template),
-        "num_fewshot": config.num_fewshot,
         "include_path": [str(Path(p).resolve()) for p in config.include_path],
-        # only when set, so that folders written before these options existed still resume
-        **({"backend": config.backend} if config.backend != "hf" else {}),
-        **({"model_args": config.model_args} if config.model_args else {}),
+        # detection run by rh compare itself (no --head-scores): its grid, since its score file is re-used as is
+        "detection": None if config.head_scores is not None else
+        [list(config.detect_lengths or []), list(config.detect_depths or []), config.detect_samples],
+        "head_scores_sha256": hashlib.sha256(head_scores.read_bytes()).hexdigest(),
     }
+
+
+# what rh compare writes into its output folder: --force removes these (and only these)
+OUTPUTS = (RUN_FILE, "conditions", "plots", *(f"leaderboard.{ext}" for ext in EXTENSIONS), DETECTED_SCORES,
+           "head_scores.meta.json", "head_scores.tests.jsonl")
+
+
+def start_over(config: CompareConfig) -> None:
+    """``--force``: remove an earlier run's outputs from the folder (never the --head-scores file given)."""
+    keep = Path(config.head_scores).resolve() if config.head_scores else None
+    out_dir = Path(config.output_dir)
+    clear_outputs(out_dir, [name for name in OUTPUTS if (out_dir / name).resolve() != keep])
 
 
 def check_settings(out_dir: Path, settings: dict[str, Any]) -> bool:
     """Record the settings in ``run.json``, or verify them on resume; True when resuming."""
     path = out_dir / RUN_FILE
     resuming = path.exists()
-    record = resume_record(path, settings, "a run with other settings")
+    record = resume_record(path, settings, "rh compare")
     if not resuming:
-        write_json_atomic(path, record, indent=2)
+        save_record(path, record)
     return resuming
 
 
@@ -415,6 +433,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-fewshot", type=int, default=None, help="override the tasks' few-shot count")
     parser.add_argument("--include-path", action="append", default=[], help="extra folder of task YAMLs (repeatable)")
     parser.add_argument("--no-plots", action="store_true", help="write the leaderboard only")
+    parser.add_argument("--force", action="store_true",
+                        help="start over: remove this command's earlier outputs in --output-dir instead of resuming")
 
 
 def config_from_args(args: argparse.Namespace) -> CompareConfig:
@@ -506,6 +526,8 @@ def compare(
 
 def run(args: argparse.Namespace) -> int:
     config = config_from_args(args)
+    if args.force:
+        start_over(config)
     Path(config.output_dir).mkdir(parents=True, exist_ok=True)
     head_scores = existing_head_scores(config)
     if head_scores is not None:

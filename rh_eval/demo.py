@@ -37,6 +37,7 @@ from typing import Any, Callable, TextIO
 
 from rh_eval.compare import (
     BACKENDS,
+    OUTPUTS,
     CompareConfig,
     compare,
     load_model,
@@ -47,8 +48,8 @@ from rh_eval.compare import (
 )
 from rh_eval.console import quiet_console
 from rh_eval.leaderboard import Leaderboard, headline_column
-from rh_eval.resume import resume_record
-from rh_models.atomic import write_json_atomic, write_text_atomic
+from rh_eval.resume import clear_outputs, resume_record, save_record
+from rh_models.atomic import write_text_atomic
 from rh_models.errors import RHError
 from rh_models.zoo import DEFAULT_MODEL
 
@@ -112,8 +113,11 @@ class DemoConfig:
 
     def detection_settings(self) -> dict[str, Any]:
         """What makes a detection run: a resumed demo must match it (the comparison guards the rest itself)."""
+        from rh_models.shape import model_config_sha256
+
         return {
             "model": str(Path(self.model).resolve()) if Path(self.model).exists() else self.model,
+            "model_config_sha256": model_config_sha256(self.model),
             "lengths": list(self.detect_lengths),
             "depths": list(self.detect_depths),
             "samples": self.detect_samples,
@@ -206,11 +210,16 @@ def compare_config(config: DemoConfig, head_scores: Path) -> CompareConfig:
 
 def load_state(out_dir: Path, settings: dict[str, Any]) -> dict[str, Any]:
     """``demo.json``: refuse a folder that holds a demo with another detection grid; fresh state otherwise."""
-    return resume_record(out_dir / DEMO_FILE, settings, "a demo with another detection")
+    return resume_record(out_dir / DEMO_FILE, settings, "rh demo")
 
 
 def save_state(out_dir: Path, state: dict[str, Any]) -> None:
-    write_json_atomic(out_dir / DEMO_FILE, state, indent=2)
+    save_record(out_dir / DEMO_FILE, state)
+
+
+def start_over(out_dir: Path) -> None:
+    """``--force``: remove an earlier demo's outputs (its own files and the comparison's), nothing else."""
+    clear_outputs(out_dir, [DEMO_FILE, SUMMARY_FILE, LOG_FILE, *OUTPUTS])
 
 
 class ModelOnce:
@@ -399,6 +408,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backend", choices=BACKENDS, default=d.backend,
                         help="run the conditions on rh-hf or on one rh-vllm engine (detection always uses rh-hf)")
     parser.add_argument("--model-args", default=None, help="rh-vllm engine args k=v,... (with --backend vllm)")
+    parser.add_argument("--force", action="store_true",
+                        help="start over: remove an earlier demo's outputs in --output-dir instead of resuming")
 
 
 def config_from_args(args: argparse.Namespace) -> DemoConfig:
@@ -479,4 +490,7 @@ def demo(config: DemoConfig) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    return demo(config_from_args(args))
+    config = config_from_args(args)
+    if args.force:
+        start_over(Path(config.output_dir))
+    return demo(config)

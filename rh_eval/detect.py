@@ -23,12 +23,14 @@ Off by default, the paper's one-test-at-a-time order; the scores are the same ei
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import time
 from pathlib import Path
 from typing import Any, TextIO
 
 from rh_eval.cli_args import comma_ints
+from rh_eval.resume import Journal
 from rh_models.answers import ANSWERED_ABOVE
 from rh_models.atomic import write_json_atomic
 from rh_models.errors import RHError
@@ -59,22 +61,6 @@ def evenly_spaced_lengths(max_length: int, count: int, min_length: int = DEFAULT
 
 def _test_key(doc: dict) -> str:
     return f"{doc['needle_id']}|{doc['cell']}"
-
-
-def _load_finished(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    rows = []
-    for number, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            if number == len(path.read_text().splitlines()):
-                break  # a half-written last line from an interrupted run: redo that test
-            raise RHError(f"{path} line {number} is malformed; delete it or run with --force") from None
-    return rows
 
 
 BATCHING = ("none", "cell", "length")
@@ -146,29 +132,34 @@ def detect(
     # 46 % of prompt tokens on the paper's grid; (needle, length, -depth) order shared only 40 %.
     docs.sort(key=lambda d: (d["length"], -d["depth"], d["needle_id"]))
 
+    settings = detection_settings(lm, docs, lengths=lengths, depths=depths, needles=needles, haystack=haystack,
+                                  samples=samples, seed=seed, max_gen_toks=max_gen_toks, chat_template=chat_template,
+                                  min_score=min_score, count_repeats=count_repeats)
+    work.parent.mkdir(parents=True, exist_ok=True)
+    journal = Journal(work, settings, "rh detect")
     recorder = lm.new_recorder(output, min_score, count_repeats)
-    finished = {row["key"]: row for row in _load_finished(work)}
+    keys = {_test_key(d) for d in docs}
+    finished = {row["key"]: row for row in journal.rows if row.get("key") in keys}
     for row in finished.values():
         recorder.accumulator.add(row["scores"])
         recorder.tests.append(row["test"])
-    todo = [d for d in docs if _test_key(d) not in finished]
+    todo = [n for n, d in enumerate(docs) if _test_key(d) not in finished]  # positions in docs: stable doc ids
     gen_kwargs = {"until": STOP, "max_gen_toks": max_gen_toks, "do_sample": False}
     started = time.perf_counter()
-    work.parent.mkdir(parents=True, exist_ok=True)
     bar_file = None if isinstance(progress, bool) else progress  # a stream: draw the bar there (quiet console)
-    with work.open("a") as sink, tqdm(total=len(todo), desc="rh detect", disable=progress is False, unit="test",
-                                      file=bar_file) as bar:
-        for batch in _batches(todo, batch_by):
-            instances = [Instance("generate_until", todo[i], (todo[i]["prompt"], dict(gen_kwargs)), i,
-                                  metadata=("rh_detect", i, 1)) for i in batch]
+    with tqdm(total=len(todo), desc="rh detect", disable=progress is False, unit="test", file=bar_file) as bar:
+        for batch in _batches([docs[n] for n in todo], batch_by):
+            instances = [Instance("generate_until", docs[n], (docs[n]["prompt"], dict(gen_kwargs)), n,
+                                  metadata=("rh_detect", n, 1)) for n in (todo[i] for i in batch)]
             tests_before, scores_before = len(recorder.tests), len(recorder.accumulator.per_test)
             with lm.settings(recorder=recorder, batch_size=len(instances), prefix_reuse=prefix_reuse):
                 lm.generate_until(instances, disable_tqdm=True)
             new_scores = iter(recorder.accumulator.per_test[scores_before:])
+            rows = []
             for test in recorder.tests[tests_before:]:  # in request order: the recorder concludes in that order
                 scores = next(new_scores) if test["contributing"] else None
-                sink.write(json.dumps({"key": _test_key(todo[test["doc_id"]]), "test": test, "scores": scores}) + "\n")
-            sink.flush()
+                rows.append({"key": _test_key(docs[test["doc_id"]]), "test": test, "scores": scores})
+            journal.append(rows)
             bar.update(len(instances))
     elapsed = time.perf_counter() - started
 
@@ -182,6 +173,26 @@ def detect(
                     "prefix_tokens_reused": lm.prefix_tokens_reused})
     write_json_atomic(recorder.meta_path, {**provenance, **summary, "tests": recorder.tests})
     return summary
+
+
+def detection_settings(lm: Any, docs: list[dict], **grid: Any) -> dict[str, Any]:
+    """What defines a detection's result, in the order a refusal names differences (fingerprints last).
+
+    Batching and prefix reuse are left out on purpose: they give the same scores (tested), so a run may be
+    resumed with other ones. ``prompts_sha256`` covers what the readable fields cannot (a haystack folder
+    edited in place, a tokenizer that splits differently).
+    """
+    provenance = lm.provenance()
+    prompts = json.dumps([[_test_key(d), d["prompt"], d["rh_answers"]] for d in docs])
+    mask = lm.mask_info()
+    return {
+        "model": provenance["model"],
+        "model_config_sha256": provenance["model_config_sha256"],
+        "dtype": str(lm.model.dtype),
+        "mask": {"heads": mask["heads"], "method": mask["method"], "scope": mask["scope"]},
+        **{name: sorted(set(value)) if name in ("lengths", "depths") else value for name, value in grid.items()},
+        "prompts_sha256": hashlib.sha256(prompts.encode()).hexdigest(),
+    }
 
 
 def summarize(scores: HeadScores, recorder=None, top: int = 20) -> dict:

@@ -44,6 +44,16 @@ def attention_implementation(config: Any) -> str:
     return config._attn_implementation or "eager"
 
 
+def cache_kwarg() -> str:
+    """The keyword ``generate`` and a model's ``forward`` take a ready KV cache under: ``cache`` in newer
+    transformers, where the old ``past_key_values`` still works but warns at every call (a FutureWarning per
+    generated batch), else the old one.
+    """
+    from transformers.generation import utils
+
+    return getattr(utils, "ALL_CACHE_NAMES", ["past_key_values"])[0]
+
+
 def set_process_rank(lm: Any, rank: int, world_size: int) -> None:
     """Shard requests over CPU processes as HFLM does over GPUs (it sets these only for multi-GPU runs)."""
     lm._rank, lm._world_size = rank, world_size

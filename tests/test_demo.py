@@ -64,6 +64,7 @@ class FakeEngine(FakeLM):
 def fakes(monkeypatch):
     """Fake detection, model and lm-eval: NIAH collapses under top:K, random:K barely moves."""
     calls = {"detect": [], "loads": 0, "evaluate": []}
+    monkeypatch.setattr("rh_models.shape.model_config_sha256", lambda model: f"config-of-{model}")
 
     def detect(model, output, lengths=None, depths=None, samples=None, **kwargs):
         calls["detect"].append((model, lengths, depths, samples, model.prefix_reuse))
@@ -186,7 +187,7 @@ def test_another_detection_grid_in_the_same_folder_is_refused(tmp_path, fakes, c
     assert _demo(out) == 0
     capsys.readouterr()
     assert _demo(out, "--detect-depths", "0,50,100") == 2
-    assert "another detection" in capsys.readouterr().err
+    assert "other settings (depths: was [0, 100], now [0, 50, 100])" in capsys.readouterr().err
 
 
 def test_shape_checks_from_a_board():
