@@ -3,6 +3,7 @@
 Usage::
 
     rh plot niah out/                      --out heatmap.png   # folder written by --output_path --log_samples
+    rh plot niah out/conditions/full       --out heatmap.png   # a condition folder of rh compare / rh demo
     rh plot niah samples_rh_niah_paper_2025-01-01T00-00-00.jsonl --out heatmap.png
     rh plot niah results_2025-01-01T00-00-00.json --task rh_niah_paper --out heatmap.png
 
@@ -26,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from rh_eval.figures import new_figure, save_figure
-from rh_eval.sample_files import RESULTS_NAME, parse_samples_name
+from rh_eval.sample_files import RESULTS_NAME, samples_by_task
 from rh_models.answers import score_answer
 from rh_models.errors import RHError
 from rh_tasks.metrics import cell_means
@@ -66,22 +67,28 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
         raise RHError(f"cannot read samples file {path}: {exc}") from None
 
 
-def _pick_samples(files: list[Path], task: str | None, where: str) -> Path:
-    """The newest samples file of ``task`` (or of the only NIAH-looking task) among ``files``."""
-    by_task: dict[str, list[tuple[str, Path]]] = {}
-    for file in files:
-        parsed = parse_samples_name(file.name)
-        if parsed and parsed[1]:  # lm-eval's own files carry the run's date
-            by_task.setdefault(parsed[0], []).append((parsed[1], file))
+def _pick_samples(by_task: Mapping[str, list[tuple[str, Path]]], task: str | None, where: Path) -> Path:
+    """The samples file of ``task`` (or of the only NIAH-looking task) in ``by_task`` (see ``samples_by_task``).
+
+    lm-eval's files carry their run's date: the newest run wins. ``rh compare`` / ``rh demo`` write one undated
+    ``samples_<task>.jsonl`` per condition folder: several of those are different conditions, never a choice
+    to make silently.
+    """
     if task is not None:
         if task not in by_task:
             raise RHError(f"no samples of task {task!r} in {where} (found: {', '.join(sorted(by_task)) or 'none'})")
-        return max(by_task[task])[1]
-    niah = {name: runs for name, runs in by_task.items() if name.startswith("rh_niah")} or by_task
-    if len(niah) != 1:
-        found = ", ".join(sorted(niah)) or "no samples_*.jsonl files"
-        raise RHError(f"{where} holds {found}; choose one with --task (run lm-eval with --log_samples for samples)")
-    return max(next(iter(niah.values())))[1]
+        runs = by_task[task]
+    else:
+        niah = {name: runs for name, runs in by_task.items() if name.startswith("rh_niah")} or by_task
+        if len(niah) != 1:
+            found = ", ".join(sorted(niah)) or "no samples_*.jsonl files"
+            raise RHError(f"{where} holds {found}; choose one with --task (run lm-eval with --log_samples for samples)")
+        [(task, runs)] = niah.items()
+    if len(runs) > 1 and not all(date for date, _ in runs):
+        folders = ", ".join(str(path.parent.relative_to(where)) for _, path in runs)
+        raise RHError(f"{where} holds {len(runs)} samples files of {task} (in {folders}); "
+                      f"give one condition's folder or file")
+    return max(runs)[1]
 
 
 def _cells_from_results(path: Path, task: str | None) -> dict[tuple[int, int], float]:
@@ -106,11 +113,12 @@ def _cells_from_results(path: Path, task: str | None) -> dict[tuple[int, int], f
         raise RHError(f"{path} has per-cell scores of several tasks ({', '.join(sorted(per_task))}); choose --task")
     # no per-cell keys: use the samples lm-eval wrote next to this results file in the same run
     date = RESULTS_NAME.match(path.name)
-    siblings = [f for f in path.parent.glob("samples_*.jsonl") if date and f.name.endswith(f"_{date['date']}.jsonl")]
+    siblings = {name: same_run for name, runs in samples_by_task(path.parent).items()
+                if (same_run := [(d, f) for d, f in runs if date and d == date["date"]])}
     if not siblings:
         raise RHError(f"{path} has no per-cell scores and no samples beside it; rerun lm-eval with --log_samples "
                       f"or --metadata '{{\"cell_metrics\": true}}'")
-    return cells_from_samples(_read_jsonl(_pick_samples(siblings, task, str(path.parent))))
+    return cells_from_samples(_read_jsonl(_pick_samples(siblings, task, path.parent)))
 
 
 def niah_cells(path_or_samples: str | Path | Iterable[Mapping[str, Any]],
@@ -120,13 +128,13 @@ def niah_cells(path_or_samples: str | Path | Iterable[Mapping[str, Any]],
         return cells_from_samples(path_or_samples)
     path = Path(path_or_samples).expanduser()
     if path.is_dir():
-        files = sorted(path.rglob("samples_*.jsonl"))
-        if not files:
+        by_task = samples_by_task(path, recursive=True)
+        if not by_task:
             results = sorted(path.rglob("results_*.json"))
             if results:
                 return _cells_from_results(results[-1], task)
             raise RHError(f"{path} holds no lm-eval samples_*.jsonl or results_*.json files")
-        return cells_from_samples(_read_jsonl(_pick_samples(files, task, str(path))))
+        return cells_from_samples(_read_jsonl(_pick_samples(by_task, task, path)))
     if not path.is_file():
         raise RHError(f"{path} does not exist")
     if path.suffix == ".jsonl":
