@@ -1,0 +1,654 @@
+"""Every command in the README's ``sh`` blocks is run by a test, as a user types it, or says why it cannot be.
+
+The README is read here: each fenced ```sh block, backslash continuations joined, comment lines and trailing
+``# ...`` comments dropped, whitespace collapsed to one space. Every command found must be a key of ``COMMANDS``
+and every key must still be in the README (``test_every_readme_command_has_an_entry``): a command added to the
+README without a test fails, and so does a table entry whose command left it.
+
+Each entry says how its command is checked:
+
+* ``Run`` -- run through ``conftest.run_cli`` (this venv's program in a subprocess, under the memory limit), in
+  one shared tmp folder that is its working directory, so relative paths (``scores.json``, ``out/``,
+  ``demo-out``, ``g3``, ``a.json``) mean what they mean in the README. Commands that read what another one wrote
+  name it in ``needs`` and run after it; ``prepare`` builds inputs the README takes for granted
+  (``ci/baseline.json``, ``a.json``/``b.json``). ``$(...)`` is run first, as the shell would. Then only these
+  substitutions, each listed in the entry under its rule:
+
+  - MODEL: ``smollm2-135m`` -> a tiny random llama with SmolLM2's tokenizer (``tiny_llama_dir``) and
+    ``gemma3-270m`` -> a tiny random Gemma-3 (one sliding-window and one global layer, one KV head, SmolLM2's
+    tokenizer), wherever the command's point is the workflow (files, tables, masks, resume), not what a trained
+    model answers. The real models' answers are tested in test_compare / test_gemma3 / test_recording.
+  - GRID: a smaller grid or fewer examples (``--lengths``, ``--depths``, ``--metadata``, ``--limit``,
+    ``--seeds``, the demo's ``--detect-*`` / ``--niah-*``), or a skipped optional task of the demo.
+  - K: a ``--k`` above the tiny models' 8 heads becomes 2.
+  - OUT: ``--output_path`` added to an ``lm_eval`` run, the only way to read its results JSON.
+
+  Each run's real outputs are checked: exit code, the files it writes (parsed), key lines it prints.
+* ``CheckedBy`` -- too heavy to repeat here (``make test``, the benchmark's fresh-process memory runs); the named
+  test runs the same code path. Its existence is checked here, and the command's arguments still parse.
+* ``ParseOnly`` -- needs a GPU, vLLM or the hub: ``PARSE_ONLY`` lists them. Checked at parse level: lm-eval's
+  own CLI parser (or accelerate's / ours) takes the arguments, our mask arguments pass ``parse_mask_args``, the
+  remaining model arguments are ones the model class accepts, and the tasks exist in task_configs/.
+"""
+
+from __future__ import annotations
+
+import ast
+import inspect
+import json
+import re
+import shlex
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from conftest import run_cli
+
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+PNG = b"\x89PNG\r\n\x1a\n"
+# One thread per command: torch's two OpenMP threads on a 2-core machine shared with other jobs made a tiny model's
+# decoding step 20x slower (9.4 s vs 0.4 s for 32 tokens); the commands themselves are unchanged.
+ENV = {"OMP_NUM_THREADS": "1"}
+
+
+# --- reading the README --------------------------------------------------------------------------------------
+
+def _strip_comment(line: str) -> str:
+    """``line`` up to a ``#`` that starts a shell comment (at the start or after a space, outside quotes)."""
+    quote = None
+    for i, char in enumerate(line):
+        if quote:
+            quote = None if char == quote else quote
+        elif char in "'\"":
+            quote = char
+        elif char == "#" and (i == 0 or line[i - 1].isspace()):
+            return line[:i]
+    return line
+
+
+def readme_commands(text: str) -> list[str]:
+    """The commands of the ```sh blocks of ``text``, normalised (see the module docstring), in order."""
+    commands = []
+    for block in re.findall(r"^```sh\n(.*?)^```", text, flags=re.M | re.S):
+        for line in re.sub(r"\\\n", " ", block).splitlines():
+            command = " ".join(_strip_comment(line).split())
+            if command:
+                commands.append(command)
+    return commands
+
+
+# --- the table -----------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Sub:
+    """One named change to a command's arguments: set option ``flag`` (or ``--model_args`` key) to ``value``."""
+
+    rule: str
+    flag: str
+    value: str
+
+    def apply(self, argv: list[str], paths: dict[str, str]) -> list[str]:
+        value = self.value.format(**paths)
+        argv = list(argv)
+        if not self.flag.startswith("-"):  # a key of --model_args
+            i = argv.index("--model_args") + 1
+            pairs = [p for p in argv[i].split(",") if not p.startswith(f"{self.flag}=")]
+            argv[i] = ",".join([f"{self.flag}={value}", *pairs])
+        elif self.flag in argv:
+            argv[argv.index(self.flag) + 1] = value
+        else:
+            argv += [self.flag, value]
+        return argv
+
+    def __str__(self) -> str:
+        return f"{self.rule} {self.flag}={self.value}"
+
+
+@dataclass(frozen=True)
+class Run:
+    name: str
+    subs: tuple[Sub, ...] = ()
+    check: Callable | None = None
+    needs: tuple[str, ...] = ()
+    prepare: Callable | None = None
+    smollm: bool = True  # the tiny models carry SmolLM2's tokenizer, so they need the converted model too
+
+    def how(self) -> str:
+        return "run" + (f" with {'; '.join(map(str, self.subs))}" if self.subs else " as written")
+
+
+@dataclass(frozen=True)
+class CheckedBy:
+    test: str
+    why: str
+
+    def how(self) -> str:
+        return f"checked by {self.test} ({self.why}); arguments parsed here"
+
+
+@dataclass(frozen=True)
+class ParseOnly:
+    why: str
+
+    def how(self) -> str:
+        return f"parse-level only: {self.why}"
+
+
+TINY, TINY_ARG = Sub("MODEL", "--model", "{tiny_llama}"), Sub("MODEL", "pretrained", "{tiny_llama}")
+TINY_GEMMA3 = Sub("MODEL", "--model", "{tiny_gemma3}")
+NIAH_GRID = Sub("GRID", "--metadata", '{{"lengths": [200], "depths": [0, 100], "samples": 1}}')
+DEMO_GRID = tuple(Sub("GRID", flag, value) for flag, value in (
+    ("--detect-lengths", "200"), ("--detect-depths", "0,100"), ("--detect-samples", "1"), ("--niah-lengths", "200"),
+    ("--niah-depths", "0,100"), ("--niah-samples", "1"), ("--limit", "2"), ("--seeds", "1")))
+
+
+def _out(name: str) -> Sub:
+    return Sub("OUT", "--output_path", f"lm-out/{name}")
+
+
+# --- checks of real outputs ----------------------------------------------------------------------------------
+
+def _json(path: Path):
+    assert path.is_file(), f"{path} was not written"
+    return json.loads(path.read_text())
+
+
+def _score_file(path: Path, shape=(2, 4)) -> dict:
+    scores = _json(path)
+    assert sorted(scores) == sorted(f"{l}-{h}" for l in range(shape[0]) for h in range(shape[1])), scores
+    return scores
+
+
+def _board(folder: Path, rows: list[str], column: str) -> dict:
+    board = _json(folder / "leaderboard.json")
+    assert [row["name"] for row in board["rows"]] == rows
+    assert all(column in board["values"][row] for row in rows), board["values"]
+    return board
+
+
+def _lm_results(ws, name: str) -> dict:
+    [path] = list((ws.dir / "lm-out" / name).rglob("results_*.json"))
+    return _json(path)
+
+
+def check_models(result, ws):
+    names = [line.split("\t")[0] for line in result.stdout.splitlines()]
+    assert names == ["smollm2-135m", "gemma3-270m"], result.stdout
+
+
+def check_detect(result, ws):
+    _score_file(ws.dir / "scores.json")
+    meta = _json(ws.dir / "scores.meta.json")
+    assert (meta["lengths"], meta["depths"], meta["tests_seen"]) == ([200], [0, 100], 2)
+    assert (ws.dir / "heads.png").read_bytes()[:8] == PNG
+    assert "tests: 2 run" in result.stdout and "wrote heads.png" in result.stdout
+
+
+def check_heads_show(result, ws):
+    first, *rows = result.stdout.splitlines()
+    assert first.startswith("2 layers x 4 heads; > 0.1: ")
+    assert sorted(row.split("\t")[0] for row in rows) == sorted(_score_file(ws.dir / "scores.json"))
+
+
+def check_heads_compare(result, ws):
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("top-10 overlap: ") and lines[1].startswith("Kendall tau over all heads: "), lines
+
+
+def _summary_rows(stdout: str) -> list[list[str]]:
+    rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in stdout.splitlines()
+            if line.startswith("|") and "---" not in line]
+    return rows[1:]  # without the header
+
+
+def _check_summary(result, models, contrasts):
+    rows = _summary_rows(result.stdout)
+    assert [row[0] for row in rows] == models, result.stdout
+    for row, (retrieval, seeds) in zip(rows, contrasts):
+        assert row[1] == "8 (2 × 4)" and row[6] == "rh_niah_paper", row
+        assert row[8].endswith(f"(K={retrieval})") and row[9].endswith(f"({seeds} seeds)"), row
+
+
+def check_summary_universal(result, ws):
+    _check_summary(result, [ws.models["tiny_llama"], ws.models["tiny_gemma3"]], [(1, 1), (2, 3)])
+
+
+def check_summary_ab(result, ws):
+    _check_summary(result, [ws.models["tiny_llama"], ws.models["tiny_gemma3"]], [(1, 1), (1, 1)])
+
+
+def prepare_ab(ws):
+    """a.json, b.json: the two models' score files (with their .meta.json, which names the model)."""
+    for name, folder in (("a", "demo-out"), ("b", "g3")):
+        for suffix in (".json", ".meta.json"):
+            shutil.copy(ws.dir / folder / f"head_scores{suffix}", ws.dir / f"{name}{suffix}")
+
+
+def check_compare(result, ws):
+    out = ws.dir / "out"
+    board = _board(out, ["full", "retrieval@2", "random@2"], "rh_niah_paper/score,none")
+    assert "rh_factsum_cot/exact_match,strict-match" in board["values"]["full"]  # rh_cot's pairs ran too
+    conditions = {p.name for p in (out / "conditions").iterdir()}
+    assert conditions == {"full", "retrieval@2", "random@2-seed0"}
+    retrieval = _json(out / "conditions" / "retrieval@2" / "condition.json")
+    assert len(retrieval["heads"]) == 2
+    for name in conditions:
+        samples = (out / "conditions" / name / "samples_rh_niah_paper.jsonl").read_text().splitlines()
+        assert sorted(json.loads(s)["doc"]["depth"] for s in samples) == [0, 100]
+    assert (out / "plots" / "niah_rh_niah_paper_full.png").read_bytes()[:8] == PNG
+    assert "leaderboard written" in result.stdout
+
+
+def prepare_baseline(ws):
+    from rh_eval.cli import main
+
+    assert main(["check", "--update-baseline", "--results", str(ws.dir / "out" / "leaderboard.json"),
+                 "--baseline", str(ws.dir / "ci" / "baseline.json")]) == 0
+
+
+def check_check(result, ws):
+    assert result.stdout.startswith("rh check: OK: ") and "within 0.02" in result.stdout, result.stdout
+    # the gate is not vacuous: the same command against a baseline that was 0.5 better exits 1
+    baseline = ws.dir / "ci" / "baseline.json"
+    data = _json(baseline)
+    data["values"]["full"]["rh_niah_paper/score,none"] += 0.5
+    baseline.write_text(json.dumps(data))
+    worse = run_cli("rh", "check", "--results", "out/leaderboard.json", "--baseline", "ci/baseline.json",
+                    "--tolerance", "0.02", cwd=ws.dir, env=ENV)
+    assert worse.returncode == 1 and "rh_niah_paper" in worse.stdout, worse.stdout + worse.stderr
+
+
+def check_plot(result, ws):
+    assert (ws.dir / "heatmap.png").read_bytes()[:8] == PNG
+    assert result.stdout.startswith("heatmap.png: 2 cells, mean score "), result.stdout
+
+
+def _check_demo(folder: Path, model: str, cot: bool):
+    meta = _json(folder / "head_scores.meta.json")
+    assert meta["model"] == model and (meta["lengths"], meta["depths"]) == ([200], [0, 100])
+    _score_file(folder / "head_scores.json")
+    board = _board(folder, ["full", "retrieval@1", "random@1"], "rh_niah_paper/score,none")  # K: ~3 % of 8 heads
+    assert ("rh_factsum_cot/exact_match,strict-match" in board["values"]["full"]) is cot
+    for name in ("summary.md", "demo.json", "plots/head_scores.png", "plots/niah_rh_niah_paper_full.png"):
+        assert (folder / name).is_file(), name
+    assert "shape check (rh_niah_paper/score,none): retrieval@1 " in (folder / "summary.md").read_text()
+
+
+def check_demo(result, ws):
+    _check_demo(ws.dir / "demo-out", ws.models["tiny_llama"], cot=True)
+    assert "shape check (rh_niah_paper/score,none)" in result.stdout and "CoT vs direct (exact_match)" in result.stdout
+
+
+def check_demo_again(result, ws):
+    assert "everything re-used" in result.stdout and "Loading weights" not in result.stderr, result.stdout
+
+
+def check_demo_gemma3(result, ws):
+    _check_demo(ws.dir / "g3", ws.models["tiny_gemma3"], cot=False)
+    assert "shape check (rh_niah_paper/score,none)" in result.stdout
+
+
+def check_compare_gemma3(result, ws):
+    _board(ws.dir / "g3cmp", ["full", "retrieval@2", "random@2"], "rh_niah_paper/score,none")
+    seeds = sorted(p.name for p in (ws.dir / "g3cmp" / "conditions").iterdir() if p.name.startswith("random"))
+    assert seeds == ["random@2-seed0", "random@2-seed1", "random@2-seed2"]
+    retrieval = _json(ws.dir / "g3cmp" / "conditions" / "retrieval@2" / "condition.json")
+    run = _json(ws.dir / "g3cmp" / "run.json")
+    assert len(retrieval["heads"]) == 2 and run["settings"]["metadata"]["seed"] == 1
+
+
+def check_lm_top(result, ws):
+    data = _lm_results(ws, "top6")
+    mask = data["config"]["rh_mask"]
+    assert (mask["spec"], mask["method"], len(mask["heads"]), mask["head_scores"]) == ("top:6", "uniform", 6, "scores.json")
+    assert "score,none" in data["results"]["rh_niah_paper"] and len(data["n-samples"]) == 1
+
+
+def check_lm_random(result, ws):
+    data = _lm_results(ws, "random6")
+    mask = data["config"]["rh_mask"]
+    assert (mask["spec"], mask["seed"], mask["random_match"], len(mask["heads"])) == ("random:6", 2, "layer", 6)
+    assert {"rh_vartrack_cot", "rh_kvhop_cot", "rh_factsum_cot", "rh_vartrack", "rh_kvhop", "rh_factsum"} <= set(data["results"])
+
+
+def check_lm_record(result, ws):
+    meta = _json(ws.dir / "out" / "scores.meta.json")
+    assert meta["tests_seen"] == 2 and meta["labels"]["depth"] == [0, 100]
+    _score_file(ws.dir / "out" / "scores.json")
+    assert (ws.dir / "out" / "scores.events.jsonl").is_file()
+
+
+def check_lm_stock_hf(result, ws):
+    data = _lm_results(ws, "hf")
+    assert data["config"]["model"] == "hf" and "rh_mask" not in data["config"]
+    assert Path(data["config"]["model_args"]["pretrained"]).name == "smollm2-135m"
+    assert data["results"]["rh_niah_paper"]["score,none"] >= 0.5  # the real model finds the needle at 200 tokens
+
+
+# --- the table: every README command and how it is run -------------------------------------------------------
+
+COMMANDS: dict[str, Run | CheckedBy | ParseOnly] = {
+    # Two commands
+    "make demo": CheckedBy("tests/test_demo.py::test_end_to_end_tiny_llama",
+                           "its recipe is `rh demo --output-dir demo-out` (checked in the Makefile), run below on the "
+                           "tiny model; the full SmolLM2 demo takes 4.5 min"),
+    "make test": CheckedBy("tests/", "its recipe is `pytest -q` over testpaths tests/ (checked in the Makefile and "
+                           "pyproject.toml): the suite this file belongs to"),
+    # Universal and sparse
+    "rh demo --output-dir demo-out": Run("demo", (TINY, *DEMO_GRID), check_demo),
+    "rh demo --model gemma3-270m --output-dir g3": Run(
+        "demo_gemma3", (TINY_GEMMA3, *DEMO_GRID, Sub("GRID", "--cot-task", ""), Sub("GRID", "--direct-task", "")),
+        check_demo_gemma3),
+    "rh compare --model gemma3-270m --head-scores g3/head_scores.json --tasks rh_niah_paper --k 2 --seeds 3 "
+    "--output-dir g3cmp --batch-size 12 --metadata '{\"lengths\": [500, 1000], \"depths\": [0, 50, 100], "
+    "\"samples\": 2, \"seed\": 1}'": Run(
+        "compare_gemma3", (TINY_GEMMA3, Sub("GRID", "--metadata", '{{"lengths": [200], "depths": [0, 100], '
+                                                                   '"samples": 1, "seed": 1}}')),
+        check_compare_gemma3, needs=("demo_gemma3",)),
+    "rh heads summary demo-out/head_scores.json g3/head_scores.json --results demo-out g3cmp": Run(
+        "summary_universal", (), check_summary_universal, needs=("demo", "demo_gemma3", "compare_gemma3")),
+    # Using it from lm-eval
+    "lm_eval --model rh-hf --model_args pretrained=smollm2-135m,head_scores=scores.json,mask_heads=top:6,"
+    "mask_method=uniform --tasks rh_niah --metadata '{\"lengths\":[1000,2000],\"depths\":[0,50,100]}'": Run(
+        "lm_eval_top", (TINY_ARG, NIAH_GRID, _out("top6")), check_lm_top, needs=("detect",)),
+    "lm_eval --model rh-hf --model_args pretrained=meta-llama/Llama-3.1-8B-Instruct,mask_heads=\"16-1;20-14\" "
+    "--tasks rh_gsm8k_cot --apply_chat_template": ParseOnly("a gated hub model (meta-llama)"),
+    "lm_eval --model rh-hf --model_args pretrained=smollm2-135m,head_scores=scores.json,mask_heads=random:6,"
+    "mask_seed=2,random_match=layer --tasks rh_cot": Run(
+        "lm_eval_random", (TINY_ARG, Sub("GRID", "--limit", "1"), _out("random6")), check_lm_random,
+        needs=("detect",)),
+    # after `rh compare ... --output-dir out`, so that out/ is that comparison's folder, with this score file added
+    "lm_eval --model rh-hf --model_args pretrained=smollm2-135m,record_scores=out/scores.json --tasks rh_niah": Run(
+        "lm_eval_record", (TINY_ARG, NIAH_GRID), check_lm_record, needs=("compare",)),
+    "lm_eval --model hf --model_args pretrained=$(rh models path smollm2-135m) --tasks rh_niah": Run(
+        "lm_eval_stock_hf", (Sub("GRID", "--metadata", '{{"lengths": [200], "depths": [50], "samples": 1}}'),
+                             _out("hf")), check_lm_stock_hf),
+    "accelerate launch --multi_gpu --num_processes 2 -m lm_eval --model rh-hf --model_args "
+    "pretrained=smollm2-135m,record_scores=out/scores.json --tasks rh_niah": CheckedBy(
+        "tests/test_recording.py::test_multiprocess_recording_gathers_on_rank_zero",
+        "the same launch on 2 CPU processes (ACCELERATE_USE_CPU=true, as the README's comment says) on the tiny "
+        "model; `--multi_gpu` itself needs GPUs"),
+    # Scale: rh-vllm
+    "lm_eval --model rh-vllm --model_args pretrained=meta-llama/Llama-3.1-70B-Instruct,head_scores=llama70b.json,"
+    "mask_heads=top:20,tensor_parallel_size=4 --tasks rh_gsm8k_cot --apply_chat_template": ParseOnly(
+        "vLLM, 4 GPUs (tensor_parallel_size=4) and a gated hub model"),
+    "lm_eval --model rh-vllm --model_args pretrained=Qwen/Qwen2.5-7B-Instruct,head_scores=qwen7b.json,"
+    "mask_heads=random:16,mask_seed=1,data_parallel_size=8 --tasks rh_gsm8k_cot": ParseOnly(
+        "vLLM, 8 GPUs (data_parallel_size=8) and a hub model"),
+    "rh compare --backend vllm --model-args tensor_parallel_size=2 --model Qwen/Qwen2.5-7B-Instruct --head-scores "
+    "qwen7b.json --tasks rh_gsm8k_cot --k 16 --seeds 3 --output-dir qwen7b": ParseOnly(
+        "vLLM, 2 GPUs (tensor_parallel_size=2) and a hub model"),
+    ".venv-vllm/bin/lm_eval --model rh-vllm --model_args pretrained=smollm2-135m,head_scores=scores.json,"
+    "mask_heads=top:8,dtype=float32,gpu_memory_utilization=0.3 --tasks rh_niah --metadata "
+    "'{\"lengths\":[500,1000],\"depths\":[0,25,50,75,100],\"samples\":1}'": ParseOnly(
+        "vLLM's own venv (`make setup-vllm`); rh-vllm through this CLI is run by tests/test_vllm.py "
+        "under `make test-vllm`"),
+    # The `rh` command
+    "rh models": Run("models", (), check_models, smollm=False),
+    "rh detect --model smollm2-135m --output scores.json --lengths 500,1000,2000 --depths 0,25,50,75,100 "
+    "--plot heads.png": Run(
+        "detect", (TINY, Sub("GRID", "--lengths", "200"), Sub("GRID", "--depths", "0,100"),
+                   Sub("GRID", "--samples", "1")), check_detect),
+    "rh heads show scores.json": Run("heads_show", (), check_heads_show, needs=("detect",)),
+    "rh heads compare a.json b.json --top 10": Run(
+        "heads_compare", (), check_heads_compare, needs=("demo", "demo_gemma3"), prepare=prepare_ab),
+    "rh heads summary a.json b.json --results demo-out g3": Run(
+        "summary_ab", (), check_summary_ab, needs=("demo", "demo_gemma3"), prepare=prepare_ab),
+    "rh compare --model smollm2-135m --head-scores scores.json --tasks rh_niah,rh_cot --k 6,12 --seeds 3 "
+    "--output-dir out": Run(
+        "compare", (TINY, Sub("K", "--k", "2"), Sub("GRID", "--seeds", "1"), Sub("GRID", "--limit", "2"), NIAH_GRID),
+        check_compare, needs=("detect",)),
+    "rh check --results out/leaderboard.json --baseline ci/baseline.json --tolerance 0.02": Run(
+        "check", (), check_check, needs=("compare",), prepare=prepare_baseline),
+    "rh plot niah out/conditions/full --out heatmap.png": Run("plot", (), check_plot, needs=("compare",)),
+    "rh demo": Run("demo_again", (TINY, *DEMO_GRID), check_demo_again, needs=("demo",)),
+    "rh bench": CheckedBy("tests/test_bench.py::test_bench_end_to_end_on_a_tiny_model",
+                          "both tables, each contender's memory measured in a fresh process: 76 s for one length "
+                          "and one repeat of the overhead table alone, on the tiny model"),
+    # Performance
+    "python benchmarks/overhead.py --lengths 1000,2000,4000,8000 --new-tokens 32 --repeats 5": CheckedBy(
+        "tests/test_bench.py::test_bench_end_to_end_on_a_tiny_model",
+        "the script is `rh bench` (its --help run here says so); the same tables on the tiny model"),
+    "rh bench --lengths \"\" --detect-lengths 1000,2000 --detect-repeats 2": CheckedBy(
+        "tests/test_bench.py::test_bench_reuse_table_alone_and_nothing_to_measure",
+        "the same `rh bench --lengths ''` reuse table alone, on the tiny model"),
+}
+RUNS = {entry.name: (command, entry) for command, entry in COMMANDS.items() if isinstance(entry, Run)}
+PARSE_ONLY = [command for command, entry in COMMANDS.items() if isinstance(entry, ParseOnly)]
+
+
+def describe_table() -> str:
+    return "\n".join(f"{command}\n    -> {entry.how()}" for command, entry in COMMANDS.items())
+
+
+# --- the table against the README ----------------------------------------------------------------------------
+
+def test_readme_parser_joins_continuations_and_drops_comments():
+    text = ("```sh\n# a comment line\nrh demo --k 2   # trailing\nlm_eval --model_args a=1,b=\"x;y\" \\\n"
+            "  --metadata '{\"n\": \"#1\"}'\n```\n```\nrh not-sh\n```\n")
+    assert readme_commands(text) == ["rh demo --k 2", "lm_eval --model_args a=1,b=\"x;y\" --metadata '{\"n\": \"#1\"}'"]
+
+
+def test_every_readme_command_has_an_entry():
+    commands = readme_commands(README.read_text(encoding="utf-8"))
+    assert len(commands) == len(set(commands)), "a README command appears twice: one entry would cover both"
+    missing = [c for c in commands if c not in COMMANDS]
+    stale = [c for c in COMMANDS if c not in commands]
+    assert not missing, "README commands no test runs (add them to COMMANDS):\n" + "\n".join(missing)
+    assert not stale, "COMMANDS entries no longer in the README:\n" + "\n".join(stale)
+    assert len(RUNS) == sum(isinstance(e, Run) for e in COMMANDS.values())  # run names are unique
+    for name, (_, entry) in RUNS.items():
+        assert set(entry.needs) <= set(RUNS), (name, entry.needs)
+    print(describe_table())
+
+
+def test_checked_by_names_real_tests_and_the_make_recipes_are_what_the_table_says():
+    for command, entry in COMMANDS.items():
+        if isinstance(entry, CheckedBy):
+            path, _, name = entry.test.partition("::")
+            assert (ROOT / path).exists(), entry.test
+            if name:
+                assert re.search(rf"^def {name}\(", (ROOT / path).read_text(), flags=re.M), entry.test
+    makefile = (ROOT / "Makefile").read_text()
+    recipe = {target: body for target, body in re.findall(r"^([\w-]+):[^\n]*\n((?:\t[^\n]*\n)+)", makefile, re.M)}
+    assert "/bin/rh demo --output-dir demo-out" in recipe["demo"] and "rh demo --output-dir demo-out" in RUNS["demo"][0]
+    assert recipe["test"].strip().endswith("/bin/pytest -q")
+    assert 'testpaths = ["tests"]' in (ROOT / "pyproject.toml").read_text()
+
+
+# --- parse level ---------------------------------------------------------------------------------------------
+
+def _task_names() -> set[str]:
+    names = set()
+    for path in (ROOT / "task_configs").glob("*.yaml"):
+        names |= set(re.findall(r"^(?:task|group): (\w+)$", path.read_text(), flags=re.M))
+    return names
+
+
+def _lm_eval_args(argv: list[str], monkeypatch):
+    from lm_eval._cli import HarnessCLI
+
+    monkeypatch.setattr(sys, "argv", ["lm_eval", *argv])
+    return HarnessCLI().parse_args()
+
+
+def _check_model_args(model: str, model_args: dict):
+    """Our mask args through our parser; every other key one the model class names (or a vLLM engine arg)."""
+    from rh_models.lm import RHHFLM
+    from rh_models.mask_args import parse_mask_args
+
+    mask_keys = set(inspect.signature(parse_mask_args).parameters)
+    parse_mask_args(**{k: v for k, v in model_args.items() if k in mask_keys})
+    rest = set(model_args) - mask_keys
+    if model == "rh-hf":
+        from lm_eval.models.huggingface import HFLM
+
+        known = set(inspect.signature(RHHFLM.__init__).parameters) | set(inspect.signature(HFLM.__init__).parameters)
+    else:
+        assert model == "rh-vllm", model
+        import lm_eval
+
+        # lm-eval's VLLM cannot be imported without vLLM: read the names of its __init__ from its source
+        tree = ast.parse((Path(lm_eval.__file__).parent / "models" / "vllm_causallms.py").read_text())
+        [init] = [node for cls in ast.walk(tree) if isinstance(cls, ast.ClassDef) and cls.name == "VLLM"
+                  for node in cls.body if isinstance(node, ast.FunctionDef) and node.name == "__init__"]
+        known = {arg.arg for arg in init.args.args + init.args.kwonlyargs} | {"gpu_memory_utilization"}
+    assert rest <= known, f"{model} does not take {sorted(rest - known)}"
+
+
+def _check_lm_eval(argv: list[str], monkeypatch):
+    args = _lm_eval_args(argv, monkeypatch)
+    assert args.command == "run" and args.model in ("rh-hf", "rh-vllm", "hf")
+    assert set(args.tasks) <= _task_names(), args.tasks
+    _check_model_args(args.model, args.model_args)
+    return args
+
+
+def _check_parses(command: str, monkeypatch):
+    argv = shlex.split(command)
+    program = Path(argv[0]).name
+    if program == "lm_eval":
+        _check_lm_eval(argv[1:], monkeypatch)
+    elif program == "accelerate":
+        from accelerate.commands.launch import launch_command_parser
+
+        launch = launch_command_parser().parse_args(argv[2:])
+        assert launch.multi_gpu and launch.num_processes == 2 and launch.module and launch.training_script == "lm_eval"
+        _check_lm_eval(launch.training_script_args, monkeypatch)
+    elif program in ("rh", "python"):
+        from rh_eval.cli import build_parser
+
+        rh_argv = argv[1:] if program == "rh" else ["bench", *argv[2:]]
+        args = build_parser(rh_argv[0]).parse_args(rh_argv)
+        if args.command == "compare":
+            from rh_eval.compare import config_from_args
+
+            config = config_from_args(args)
+            assert config.backend == "vllm" and config.model_args == {"tensor_parallel_size": 2}
+    else:
+        assert program == "make", command
+
+
+NOT_RUN = [command for command, entry in COMMANDS.items() if not isinstance(entry, Run)]
+
+
+@pytest.mark.parametrize("command", NOT_RUN, ids=[re.sub(r"\W+", "-", c)[:60].strip("-") for c in NOT_RUN])
+def test_commands_not_run_here_parse(command, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for name in ("scores.json", "llama70b.json", "qwen7b.json"):  # score files the commands name
+        (tmp_path / name).write_text("{}")
+    _check_parses(command, monkeypatch)
+
+
+def test_parse_only_commands_are_the_gpu_vllm_and_hub_ones():
+    assert PARSE_ONLY == [c for c in COMMANDS if "rh-vllm" in c or "--backend vllm" in c or "meta-llama/" in c]
+
+
+def test_the_benchmark_script_is_rh_bench():
+    result = run_cli("python", str(ROOT / "benchmarks" / "overhead.py"), "--help", cwd=ROOT)
+    assert result.returncode == 0 and result.stdout.startswith("usage: rh bench"), result.stdout + result.stderr
+
+
+# --- rh plot on rh compare / rh demo folders (issue 18 item 2: failed on every such folder) -------------------
+
+def test_rh_plot_reads_the_condition_folders_rh_compare_writes(tmp_path, capsys):
+    from rh_eval.cli import main
+    from rh_eval.sample_files import samples_name
+
+    def sample(length, depth, score):
+        return json.dumps({"doc": {"length": length, "depth": depth}, "score": score})
+
+    for condition, score in (("full", 1.0), ("retrieval@2", 0.0)):
+        folder = tmp_path / "out" / "conditions" / condition
+        folder.mkdir(parents=True)
+        (folder / "results.json").write_text(json.dumps({"results": {"rh_niah_paper": {"score,none": score}}}))
+        lines = [sample(200, 0, score), sample(200, 100, score), sample(300, 0, 0.5)]
+        (folder / samples_name("rh_niah_paper")).write_text("\n".join(lines) + "\n")
+    out = tmp_path / "heatmap.png"
+    assert main(["plot", "niah", str(tmp_path / "out" / "conditions" / "full"), "--out", str(out)]) == 0
+    assert out.read_bytes()[:8] == PNG
+    assert capsys.readouterr().out == f"{out}: 3 cells, mean score 0.833\n"
+    # the whole comparison holds one samples file per condition: which one is the user's choice, never ours
+    assert main(["plot", "niah", str(tmp_path / "out"), "--out", str(out)]) == 2
+    error = capsys.readouterr().err.strip()
+    assert "\n" not in error and "2 samples files of rh_niah_paper" in error and "conditions/retrieval@2" in error
+
+
+# --- running the README's commands ---------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def tiny_gemma3_dir(tmp_path_factory, smollm_dir) -> Path:
+    """A tiny random Gemma-3 (one sliding-window, one global layer; 4 query heads, 1 KV head), SmolLM2's tokenizer."""
+    import torch
+    import transformers
+
+    path = tmp_path_factory.mktemp("tiny-gemma3")
+    config = transformers.Gemma3TextConfig(
+        hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=1,
+        head_dim=16, sliding_window=64, layer_types=["sliding_attention", "full_attention"], vocab_size=49152,
+        max_position_embeddings=2048, bos_token_id=1, eos_token_id=2, pad_token_id=2,
+    )
+    torch.manual_seed(0)
+    transformers.AutoModelForCausalLM.from_config(config).save_pretrained(path)
+    transformers.AutoTokenizer.from_pretrained(smollm_dir).save_pretrained(path)
+    return path
+
+
+class Workspace:
+    """One tmp folder, the README's working directory; each command runs once, after the ones it needs."""
+
+    FIXTURES = {"tiny_llama": "tiny_llama_dir", "tiny_gemma3": "tiny_gemma3_dir"}
+
+    def __init__(self, folder: Path):
+        self.dir = folder
+        self.models: dict[str, str] = {}
+        self.results: dict[str, object] = {}
+
+    def _shell_substitution(self, command: str) -> str:
+        def run(match):
+            inner = run_cli(*shlex.split(match[1]), cwd=self.dir, env=ENV)
+            assert inner.returncode == 0, inner.stderr[-2000:]
+            return inner.stdout.strip()
+
+        return re.sub(r"\$\(([^)]*)\)", run, command)
+
+    def run(self, name: str, request):
+        if name in self.results:
+            return self.results[name]
+        command, entry = RUNS[name]
+        for need in entry.needs:
+            self.run(need, request)
+        for key, fixture in self.FIXTURES.items():
+            if any(f"{{{key}}}" in sub.value for sub in entry.subs):
+                self.models[key] = str(request.getfixturevalue(fixture))
+        if entry.prepare:
+            entry.prepare(self)
+        argv = shlex.split(self._shell_substitution(command))
+        for sub in entry.subs:
+            argv = sub.apply(argv, self.models)
+        start = time.perf_counter()
+        result = run_cli(*argv, cwd=self.dir, env=ENV)
+        print(f"{name}: {time.perf_counter() - start:.1f} s: {shlex.join(argv)}")  # shown with -s or on failure
+        assert result.returncode == 0 and "Traceback" not in result.stderr, f"{shlex.join(argv)}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+        self.results[name] = result
+        return result
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    return Workspace(tmp_path_factory.mktemp("readme"))
+
+
+@pytest.mark.parametrize("name", [
+    pytest.param(name, marks=[pytest.mark.smollm] if entry.smollm else []) for name, (_, entry) in RUNS.items()
+])
+def test_readme_command(name, workspace, request):
+    """Runs one README command (after the ones it needs) and checks what it wrote and printed."""
+    command, entry = RUNS[name]
+    result = workspace.run(name, request)
+    entry.check(result, workspace)
