@@ -30,7 +30,7 @@ test: setup
 	$(OFFLINE) $(VENV)/bin/pytest -q
 
 test-fast: setup
-	$(OFFLINE) $(VENV)/bin/pytest -q -m "not smollm"
+	$(OFFLINE) $(VENV)/bin/pytest -q -m "not smollm and not gemma and not vllm and not slow"
 
 bench: setup
 	$(OFFLINE) $(PY) benchmarks/overhead.py

@@ -128,6 +128,31 @@ def rh_error_lines(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if line.startswith("rh-eval: error:")]
 
 
+# A test that starts one of this venv's programs (lm_eval, rh, accelerate, python -m pip, ...) costs seconds of start-up
+# each; `make test-fast` leaves those out by their marks, so the marks must be right: an unmarked test that starts
+# one fails here, naming itself. (Other programs, e.g. git run by lm-eval, are not counted.)
+SUBPROCESS_MARKS = {"slow", "smollm", "gemma", "vllm"}
+
+
+@pytest.fixture(autouse=True)
+def _subprocess_tests_are_marked(request, monkeypatch):
+    if SUBPROCESS_MARKS & {mark.name for mark in request.node.iter_markers()}:
+        return
+    import subprocess
+    import sys
+
+    venv_bin, real_init = Path(sys.executable).parent, subprocess.Popen.__init__
+
+    def guarded(self, args, *rest, **kwargs):
+        program = args[0] if isinstance(args, (list, tuple)) else str(args).split()[0]
+        if Path(str(program)).parent == venv_bin:
+            raise AssertionError(f"{request.node.nodeid} starts {Path(str(program)).name} in a subprocess: mark it "
+                                 f"@pytest.mark.slow (or smollm/gemma/vllm) so that `make test-fast` leaves it out")
+        real_init(self, args, *rest, **kwargs)
+
+    monkeypatch.setattr(subprocess.Popen, "__init__", guarded)
+
+
 class FakeMaskedLM:
     """Base of the RHHFLM stand-ins of the workflow tests: the mask record and head ranking as the real one's."""
 

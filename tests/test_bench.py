@@ -51,6 +51,7 @@ def test_bench_end_to_end_on_a_tiny_model(tmp_path, tiny_llama_dir, capsys):
     assert "| rh-hf record" in printed and "naive eager vs rh-hf record (median s): " in printed and "| reuse, masked sdpa" in printed and f"wrote {out}" in printed
 
 
+@pytest.mark.slow
 def test_bench_reuse_table_alone_and_nothing_to_measure(tmp_path, tiny_llama_dir, capsys):
     out = tmp_path / "reuse.json"
     assert main(["bench", "--model", str(tiny_llama_dir), "--lengths", "", "--detect-lengths", "150",

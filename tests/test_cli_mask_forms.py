@@ -12,6 +12,8 @@ import json
 import pytest
 from conftest import rh_error_lines, run_cli
 
+pytestmark = pytest.mark.slow  # every test here starts the stock lm_eval CLI
+
 # tiny llama: 2 layers x 4 query heads; 1-2 is the one retrieval head of the score file below
 FORMS = {
     "none": ("mask_heads=none", []),

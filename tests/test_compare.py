@@ -330,7 +330,7 @@ def test_backend_and_model_args_are_part_of_the_run_settings(tmp_path):
     scores.write_text("{}")
     base = ["compare", "--tasks", "rh_niah", "--head-scores", str(scores), "--output-dir", str(tmp_path)]
     hf = run_settings(config_from_args(build_parser("compare").parse_args(base)), scores)
-    assert "backend" not in hf and "model_args" not in hf  # folders written before the option still resume
+    assert hf["backend"] == "hf" and hf["model_args"] == {}
     vllm = config_from_args(build_parser("compare").parse_args([*base, "--backend", "vllm", "--model-args",
                                                        "tensor_parallel_size=2,dtype=bfloat16"]))
     assert vllm.model_args == {"tensor_parallel_size": 2, "dtype": "bfloat16"}

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import run_cli
 
 from rh_models.errors import RHError
 from rh_tasks import cot, cot_data
@@ -261,12 +262,10 @@ def test_gsm8k_hub_failure_says_what_to_do(monkeypatch):
 # --- the stock lm_eval CLI --------------------------------------------------------------------------------------
 
 def lm_eval_cli(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    env.pop(cot.GSM8K_ENV, None)
-    lm_eval = Path(sys.executable).with_name("lm_eval")
-    return subprocess.run([str(lm_eval), *args], capture_output=True, text=True, env=env, timeout=timeout)
+    return run_cli("lm_eval", *args, env={cot.GSM8K_ENV: ""}, timeout=timeout)
 
 
+@pytest.mark.slow
 def test_stock_cli_runs_the_suite_end_to_end(tiny_llama_dir, tmp_path):
     result = lm_eval_cli("--model", "hf", "--model_args", f"pretrained={tiny_llama_dir},dtype=float32",
                          "--tasks", "rh_cot", "--limit", "2", "--batch_size", "2", "--output_path", str(tmp_path))
@@ -277,6 +276,7 @@ def test_stock_cli_runs_the_suite_end_to_end(tiny_llama_dir, tmp_path):
             assert 0.0 <= results[name][key] <= 1.0, (name, key)
 
 
+@pytest.mark.slow
 def test_stock_cli_bad_metadata_is_one_line(tiny_llama_dir):
     result = lm_eval_cli("--model", "hf", "--model_args", f"pretrained={tiny_llama_dir}", "--tasks", "rh_kvhop",
                          "--metadata", '{"cot_docs": 0}', timeout=300)

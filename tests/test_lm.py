@@ -10,6 +10,7 @@ import sysconfig
 from pathlib import Path
 
 import pytest
+from conftest import run_cli
 from lm_eval.api.instance import Instance
 from lm_eval.models.huggingface import HFLM
 
@@ -85,12 +86,11 @@ def test_self_check_refuses_a_silent_no_op(tiny_llama_dir):
         lm.set_mask("0-1")
 
 
-def _lm_eval(args, env_extra=None, timeout=300):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", **(env_extra or {})}
-    lm_eval = Path(sys.executable).with_name("lm_eval")
-    return subprocess.run([str(lm_eval), *args], capture_output=True, text=True, env=env, timeout=timeout)
+def _lm_eval(args, timeout=300):
+    return run_cli("lm_eval", *args, timeout=timeout)
 
 
+@pytest.mark.slow
 def test_stock_cli_runs_rh_hf_end_to_end(tiny_llama_dir, tiny_task_dir, tmp_path):
     model_args = f"pretrained={tiny_llama_dir},dtype=float32,mask_heads=0-1;1-0,mask_method=uniform"
     result = _lm_eval(["--model", "rh-hf", "--model_args", model_args, "--tasks", "tiny_local", "--batch_size", "2",
@@ -102,6 +102,7 @@ def test_stock_cli_runs_rh_hf_end_to_end(tiny_llama_dir, tiny_task_dir, tmp_path
     assert results["config"]["rh_mask"]["method"] == "uniform"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "model_args, message",
     [
@@ -127,6 +128,7 @@ def test_stock_cli_bad_input_is_one_clear_line(tiny_llama_dir, tiny_task_dir, tm
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_autoload_registers_without_hiding_builtins():
     code = (
         "import sys, time; t = time.perf_counter(); import rh_eval._autoload; cost = time.perf_counter() - t\n"
@@ -141,6 +143,7 @@ def test_autoload_registers_without_hiding_builtins():
     assert result.stdout.strip() == "rh_models.lm RHHFLM"
 
 
+@pytest.mark.slow
 def test_wheel_ships_autoload_and_task_configs(tmp_path):
     """A non-editable install must find the .pth hook and the YAMLs (they live outside the packages)."""
     build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(REPO)],

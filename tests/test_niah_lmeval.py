@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import run_cli
 
 from rh_eval.plots import niah_cells
 from rh_models.errors import RHError
@@ -99,10 +100,10 @@ def test_bad_metadata_raises_rherror(tiny_model, metadata, message):
 
 
 def _lm_eval(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "lm_eval", *args], cwd=cwd, env=OFFLINE_ENV, capture_output=True,
-                          text=True, timeout=600)
+    return run_cli("lm_eval", *args, cwd=cwd)
 
 
+@pytest.mark.slow
 def test_stock_cli_end_to_end(tiny_model, tmp_path):
     metadata = {"lengths": [500, 800], "depths": [0, 100], "samples": 1, "cell_metrics": True}
     done = _lm_eval("--model", "hf", "--model_args", f"pretrained={tiny_model}", "--tasks", "rh_niah",
@@ -121,6 +122,7 @@ def test_stock_cli_end_to_end(tiny_model, tmp_path):
     assert set(niah_cells(tmp_path / "out")) == {(500, 0), (500, 100), (800, 0)}
 
 
+@pytest.mark.slow
 def test_stock_cli_bad_metadata_prints_one_line(tiny_model, tmp_path):
     done = _lm_eval("--model", "dummy", "--tasks", "rh_niah_kv", "--metadata",
                     json.dumps({"tokenizer": str(tiny_model), "lengths": [500], "depths": [0, 150]}), cwd=tmp_path)

@@ -130,7 +130,7 @@ def test_detect_scores_do_not_depend_on_batching_or_reuse(tiny_llama_dir, tmp_pa
     for name, reuse, batched in (("alone", False, "none"), ("batched", True, "cell"), ("lengths", True, "length")):
         out = tmp_path / f"{name}.json"
         detect(lm, out, prefix_reuse=reuse, batch_by=batched, **grid)
-        rows = [json.loads(line) for line in work_file(out).read_text().splitlines()]
+        rows = [json.loads(line) for line in work_file(out).read_text().splitlines()[1:]]  # after the settings
         runs[name] = ({row["key"]: (row["test"]["answer"], row["scores"]) for row in rows}, out.read_text())
     assert len(runs["alone"][0]) == 18 and runs["alone"] == runs["batched"] == runs["lengths"]
     assert all(scores is not None for _, scores in runs["alone"][0].values())

@@ -204,7 +204,8 @@ def test_detect_resumes_and_never_overwrites_silently(tiny_llama_dir, tmp_path):
     assert first["tests_seen"] == 6 and first["tests_run_now"] == 6
     assert first["prefix_tokens_reused"] > 0  # consecutive depths shared the hay before the needle
     lines = work_file(output).read_text().splitlines()
-    work_file(output).write_text("\n".join(lines[:4]) + "\n")  # as if interrupted after four tests
+    assert json.loads(lines[0])["settings"]["depths"] == [0, 50, 100]  # what made the work comes first
+    work_file(output).write_text("\n".join(lines[:5]) + "\n")  # as if interrupted after four tests
     again = detect(lm, output, lengths=[150], depths=[0, 50, 100], samples=2, max_gen_toks=4, progress=False)
     assert again["tests_run_now"] == 2 and again["tests_seen"] == 6
     work_file(output).unlink()
@@ -222,7 +223,7 @@ def test_detect_runs_depth_major_so_every_prompt_reuses_the_hay_before_its_needl
     output = tmp_path / "scores.json"
     detect(lm, output, lengths=[150, 200], depths=[0, 50, 100], samples=2, max_gen_toks=2, progress=False)
     order = []
-    for line in work_file(output).read_text().splitlines():
+    for line in work_file(output).read_text().splitlines()[1:]:  # after the settings line
         needle, cell = json.loads(line)["key"].split("|")
         length, depth = map(int, cell.split("-"))
         order.append((length, depth, needle))
@@ -286,6 +287,7 @@ def test_smollm2_detection_is_sparse_and_stable_across_needle_sets(tmp_path):
     assert overlap["overlap"] >= 4 and overlap["kendall_tau"] > 0.2
 
 
+@pytest.mark.slow
 def test_multiprocess_recording_gathers_on_rank_zero(tiny_llama_dir, tmp_path):
     """`accelerate launch -m lm_eval --model rh-hf` with 2 CPU processes (gloo; accelerate calls multi-process
     `--multi_gpu`, ACCELERATE_USE_CPU keeps it on the CPU): each rank records its own docs, rank 0 writes."""
