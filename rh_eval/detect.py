@@ -36,12 +36,10 @@ from rh_models.atomic import write_json_atomic
 from rh_models.errors import RHError
 from rh_models.heads import DEFAULT_RETRIEVAL_THRESHOLD, HeadScores, format_heads
 from rh_models.zoo import DEFAULT_MODEL
-from rh_tasks.niah import DEFAULT_DEPTHS, build_docs
+from rh_tasks.niah import DEFAULT_DEPTHS, build_docs, generation_stop
 
 DEFAULT_NUM_LENGTHS = 20
 DEFAULT_MIN_LENGTH = 1000
-# as the rh_niah task: not "\n" (the essays are hard-wrapped and models copy the wraps); EOS stops too
-STOP = ["\n\n"]
 
 
 def work_file(output: Path) -> Path:
@@ -144,7 +142,7 @@ def detect(
         recorder.accumulator.add(row["scores"])
         recorder.tests.append(row["test"])
     todo = [n for n, d in enumerate(docs) if _test_key(d) not in finished]  # positions in docs: stable doc ids
-    gen_kwargs = {"until": STOP, "max_gen_toks": max_gen_toks, "do_sample": False}
+    gen_kwargs = {"until": generation_stop(), "max_gen_toks": max_gen_toks, "do_sample": False}
     started = time.perf_counter()
     bar_file = None if isinstance(progress, bool) else progress  # a stream: draw the bar there (quiet console)
     with tqdm(total=len(todo), desc="rh detect", disable=progress is False, unit="test", file=bar_file) as bar:
@@ -201,8 +199,8 @@ def summarize(scores: HeadScores, recorder=None, top: int = 20) -> dict:
     ranked = scores.ranked()
     summary = {
         "heads": total,
-        "fraction_above_0.1": sum(s > DEFAULT_RETRIEVAL_THRESHOLD for _, s in ranked) / total,
-        "fraction_above_0.5": sum(s > 0.5 for _, s in ranked) / total,
+        "fraction_above_0.1": scores.share_above(DEFAULT_RETRIEVAL_THRESHOLD),
+        "fraction_above_0.5": scores.share_above(0.5),
         "top": [[format_heads([h]), round(s, 4)] for h, s in ranked[:top]],
     }
     if recorder is not None:

@@ -62,9 +62,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.action == "show":
         scores = HeadScores.load(args.scores)
-        total = scores.n_layers * scores.n_heads
         print(f"{scores.n_layers} layers x {scores.n_heads} heads; "
-              f"> {DEFAULT_RETRIEVAL_THRESHOLD}: {len(scores.above(DEFAULT_RETRIEVAL_THRESHOLD)) / total:.1%}; > 0.5: {len(scores.above(0.5)) / total:.1%}")
+              f"> {DEFAULT_RETRIEVAL_THRESHOLD}: {scores.share_above(DEFAULT_RETRIEVAL_THRESHOLD):.1%}; > 0.5: {scores.share_above(0.5):.1%}")
         for head, score in scores.ranked()[: args.top]:
             print(f"{format_heads([head])}\t{score:.4f}")
         return 0

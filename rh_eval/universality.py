@@ -58,8 +58,8 @@ def model_row(scores_path: str | Path, results: str | Path | None = None) -> Mod
     return ModelRow(
         model=_model_name(Path(scores_path)),
         heads=f"{total} ({scores.n_layers} × {scores.n_heads})",
-        above_threshold=len(scores.above(DEFAULT_RETRIEVAL_THRESHOLD)) / total,
-        above_half=len(scores.above(0.5)) / total,
+        above_threshold=scores.share_above(DEFAULT_RETRIEVAL_THRESHOLD),
+        above_half=scores.share_above(0.5),
         top=[(format_heads([head]), score) for head, score in ranked],
         top_depth=(min(depths), max(depths)),
         niah=niah_contrast(Path(results)) if results else {},

@@ -54,6 +54,13 @@ def cache_kwarg() -> str:
     return getattr(utils, "ALL_CACHE_NAMES", ["past_key_values"])[0]
 
 
+def load_task_yaml(path: Any, resolve_func: bool = False) -> dict[str, Any]:
+    """A task YAML read by lm-eval's own loader (``include``, ``!function`` tags), exactly as ``TaskManager`` reads it."""
+    from lm_eval.tasks._yaml_loader import load_yaml
+
+    return load_yaml(path, resolve_func=resolve_func)
+
+
 def set_process_rank(lm: Any, rank: int, world_size: int) -> None:
     """Shard requests over CPU processes as HFLM does over GPUs (it sets these only for multi-GPU runs)."""
     lm._rank, lm._world_size = rank, world_size
@@ -126,6 +133,10 @@ def missing_internals() -> list[str]:
         missing.append("PreTrainedModel._can_set_attn_implementation")
     if "include_path" not in inspect.signature(TaskManager.__init__).parameters:
         missing.append("TaskManager(include_path=...)")
+    try:
+        from lm_eval.tasks._yaml_loader import load_yaml  # noqa: F401
+    except ImportError:
+        missing.append("lm_eval.tasks._yaml_loader.load_yaml")
     if not callable(getattr(HarnessCLI, "execute", None)):
         missing.append("lm_eval._cli.HarnessCLI.execute")
     return missing

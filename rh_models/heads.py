@@ -123,6 +123,10 @@ class HeadScores:
     def top(self, k: int) -> list[Head]:
         return [head for head, _ in self.ranked()[:k]]
 
+    def share_above(self, threshold: float) -> float:
+        """Sparsity as the paper reports it: the share of all the model's heads whose mean score exceeds ``threshold``."""
+        return len(self.above(threshold)) / (self.n_layers * self.n_heads)
+
     def above(self, threshold: float) -> list[Head]:
         return [head for head, score in self.ranked() if score > threshold]
 

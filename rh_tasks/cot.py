@@ -152,12 +152,12 @@ def lm_eval_task_dir() -> Path:
 
 def lm_eval_base_config(relative: str) -> dict[str, Any]:
     """lm-eval's own task YAML at ``relative`` (e.g. ``gsm8k/gsm8k-cot.yaml``), includes and functions resolved."""
-    from lm_eval.tasks._yaml_loader import load_yaml
+    from rh_models.compat import load_task_yaml
 
     path = lm_eval_task_dir() / relative
     if not path.is_file():
         raise RHError(f"lm-eval has no task file {relative} (looked in {path.parent}); is lm-eval >= 0.4.9 installed?")
-    config = load_yaml(path, resolve_func=True)
+    config = load_task_yaml(path, resolve_func=True)
     for key in ("tag", "group", "task_list", "task_alias"):
         config.pop(key, None)
     return config

@@ -35,7 +35,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from rh_models.arguments import parse_bool, parse_int_list
-from rh_models.compat import task_metric_tables
+from rh_models.compat import load_task_yaml, task_metric_tables
 from rh_models.errors import RHError
 from rh_tasks.haystack import TokenizedHaystack, load_haystack
 from rh_tasks.needles import NEEDLE_KINDS, KVOptions, NeedleSet, make_needle_sets
@@ -46,6 +46,13 @@ PROMPT_TEMPLATE = "{instruction}\n\n<document>\n{context}\n</document>\n\nQuesti
 DEFAULT_DEPTHS: tuple[int, ...] = tuple(range(0, 101, 10))
 LENGTH_LADDER: tuple[int, ...] = (1000, 2000, 4000, 8000, 16000, 32000, 64000, 128000)
 DEFAULT_MAX_GEN_TOKS = 32
+
+
+def generation_stop() -> list[str]:
+    """The NIAH tasks' stop sequences, read from their YAML (one source for ``rh detect`` and the tasks)."""
+    from rh_tasks import task_config_dir
+
+    return list(load_task_yaml(task_config_dir() / "rh_niah_common.yaml")["generation_kwargs"]["until"])
 FIT_MARGIN = 4  # tokens kept free beyond the measured chat-template overhead (tokenization seams)
 _SIZING_STEPS = 8
 _CHARS_PER_TOKEN_BOUND = 10  # hay loaded per requested token; tokens are almost never longer than this
