@@ -10,7 +10,8 @@ Each entry says how its command is checked:
 * ``Run`` -- run through ``conftest.run_cli`` (this venv's program in a subprocess, under the memory limit), in
   one shared tmp folder that is its working directory, so relative paths (``scores.json``, ``out/``,
   ``demo-out``, ``g3``, ``a.json``) mean what they mean in the README. Commands that read what another one wrote
-  name it in ``needs`` and run after it; ``prepare`` builds inputs the README takes for granted
+  name it in ``needs`` and run after it (groups of such commands run in two lanes, two processes at a time on
+  two cores, see ``Workspace``); ``prepare`` builds inputs the README takes for granted
   (``ci/baseline.json``, ``a.json``/``b.json``). ``$(...)`` is run first, as the shell would. Then only these
   substitutions, each listed in the entry under its rule:
 
@@ -40,8 +41,10 @@ import re
 import shlex
 import shutil
 import sys
+import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -245,10 +248,10 @@ def check_compare(result, ws):
 
 
 def prepare_baseline(ws):
-    from rh_eval.cli import main
-
-    assert main(["check", "--update-baseline", "--results", str(ws.dir / "out" / "leaderboard.json"),
-                 "--baseline", str(ws.dir / "ci" / "baseline.json")]) == 0
+    """ci/baseline.json as docs/ci.md makes it, from this comparison."""
+    made = run_cli("rh", "check", "--update-baseline", "--results", "out/leaderboard.json", "--baseline",
+                   "ci/baseline.json", cwd=ws.dir, env=ENV)
+    assert made.returncode == 0 and (ws.dir / "ci" / "baseline.json").is_file(), made.stderr[-2000:]
 
 
 def check_check(result, ws):
@@ -549,6 +552,7 @@ def test_parse_only_commands_are_the_gpu_vllm_and_hub_ones():
     assert PARSE_ONLY == [c for c in COMMANDS if "rh-vllm" in c or "--backend vllm" in c or "meta-llama/" in c]
 
 
+@pytest.mark.slow
 def test_the_benchmark_script_is_rh_bench():
     result = run_cli("python", str(ROOT / "benchmarks" / "overhead.py"), "--help", cwd=ROOT)
     assert result.returncode == 0 and result.stdout.startswith("usage: rh bench"), result.stdout + result.stderr
@@ -600,14 +604,59 @@ def tiny_gemma3_dir(tmp_path_factory, smollm_dir) -> Path:
 
 
 class Workspace:
-    """One tmp folder, the README's working directory; each command runs once, after the ones it needs."""
+    """One tmp folder, the README's working directory, where each selected command runs once, after its needs.
+
+    Commands that share files (one command's ``needs``, transitively) form a group; the groups run in two lanes,
+    one thread each, so that a 2-core machine runs two commands at a time (every command is one process with one
+    thread). A command never waits on the other lane: nothing it reads is written there.
+    """
 
     FIXTURES = {"tiny_llama": "tiny_llama_dir", "tiny_gemma3": "tiny_gemma3_dir"}
 
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path, models: dict[str, str]):
         self.dir = folder
-        self.models: dict[str, str] = {}
-        self.results: dict[str, object] = {}
+        self.models = models
+        self.jobs: dict[str, Future] = {}
+        self.seconds: dict[str, float] = {}
+        self.lanes: list[threading.Thread] = []
+
+    @staticmethod
+    def lanes_for(names: list[str]) -> list[list[str]]:
+        """``names`` and their needs, in run order, as two lanes of whole groups (the largest group first)."""
+        def closure(name: str) -> list[str]:
+            return [n for need in RUNS[name][1].needs for n in closure(need)] + [name]
+
+        wanted = list(dict.fromkeys(n for name in names for n in closure(name)))
+        group_of = {name: {name} for name in wanted}
+        for name in wanted:
+            for need in RUNS[name][1].needs:
+                merged = group_of[name] | group_of[need]
+                for member in merged:
+                    group_of[member] = merged
+        groups = sorted({id(g): g for g in group_of.values()}.values(), key=len, reverse=True)
+        lanes: list[list[str]] = [[], []]
+        for group in groups:
+            min(lanes, key=len).extend(n for n in wanted if n in group)
+        return [lane for lane in lanes if lane]
+
+    def start(self, names: list[str]) -> None:
+        lanes = self.lanes_for(names)
+        for lane in lanes:
+            self.jobs.update({name: Future() for name in lane})
+        for lane in lanes:
+            thread = threading.Thread(target=self._run_lane, args=(lane,), daemon=True)
+            thread.start()
+            self.lanes.append(thread)
+
+    def _run_lane(self, lane: list[str]) -> None:
+        for name in lane:
+            failed = [need for need in RUNS[name][1].needs if self.jobs[need].exception()]  # same lane: done
+            try:
+                if failed:
+                    raise AssertionError(f"not run: it needs {failed[0]}, which failed")
+                self.jobs[name].set_result(self._run(name))
+            except BaseException as exc:  # noqa: BLE001 - handed to the test that waits for this command
+                self.jobs[name].set_exception(exc)
 
     def _shell_substitution(self, command: str) -> str:
         def run(match):
@@ -617,15 +666,8 @@ class Workspace:
 
         return re.sub(r"\$\(([^)]*)\)", run, command)
 
-    def run(self, name: str, request):
-        if name in self.results:
-            return self.results[name]
+    def _run(self, name: str):
         command, entry = RUNS[name]
-        for need in entry.needs:
-            self.run(need, request)
-        for key, fixture in self.FIXTURES.items():
-            if any(f"{{{key}}}" in sub.value for sub in entry.subs):
-                self.models[key] = str(request.getfixturevalue(fixture))
         if entry.prepare:
             entry.prepare(self)
         argv = shlex.split(self._shell_substitution(command))
@@ -633,22 +675,39 @@ class Workspace:
             argv = sub.apply(argv, self.models)
         start = time.perf_counter()
         result = run_cli(*argv, cwd=self.dir, env=ENV)
-        print(f"{name}: {time.perf_counter() - start:.1f} s: {shlex.join(argv)}")  # shown with -s or on failure
-        assert result.returncode == 0 and "Traceback" not in result.stderr, f"{shlex.join(argv)}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
-        self.results[name] = result
+        self.seconds[name] = time.perf_counter() - start
+        assert result.returncode == 0 and "Traceback" not in result.stderr, (
+            f"{shlex.join(argv)}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
         return result
+
+    def result(self, name: str):
+        return self.jobs[name].result()
+
+    def join(self) -> None:
+        for thread in self.lanes:
+            thread.join()
 
 
 @pytest.fixture(scope="module")
-def workspace(tmp_path_factory):
-    return Workspace(tmp_path_factory.mktemp("readme"))
+def workspace(tmp_path_factory, request):
+    """Starts every selected README command (and what it needs) at once, in two lanes; tests wait for theirs."""
+    names = [item.callspec.params["name"] for item in request.session.items
+             if getattr(item, "originalname", None) == "test_readme_command" and item.module is request.module]
+    subs = [sub.value for lane in Workspace.lanes_for(names) for name in lane for sub in RUNS[name][1].subs]
+    models = {key: str(request.getfixturevalue(fixture)) for key, fixture in Workspace.FIXTURES.items()
+              if any(f"{{{key}}}" in value for value in subs)}  # built here, in the main thread, before the lanes
+    ws = Workspace(tmp_path_factory.mktemp("readme"), models)
+    ws.start(names)
+    yield ws
+    ws.join()  # no command outlives the module
 
 
-@pytest.mark.parametrize("name", [
-    pytest.param(name, marks=[pytest.mark.smollm] if entry.smollm else []) for name, (_, entry) in RUNS.items()
+@pytest.mark.parametrize("name", [  # every one starts a program: slow; the tiny models need SmolLM2's tokenizer
+    pytest.param(name, marks=[pytest.mark.slow, *([pytest.mark.smollm] if entry.smollm else [])])
+    for name, (_, entry) in RUNS.items()
 ])
-def test_readme_command(name, workspace, request):
-    """Runs one README command (after the ones it needs) and checks what it wrote and printed."""
-    command, entry = RUNS[name]
-    result = workspace.run(name, request)
-    entry.check(result, workspace)
+def test_readme_command(name, workspace):
+    """One README command, run (after the ones it needs) in the shared folder: what it wrote and printed."""
+    result = workspace.result(name)
+    print(f"{name}: {workspace.seconds[name]:.1f} s: {shlex.join(result.args[1:])}")  # shown with -rA / -s
+    RUNS[name][1].check(result, workspace)
