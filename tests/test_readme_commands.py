@@ -109,7 +109,7 @@ class Sub:
         return argv
 
     def __str__(self) -> str:
-        return f"{self.rule} {self.flag}={self.value}"
+        return f"{self.rule} {self.flag}={self.value.replace('{{', '{').replace('}}', '}')}"
 
 
 @dataclass(frozen=True)
@@ -131,7 +131,7 @@ class CheckedBy:
     why: str
 
     def how(self) -> str:
-        return f"checked by {self.test} ({self.why}); arguments parsed here"
+        return f"checked by {self.test} ({self.why}); recipe or arguments checked here"
 
 
 @dataclass(frozen=True)
