@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import argparse
 
+from rh_models.arguments import parse_int_list
+from rh_models.errors import RHError
+
 
 def comma_ints(text: str) -> list[int]:
-    """argparse type for ``500,1000,2000``: a list of integers (empty text -> []), or one clear usage error."""
+    """argparse type for ``500,1000,2000``: :func:`~rh_models.arguments.parse_int_list` as a usage error."""
     try:
-        return [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+        return parse_int_list("value", text)
+    except RHError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None

@@ -156,11 +156,10 @@ def parse_list(text: str, what: str) -> list[str]:
 
 
 def parse_ks(text: str) -> list[int]:
-    ks = []
-    for part in parse_list(text, "--k"):
-        if not part.isdigit() or int(part) <= 0:
-            raise RHError(f"--k takes positive integers separated by commas, got {part!r}")
-        ks.append(int(part))
+    """``--k``: distinct positive integers, sorted."""
+    ks = parse_int_list("--k", text, minimum=1, distinct=True)
+    if not ks:
+        raise RHError("--k is empty")
     return sorted(ks)
 
 
@@ -168,10 +167,7 @@ def parse_ints(text: str | None, what: str) -> tuple[int, ...] | None:
     """``"500,1000"`` -> ``(500, 1000)``; None/empty -> None (the callee's default)."""
     if text in (None, ""):
         return None
-    values = parse_int_list(what, text)
-    if any(value < 0 for value in values):
-        raise RHError(f"{what} takes non-negative integers separated by commas, got {text!r}")
-    return tuple(values)
+    return tuple(parse_int_list(what, text, minimum=0))
 
 
 def parse_limit(text: str | None) -> int | float | None:

@@ -4,6 +4,7 @@ Usage::
 
     parse_bool("record_overwrite", "true")        # True; "ture" is an RHError, not a silent False
     parse_int_list("--detect-lengths", "500,1000")  # [500, 1000]; also accepts [500, 1000] from JSON metadata
+    parse_int("metadata samples", "3", minimum=1)   # 3; "0" is "must be a positive integer"
     optional_int("random_exclude", "")              # None
 
 Why one module: ``--model_args``, ``--metadata`` and ``rh`` options reach us as strings, JSON values or Python
@@ -34,14 +35,49 @@ def parse_bool(name: str, value: Any) -> bool:
     raise RHError(f"{name} must be true or false, got {value!r}")
 
 
+def _whole_number(value: Any) -> int | None:
+    """``3``, ``"3"``, ``3.0``, ``"3.0"`` -> 3; a bool, a fraction or text -> None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    text = str(value).strip()
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        number = float(text)
+    except ValueError:
+        return None
+    return int(number) if number.is_integer() else None
+
+
+def _bounds(minimum: int | None, maximum: int | None) -> str:
+    if maximum is not None:
+        return f"between {minimum} and {maximum}" if minimum is not None else f"<= {maximum}"
+    return {0: "a non-negative integer", 1: "a positive integer"}.get(minimum, f">= {minimum}")  # type: ignore[arg-type]
+
+
+def _in_bounds(number: int, minimum: int | None, maximum: int | None) -> bool:
+    return (minimum is None or number >= minimum) and (maximum is None or number <= maximum)
+
+
+def parse_int(name: str, value: Any, minimum: int | None = None, maximum: int | None = None) -> int:
+    """One integer from a model arg, JSON metadata or a CLI string, within ``minimum..maximum`` when given."""
+    number = _whole_number(value)
+    if number is None:
+        raise RHError(f"{name} must be an integer, got {value!r}")
+    if not _in_bounds(number, minimum, maximum):
+        raise RHError(f"{name} must be {_bounds(minimum, maximum)}, got {value!r}")
+    return number
+
+
 def optional_int(name: str, value: Any) -> int | None:
     """An integer, or ``None`` for an absent value (``None``, ``""``, ``none``)."""
     if value is None or str(value).strip().lower() in ("", "none"):
         return None
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        raise RHError(f"{name} must be an integer, got {value!r}") from None
+    return parse_int(name, value)
 
 
 def parse_float(name: str, value: Any) -> float:
@@ -51,10 +87,12 @@ def parse_float(name: str, value: Any) -> float:
         raise RHError(f"{name} must be a number, got {value!r}") from None
 
 
-def parse_int_list(name: str, value: Any) -> list[int]:
+def parse_int_list(name: str, value: Any, minimum: int | None = None, maximum: int | None = None,
+                   distinct: bool = False) -> list[int]:
     """``"500,1000"`` (``;`` works too), ``[500, 1000]`` or ``500`` -> ``[500, 1000]``, in the order given.
 
     Whole floats from JSON (``500.0``) are accepted; an empty value gives ``[]`` (callers decide if that is fine).
+    Every item must lie in ``minimum..maximum``; ``distinct`` refuses a repeated item.
     """
     if isinstance(value, str):
         value = [part for part in value.replace(";", ",").split(",") if part.strip()]
@@ -62,13 +100,14 @@ def parse_int_list(name: str, value: Any) -> list[int]:
         value = [value]
     if not isinstance(value, Iterable):
         raise RHError(f"{name} must be a list of integers, got {value!r}")
-    numbers = []
+    numbers: list[int] = []
     for item in value:
-        try:
-            number = float(str(item).strip()) if not isinstance(item, bool) else float("nan")
-        except ValueError:
-            number = float("nan")
-        if number != number or number != int(number):
+        number = _whole_number(item)
+        if number is None:
             raise RHError(f"{name} must be integers separated by commas, got {item!r}")
-        numbers.append(int(number))
+        if not _in_bounds(number, minimum, maximum):
+            raise RHError(f"{name} takes integers that are each {_bounds(minimum, maximum)}, got {number}")
+        if distinct and number in numbers:
+            raise RHError(f"{name} lists {number} twice")
+        numbers.append(number)
     return numbers

@@ -25,6 +25,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from rh_models.arguments import parse_int
 from rh_models.errors import RHError
 from rh_tasks.cot_data import DOC_MAKERS, generate
 
@@ -43,25 +44,11 @@ def _check_known(metadata: dict[str, Any], prefix: str, known: tuple[str, ...]) 
             raise RHError(f"unknown metadata key {key!r}; known {prefix}* keys: {', '.join(known)}")
 
 
-def _int_option(name: str, value: Any, minimum: int, maximum: int | None = None) -> int:
-    """An integer from JSON metadata (an int, or a string of one); anything else is an RHError."""
-    if isinstance(value, bool) or not isinstance(value, (int, str)):
-        raise RHError(f"metadata {name} must be an integer, got {value!r}")
-    try:
-        number = int(value)
-    except ValueError:
-        raise RHError(f"metadata {name} must be an integer, got {value!r}") from None
-    if number < minimum or (maximum is not None and number > maximum):
-        bounds = f">= {minimum}" if maximum is None else f"between {minimum} and {maximum}"
-        raise RHError(f"metadata {name} must be {bounds}, got {value!r}")
-    return number
-
-
 def cot_options(metadata: dict[str, Any]) -> tuple[int, int]:
     """``(docs, seed)`` from run metadata, with defaults; RHError on bad values or misspelt ``cot_*`` keys."""
     _check_known(metadata, "cot_", COT_KEYS)
-    docs = _int_option("cot_docs", metadata.get("cot_docs", DEFAULT_DOCS), 1, MAX_DOCS)
-    seed = _int_option("cot_seed", metadata.get("cot_seed", DEFAULT_SEED), 0)
+    docs = parse_int("metadata cot_docs", metadata.get("cot_docs", DEFAULT_DOCS), 1, MAX_DOCS)
+    seed = parse_int("metadata cot_seed", metadata.get("cot_seed", DEFAULT_SEED), 0)
     return docs, seed
 
 

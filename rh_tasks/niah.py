@@ -34,7 +34,7 @@ import functools
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from rh_models.arguments import parse_bool, parse_int_list
+from rh_models.arguments import parse_bool, parse_int, parse_int_list
 from rh_models.compat import load_task_yaml, task_metric_tables
 from rh_models.errors import RHError
 from rh_tasks.haystack import TokenizedHaystack, load_haystack
@@ -216,12 +216,12 @@ def build_docs(
         tokenizer = load_tokenizer(tokenizer)
     if needles not in NEEDLE_KINDS:
         raise RHError(f"unknown needles {needles!r}; choose one of {', '.join(NEEDLE_KINDS)}")
-    max_gen_toks = _positive_int("max_gen_toks", max_gen_toks)
+    max_gen_toks = parse_int("metadata max_gen_toks", max_gen_toks, minimum=1)
     chat_overhead_fit = fit_chat_template and not chat_template and has_chat_template(tokenizer)
     bos = count_tokens(tokenizer, "a", special=True) - count_tokens(tokenizer, "a")
     budget = None
     if max_length is not None:
-        max_length = _positive_int("max_length", max_length)
+        max_length = parse_int("metadata max_length", max_length, minimum=1)
         budget = max_length - max_gen_toks - bos - FIT_MARGIN
         if chat_overhead_fit:
             budget -= _chat_overhead(tokenizer, "x" * 20, "Answer")
@@ -256,16 +256,6 @@ def build_docs(
                     )
                 docs.append(doc)
     return docs
-
-
-def _positive_int(name: str, value: Any) -> int:
-    try:
-        number = int(value)
-    except (TypeError, ValueError):
-        raise RHError(f"metadata {name} must be a positive integer, got {value!r}") from None
-    if number <= 0 or number != float(value):
-        raise RHError(f"metadata {name} must be a positive integer, got {value!r}")
-    return number
 
 
 def _chat_overhead(tokenizer: Any, text: str, gen_prefix: str) -> int:
@@ -407,30 +397,20 @@ def docs_from_metadata(**metadata: Any) -> tuple[list[dict[str, Any]], Any, int]
         depths=metadata.get("depths", DEFAULT_DEPTHS),
         needles=str(metadata.get("needles", "paper")),
         haystack=str(metadata.get("haystack", "pg_essays")),
-        seed=_non_negative("seed", metadata.get("seed", 0)),
+        seed=parse_int("metadata seed", metadata.get("seed", 0), minimum=0),
         max_length=max_length,
         max_gen_toks=metadata.get("max_gen_toks", DEFAULT_MAX_GEN_TOKS),
         answer_prefix=prefix,
-        samples=None if metadata.get("samples") is None else _positive_int("samples", metadata["samples"]),
+        samples=None if metadata.get("samples") is None else parse_int("metadata samples", metadata["samples"], minimum=1),
         cell_metrics=_as_bool("cell_metrics", metadata.get("cell_metrics", False)),
         kv=KVOptions(key_type=str(metadata.get("keys", "words")), value_type=str(metadata.get("values", "numbers")),
-                     **{key: _positive_int(key, metadata[key])
+                     **{key: parse_int(f"metadata {key}", metadata[key], minimum=1)
                         for key in ("num_distractors", "num_values", "num_queries") if key in metadata}),
         haystack_split=str(metadata.get("haystack_split", "train")),
         haystack_field=str(metadata.get("haystack_field", "text")),
     )
     docs = build_docs(tokenizer, **options)
-    return docs, tokenizer, _positive_int("max_length", max_length)
-
-
-def _non_negative(name: str, value: Any) -> int:
-    try:
-        number = int(value)
-    except (TypeError, ValueError):
-        raise RHError(f"metadata {name} must be a non-negative integer, got {value!r}") from None
-    if number < 0:
-        raise RHError(f"metadata {name} must be a non-negative integer, got {value!r}")
-    return number
+    return docs, tokenizer, parse_int("metadata max_length", max_length, minimum=1)
 
 
 # --- the lm-eval task class --------------------------------------------------------------------------------------
@@ -466,7 +446,7 @@ def _make_task_class() -> type:
             metadata = dict(self.config.metadata or {})
             metadata.pop("version", None)
             metadata.pop("config_source", None)
-            asked = _positive_int("max_gen_toks", metadata.get("max_gen_toks", 1))
+            asked = parse_int("metadata max_gen_toks", metadata.get("max_gen_toks", 1), minimum=1)
             metadata["max_gen_toks"] = max(asked, self._reserved_gen_toks())
             docs, self._tokenizer, self._max_length = docs_from_metadata(**metadata, **(dataset_kwargs or {}))
             self._reserved = metadata["max_gen_toks"]
