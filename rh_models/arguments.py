@@ -23,6 +23,11 @@ _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")
 
 
+def is_bool_word(value: Any) -> bool:
+    """Is ``value`` one of the words :func:`parse_bool` reads (for options that take a bool or free text)?"""
+    return isinstance(value, str) and value.strip().lower() in _TRUE + _FALSE
+
+
 def parse_bool(name: str, value: Any) -> bool:
     """``true/false/yes/no/on/off/1/0`` (any case) or a bool; anything else is one clear error."""
     if isinstance(value, bool):

@@ -34,7 +34,7 @@ import functools
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from rh_models.arguments import parse_bool, parse_int, parse_int_list
+from rh_models.arguments import is_bool_word, parse_bool, parse_int, parse_int_list
 from rh_models.compat import load_task_yaml, task_metric_tables
 from rh_models.errors import RHError
 from rh_tasks.haystack import TokenizedHaystack, load_haystack
@@ -390,7 +390,7 @@ def docs_from_metadata(**metadata: Any) -> tuple[list[dict[str, Any]], Any, int]
     max_length = metadata.get("max_length") or model_max_length(
         metadata.get("pretrained") or name, tokenizer, trust)
     prefix = metadata.get("answer_prefix", True)
-    if not isinstance(prefix, str) or prefix.lower() in ("true", "false", "1", "0", "yes", "no"):
+    if not isinstance(prefix, str) or is_bool_word(prefix):
         prefix = _as_bool("answer_prefix", prefix)
     options: dict[str, Any] = dict(
         lengths=metadata.get("lengths"),
