@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Callable
 
 from rh_eval.bench_reuse import pick_contenders, render_reuse, time_prefix_reuse
-from rh_eval.cli_args import comma_ints
+from rh_models.arguments import comma_ints
 from rh_models.errors import RHError
 from rh_models.zoo import DEFAULT_MODEL
 

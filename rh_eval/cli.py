@@ -25,12 +25,12 @@ from rh_models.errors import RHError
 
 # subcommand -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "models": ("rh_eval.zoo_cli", "list embedded model aliases, or print the local folder of one"),
+    "models": ("rh_eval.models_cli", "list embedded model aliases, or print the local folder of one"),
     "detect": ("rh_eval.detect", "run the paper's NIAH retrieval-head detection and write a score file"),
     "heads": ("rh_eval.heads_cli", "inspect and compare head-score files"),
     "compare": ("rh_eval.compare", "full vs retrieval-masked vs random-masked leaderboard"),
-    "check": ("rh_eval.gate", "CI gate: compare results to a baseline within a tolerance"),
-    "plot": ("rh_eval.plots", "plots: NIAH length x depth heatmap, head-score heatmap"),
+    "check": ("rh_eval.check", "CI gate: compare results to a baseline within a tolerance"),
+    "plot": ("rh_eval.plot", "the NIAH length x depth heatmap from lm-eval samples or results"),
     "demo": ("rh_eval.demo", "detect -> compare -> leaderboard and plots on the embedded model"),
     "bench": ("rh_eval.bench", "overhead of masking and recording vs stock lm-eval (see benchmarks/)"),
 }

@@ -14,7 +14,7 @@ Usage::
     out/conditions/<name>/samples_<task>.jsonl per-sample results (paired tests in `rh check`, NIAH heatmaps)
     out/conditions/<name>/condition.json      kind, K, seed, method, scope and the exact heads masked
     out/leaderboard.{md,csv,html,tex,json}    see rh_eval.leaderboard
-    out/plots/*.png                           see rh_eval.compare_plots
+    out/plots/*.png                           see rh_eval.plots.conditions
 
 Why: the paper's evidence is a contrast between conditions, so every condition must run on the *same*
 weights, tasks, limits and prompts. The model is loaded once and only the head mask is swapped between
@@ -513,7 +513,7 @@ def compare(
     print(f"{log}: leaderboard {'updated' if replacing else 'written'}: {paths['md'].with_suffix('.*')}")
     plots: list[Path] = []
     if config.plots:
-        from rh_eval.compare_plots import make_plots
+        from rh_eval.plots.conditions import make_plots
 
         plots = make_plots(board, out_dir / "plots", conditions_dir=out_dir / "conditions", tasks=tasks)
         print(f"{log}: {len(plots)} plots in {out_dir / 'plots'}")

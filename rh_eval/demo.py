@@ -285,7 +285,7 @@ def run_detection(out_dir: Path, state: dict[str, Any], get_lm: ModelOnce, termi
 
 def plot_heads(scores: Path, out: Path) -> Path:
     """The layers x heads heatmap of the detection, written atomically."""
-    from rh_eval.head_plot import plot_head_scores
+    from rh_eval.plots.heads import plot_head_scores
     from rh_models.heads import HeadScores
 
     return plot_head_scores(HeadScores.load(scores), out, title="retrieval score per head (rh demo detection)")
@@ -344,7 +344,7 @@ def shape_checks(board: Leaderboard, task: str) -> list[ShapeCheck]:
 
 def cot_line(board: Leaderboard, cot_task: str, direct_task: str) -> str | None:
     """How much chain-of-thought and direct answering lost under each retrieval@K (informational)."""
-    from rh_eval.compare_plots import cot_column_pairs
+    from rh_eval.plots.conditions import cot_column_pairs
 
     pairs = [(c, d) for c, d in cot_column_pairs(board) if c.task == cot_task and d.task == direct_task]
     if not pairs:

@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
-from rh_eval.cli_args import comma_ints
+from rh_models.arguments import comma_ints
 from rh_eval.resume import Journal
 from rh_models.answers import ANSWERED_ABOVE
 from rh_models.atomic import write_json_atomic
@@ -261,7 +261,7 @@ def run(args: argparse.Namespace) -> int:
     )
     print_summary(summary, args.output)
     if args.plot:
-        from rh_eval.head_plot import plot_head_scores
+        from rh_eval.plots.heads import plot_head_scores
 
         plot_head_scores(HeadScores.load(args.output), args.plot)
         print(f"wrote {args.plot}")

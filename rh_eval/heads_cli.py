@@ -4,7 +4,7 @@ Usage::
 
     rh heads show scores.json --top 20
     rh heads compare scores_needles_a.json scores_needles_b.json --top 10
-    rh heads summary demo-out/head_scores.json g3/head_scores.json --results demo-out g3   # see rh_eval.universality
+    rh heads summary demo-out/head_scores.json g3/head_scores.json --results demo-out g3   # see rh_eval.heads_summary
 
 ``compare`` answers "are these the same retrieval heads?" across needle sets, seeds or library versions:
 overlap of the top-K sets and Kendall's tau over all heads' mean scores (scipy).
@@ -56,7 +56,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if args.action == "summary":
-        from rh_eval.universality import summary_table
+        from rh_eval.heads_summary import summary_table
 
         print(summary_table(args.scores, args.results))
         return 0

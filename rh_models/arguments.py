@@ -14,6 +14,7 @@ lm-eval imports, so argument errors stay instant.
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Iterable
 from typing import Any
 
@@ -116,3 +117,11 @@ def parse_int_list(name: str, value: Any, minimum: int | None = None, maximum: i
             raise RHError(f"{name} lists {number} twice")
         numbers.append(number)
     return numbers
+
+
+def comma_ints(text: str) -> list[int]:
+    """argparse ``type=`` for ``500,1000,2000``: :func:`parse_int_list`, its refusal as argparse's usage error."""
+    try:
+        return parse_int_list("value", text)
+    except RHError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None

@@ -6,7 +6,7 @@ import argparse
 
 import pytest
 
-from rh_eval.cli_args import comma_ints
+from rh_models.arguments import comma_ints
 from rh_eval.compare import parse_ints, parse_ks
 from rh_models.arguments import optional_int, parse_int, parse_int_list
 from rh_models.errors import RHError

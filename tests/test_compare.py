@@ -20,7 +20,7 @@ from rh_eval.compare import (
     parse_metadata,
     plan_conditions,
 )
-from rh_eval.compare_plots import cot_column_pairs, cot_pairs, make_plots
+from rh_eval.plots.conditions import cot_column_pairs, cot_pairs, make_plots
 from rh_eval.leaderboard import ConditionResult, build_leaderboard
 from rh_models.errors import RHError
 
@@ -234,7 +234,7 @@ def test_niah_heatmaps_per_condition_and_difference(tmp_path, monkeypatch):
             cells_by_condition[str(folder / "samples_rh_niah.jsonl")] = {(1000, 0.5): 1.0 - 0.1 * i, (2000, 0.5): 0.5}
 
     calls = []
-    fake = types.ModuleType("rh_eval.plots")
+    fake = types.ModuleType("rh_eval.plots.niah")
     fake.niah_cells = lambda path: cells_by_condition[str(path)]
 
     def plot_niah_heatmap(cells, out, title=None, vmin=0, vmax=1, diff=False):
@@ -243,7 +243,7 @@ def test_niah_heatmaps_per_condition_and_difference(tmp_path, monkeypatch):
         Path(out).write_bytes(PNG)
 
     fake.plot_niah_heatmap = plot_niah_heatmap
-    monkeypatch.setitem(sys.modules, "rh_eval.plots", fake)
+    monkeypatch.setitem(sys.modules, "rh_eval.plots.niah", fake)
     paths = make_plots(board, tmp_path / "plots", conditions_dir=tmp_path / "conditions", tasks=["rh_niah"])
     heatmaps = {name: (cells, vmin, vmax, diff) for name, cells, vmin, vmax, diff in calls}
     assert len(heatmaps) == 9 + 8  # every condition (1 + 2 + 6), and each non-full one minus full

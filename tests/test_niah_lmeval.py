@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from conftest import run_cli
 
-from rh_eval.plots import niah_cells
+from rh_eval.plots.niah import niah_cells
 from rh_models.errors import RHError
 from rh_models.zoo import resolve_pretrained
 

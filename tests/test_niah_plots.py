@@ -7,7 +7,7 @@ import json
 import pytest
 
 from rh_eval.cli import main as rh_main
-from rh_eval.plots import niah_cells, plot_niah_heatmap
+from rh_eval.plots.niah import niah_cells, plot_niah_heatmap
 from rh_models.errors import RHError
 
 DATE = "2026-01-02T03-04-05.678901"

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from rh_eval.plots import niah_cells
+from rh_eval.plots.niah import niah_cells
 from rh_models.zoo import resolve_pretrained
 
 

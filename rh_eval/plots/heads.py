@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rh_eval.figures import new_figure, save_figure
+from rh_eval.plots.figures import new_figure, save_figure
 from rh_models.heads import DEFAULT_RETRIEVAL_THRESHOLD, HeadScores
 
 

@@ -2,7 +2,7 @@
 
 Usage::
 
-    from rh_eval.compare_plots import make_plots
+    from rh_eval.plots.conditions import make_plots
     paths = make_plots(board, "out/plots", conditions_dir="out/conditions")   # list of written PNGs
 
 Why: the paper's finding is a *shape*. Scores should fall steeply as more retrieval heads are masked and
@@ -11,7 +11,7 @@ glance, where a table needs careful reading. Chain-of-thought is predicted to su
 answering, hence bars of each ``<task>_cot`` next to ``<task>``. For needle-in-a-haystack, *where* the
 needle is lost (context length x depth) matters, hence a heatmap per condition and its difference to full.
 
-Figures come from :mod:`rh_eval.figures` (matplotlib's object API, written atomically).
+Figures come from :mod:`rh_eval.plots.figures` (matplotlib's object API, written atomically).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import re
 from pathlib import Path
 from typing import Iterable
 
-from rh_eval.figures import new_figure, save_figure
+from rh_eval.plots.figures import new_figure, save_figure
 from rh_eval.leaderboard import Column, Leaderboard
 from rh_eval.sample_files import samples_by_task, samples_name
 
@@ -145,7 +145,7 @@ def niah_sample_tasks(conditions_dir: Path, tasks: Iterable[str]) -> list[str]:
 
 def niah_heatmaps(board: Leaderboard, conditions_dir: str | Path, out_dir: str | Path, tasks: Iterable[str]) -> list[Path]:
     """Length x depth heatmap per condition and its difference to full, for every NIAH task with samples."""
-    from rh_eval.plots import niah_cells, plot_niah_heatmap
+    from rh_eval.plots.niah import niah_cells, plot_niah_heatmap
 
     conditions_dir, out_dir = Path(conditions_dir), Path(out_dir)
     written: list[Path] = []

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from rh_eval.cli import main
-from rh_eval.gate import mcnemar_exact, paired_bootstrap, paired_test
+from rh_eval.check import mcnemar_exact, paired_bootstrap, paired_test
 from rh_eval.leaderboard import ConditionResult, build_leaderboard, write_leaderboard
 
 DATE = "2025-01-02T03-04-05.678901"

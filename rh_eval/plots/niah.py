@@ -1,32 +1,26 @@
-"""``rh plot``: the classic NIAH heatmap (context length x needle depth) from lm-eval output.
+"""The classic NIAH heatmap (context length x needle depth) from lm-eval output: read the cells, draw them.
 
 Usage::
 
-    rh plot niah out/                      --out heatmap.png   # folder written by --output_path --log_samples
-    rh plot niah out/conditions/full       --out heatmap.png   # a condition folder of rh compare / rh demo
-    rh plot niah samples_rh_niah_paper_2025-01-01T00-00-00.jsonl --out heatmap.png
-    rh plot niah results_2025-01-01T00-00-00.json --task rh_niah_paper --out heatmap.png
-
-    from rh_eval.plots import niah_cells, plot_niah_heatmap
+    from rh_eval.plots.niah import niah_cells, plot_niah_heatmap
     full, masked = niah_cells("full/"), niah_cells("masked/")
     plot_niah_heatmap({c: masked[c] - full[c] for c in full}, "diff.png", diff=True, title="masked - full")
 
 Why from samples: each logged sample carries its (length, depth) cell and its score, so the heatmap needs no
 extra metric keys; a results JSON works when it holds per-cell keys (``--metadata '{"cell_metrics": true}'``)
 or sits next to its samples files. The functions are public so the compare command can draw per-condition and
-difference maps. Plot kinds are subcommands (``rh plot niah ...``) so more kinds can join later.
+difference maps; ``rh plot niah`` (:mod:`rh_eval.plot`) is the command line over them.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from rh_eval.figures import new_figure, save_figure
+from rh_eval.plots.figures import new_figure, save_figure
 from rh_eval.sample_files import RESULTS_NAME, samples_by_task
 from rh_models.answers import score_answer
 from rh_models.errors import RHError
@@ -176,26 +170,3 @@ def plot_niah_heatmap(cells: Mapping[tuple[int, int], float], out: str | Path, t
     fig.colorbar(image, ax=ax, label="score difference" if diff else "score")
     ax.set_title(title or ("NIAH score difference" if diff else "Needle in a haystack"))
     return save_figure(fig, out)
-
-
-# --- `rh plot` -------------------------------------------------------------------------------------------------
-
-def configure(parser: argparse.ArgumentParser) -> None:
-    kinds = parser.add_subparsers(dest="kind", metavar="KIND", required=True)
-    niah = kinds.add_parser("niah", help="length x depth heatmap from lm-eval NIAH samples or results",
-                            description="Length x depth heatmap from lm-eval NIAH samples or results.")
-    niah.add_argument("source", metavar="RESULTS_OR_SAMPLES",
-                      help="samples_*.jsonl, results_*.json, or the --output_path folder of an lm-eval run")
-    niah.add_argument("--out", required=True, help="image to write (png, pdf, svg)")
-    niah.add_argument("--task", help="task to plot when the source holds several (e.g. rh_niah_kv)")
-    niah.add_argument("--title", help="plot title")
-
-
-def run(args: argparse.Namespace) -> int:
-    if args.kind == "niah":
-        cells = niah_cells(args.source, task=args.task)
-        out = plot_niah_heatmap(cells, args.out, title=args.title)
-        mean = sum(cells.values()) / len(cells)
-        print(f"{out}: {len(cells)} cells, mean score {mean:.3f}")
-        return 0
-    raise RHError(f"unknown plot kind {args.kind!r}")
