@@ -25,6 +25,18 @@ def _imported_packages(path: Path) -> set[tuple[int, str]]:
     return found
 
 
+def test_architecture_page_lists_every_module_and_only_those():
+    """docs/architecture.md gives each module its one-line purpose; a module added or removed must update it."""
+    import re
+
+    page = (REPO / "docs" / "architecture.md").read_text()
+    listed = set(re.findall(r"^\| `([\w/]+\.py)` \| \S", page, flags=re.M))
+    actual = {str(p.relative_to(REPO)) for folder in ("rh_models", "rh_tasks", "rh_eval", "benchmarks", "scripts")
+              for p in (REPO / folder).rglob("*.py")}
+    assert sorted(actual - listed) == [], "modules missing from docs/architecture.md"
+    assert sorted(listed - actual) == [], "docs/architecture.md lists modules that do not exist"
+
+
 @pytest.mark.parametrize("package", sorted(FORBIDDEN))
 def test_imports_run_one_way(package):
     violations = [
