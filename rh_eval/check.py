@@ -42,9 +42,8 @@ from rh_eval.leaderboard import (
     higher_is_better,
     is_number,
     metric_values,
-    read_json,
 )
-from rh_eval.sample_files import RESULTS_NAME, samples_by_task, samples_name
+from rh_eval.run_files import RESULTS_NAME, newest_results, read_json, read_jsonl, samples_by_task, samples_name
 from rh_models.atomic import write_text_atomic
 from rh_models.errors import RHError
 
@@ -94,12 +93,13 @@ def resolve_input(path: str | Path, what: str) -> Path:
     if path.is_dir():
         if (path / "leaderboard.json").is_file():
             return path / "leaderboard.json"
-        found = sorted(path.rglob("results_*.json"), key=lambda p: p.name)  # lm-eval: results_<date>.json
-        if not found:
+        newest = newest_results(path)
+        if newest is None:
             raise RHError(f"{what} folder {path} has no leaderboard.json and no lm-eval results_*.json")
-        if len(found) > 1:
-            print(f"rh check: {what}: {len(found)} results files under {path}; using the newest, {found[-1]}", file=sys.stderr)
-        return found[-1]
+        others = sum(1 for _ in path.rglob("results_*.json")) - 1
+        if others:
+            print(f"rh check: {what}: {others + 1} results files under {path}; using the newest, {newest}", file=sys.stderr)
+        return newest
     if not path.is_file():
         raise RHError(f"{what} {path} does not exist")
     return path
@@ -400,8 +400,7 @@ def _copy_samples(source: SampleSource, dest: Path) -> bool:
         path = source.path(task)
         if path is None:
             continue
-        with open(path, encoding="utf-8") as handle:
-            lines = [json.dumps(_compact_sample(json.loads(line))) for line in handle if line.strip()]
+        lines = [json.dumps(_compact_sample(sample)) for sample in read_jsonl(path)]
         write_text_atomic(dest / samples_name(task), "\n".join(lines) + "\n")
         copied = True
     return copied

@@ -44,7 +44,7 @@ from rh_eval.leaderboard import (
     write_leaderboard,
 )
 from rh_eval.resume import clear_outputs, resume_record, save_record
-from rh_eval.sample_files import samples_name
+from rh_eval.run_files import samples_name
 from rh_models.arguments import parse_int_list
 from rh_models.atomic import write_text_atomic
 from rh_models.attention import MASK_METHODS, MASK_SCOPES

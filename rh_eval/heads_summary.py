@@ -15,11 +15,11 @@ retrieval heads masked and with K random heads masked (mean over seeds).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from rh_eval.leaderboard import Leaderboard, headline_column, read_json
+from rh_eval.leaderboard import Leaderboard, headline_column
+from rh_eval.run_files import read_json
 from rh_models.errors import RHError
 from rh_models.heads import DEFAULT_RETRIEVAL_THRESHOLD, HeadScores, format_heads
 
@@ -105,8 +105,6 @@ def summary_table(scores: list[str], results: list[str] | None = None) -> str:
 def _model_name(scores_path: Path) -> str:
     meta = scores_path.with_suffix(".meta.json")
     if meta.is_file():
-        try:
-            return str(json.loads(meta.read_text()).get("model") or scores_path.stem)
-        except json.JSONDecodeError:
-            pass
+        record = read_json(meta, "score-file metadata")
+        return str(record.get("model") or scores_path.stem) if isinstance(record, dict) else scores_path.stem
     return scores_path.stem

@@ -31,6 +31,7 @@ from typing import Any, Iterable
 
 from scipy import stats
 
+from rh_eval.run_files import read_json
 from rh_models.atomic import write_text_atomic
 from rh_models.errors import RHError
 
@@ -42,17 +43,6 @@ _NOT_METRICS = {"alias", "name", "sample_len", "sample_count", "samples"}
 
 
 # ----------------------------------------------------------------------------------------------- helpers
-
-
-def read_json(path: str | Path, what: str = "file") -> Any:
-    """Parse a JSON file, turning a missing or malformed file into an :class:`RHError`."""
-    path = Path(path)
-    if not path.is_file():
-        raise RHError(f"{what} {path} does not exist")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise RHError(f"{what} {path} is not valid JSON ({exc})") from None
 
 
 def is_number(value: object) -> bool:

@@ -562,7 +562,7 @@ def test_the_benchmark_script_is_rh_bench():
 
 def test_rh_plot_reads_the_condition_folders_rh_compare_writes(tmp_path, capsys):
     from rh_eval.cli import main
-    from rh_eval.sample_files import samples_name
+    from rh_eval.run_files import samples_name
 
     def sample(length, depth, score):
         return json.dumps({"doc": {"length": length, "depth": depth}, "score": score})

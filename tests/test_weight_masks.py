@@ -3,11 +3,13 @@ explicit per-head masks, and restoring must give the original weights bit for bi
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
 from rh_models.errors import RHError
-from rh_models.vllm_worker import uniform_obstacle
+from rh_models.vllm_worker import attention_blocks, check_projection, uniform_obstacle
 from rh_models.weight_masks import AttentionWeights, HeadSharding, WeightMask, mask_layer
 
 HIDDEN, HEAD_SIZE, TOKENS = 24, 4, 7
@@ -54,7 +56,7 @@ def shard(w: dict, n_heads: int, n_kv: int, rank: int, tp: int) -> tuple[Attenti
     q_rows, kv_rows = rows(range(rank * local_q, (rank + 1) * local_q)), rows(kv_heads)
     qkv = torch.cat([w["q"][q_rows], w["k"][kv_rows], w["v"][kv_rows]])
     bias = torch.cat([w["bq"][q_rows], w["bk"][kv_rows], w["bv"][kv_rows]])
-    return AttentionWeights(qkv.clone(), w["o"][:, q_rows].clone(), HeadSharding(n_heads, HEAD_SIZE, rank, tp),
+    return AttentionWeights(qkv.clone(), w["o"][:, q_rows].clone(), HeadSharding(n_heads, HEAD_SIZE, rank, tp, n_kv),
                             bias.clone()), kv_heads
 
 
@@ -82,6 +84,8 @@ def test_weight_edits_equal_the_per_head_definition(n_heads, n_kv, tp, method):
     w = _weights(n_heads, n_kv)
     masked = {1, n_heads - 1, n_heads // 2}
     parts = [shard(w, n_heads, n_kv, rank, tp) for rank in range(tp)]
+    for part, _ in parts:
+        part.check(0)  # the exact (q + 2 kv) d x q d layout of every rank passes
     unmasked = sharded_forward(parts, w["x"], n_heads, n_kv)
     torch.testing.assert_close(unmasked, reference(w, n_heads, n_kv, set(), method), rtol=1e-10, atol=1e-10)
     originals = [(p.qkv_weight.clone(), p.qkv_bias.clone(), p.o_weight.clone()) for p, _ in parts]
@@ -115,8 +119,55 @@ def test_sharding_maps_global_heads_to_one_rank():
 
 def test_quantized_or_packed_weights_are_refused():
     weights = AttentionWeights(torch.zeros(8, 4, dtype=torch.int8), torch.zeros(4, 8), HeadSharding(2, 2))
-    with pytest.raises(RHError, match="not a plain float matrix"):
+    with pytest.raises(RHError, match="not a plain float"):
         weights.check(3)
+    fp8 = AttentionWeights(torch.zeros(12, 4).to(torch.float8_e4m3fn), torch.zeros(4, 4), HeadSharding(2, 2))
+    with pytest.raises(RHError, match="layer 3: the QKV projection weight is torch.float8_e4m3fn"):
+        fp8.check(3)  # is_floating_point() is True for float8: the old check let it through
+
+
+@pytest.mark.parametrize("qkv_rows,o_cols,bias,message", [
+    (13, 8, None, "the QKV projection has 13 rows, not (q + 2*kv)*d = (4 + 2*1)*2 = 12"),  # a fused extra row
+    (11, 8, None, "the QKV projection has 11 rows"),
+    (12, 9, None, "the output projection has 9 columns, not q*d = 4*2 = 8"),
+    (12, 8, 11, "the QKV bias has shape (11,), not (12,)"),
+])
+def test_a_projection_whose_shape_is_not_exactly_q_plus_2kv_by_q_is_refused(qkv_rows, o_cols, bias, message):
+    sharding = HeadSharding(4, 2, total_kv_heads=1)  # 4 query heads of size 2 sharing 1 key/value head
+    AttentionWeights(torch.zeros(12, 6), torch.zeros(6, 8), sharding, torch.zeros(12)).check(0)
+    bad = AttentionWeights(torch.zeros(qkv_rows, 6), torch.zeros(6, o_cols), sharding,
+                           None if bias is None else torch.zeros(bias))
+    with pytest.raises(RHError, match=re.escape(f"layer 5: {message}")):
+        bad.check(5)
+
+
+def test_kv_heads_per_rank_follow_vllms_sharding():
+    assert [HeadSharding(8, 4, r, 2, 2).local_kv_heads for r in range(2)] == [1, 1]
+    assert HeadSharding(8, 4, 0, 4, 2).local_kv_heads == 1  # fewer KV heads than ranks: one replicated head
+    assert HeadSharding(8, 4, 0, 2, 8).local_kv_heads == 4
+    with pytest.raises(RHError, match="key/value heads do not fit"):
+        HeadSharding(6, 4, 0, 2, 3)
+
+
+def test_a_quantized_projection_module_is_refused_in_one_line():
+    class AWQ:
+        qweight = torch.zeros(4, 4, dtype=torch.int32)
+        quant_method = type("AWQLinearMethod", (), {})()
+
+    with pytest.raises(RHError, match="layer 2: the QKV projection has no plain weight matrix .quantized: AWQLinearMethod"):
+        check_projection(AWQ(), "QKV", 2)
+
+
+def test_two_attention_blocks_in_one_layer_are_refused():
+    def children(module):
+        return ("qkv", "o", "attn") if module == "attention" else None
+
+    modules = [("model.layers.3.self_attn", "attention"), ("model.layers.3.mlp", "mlp"),
+               ("model.layers.4.self_attn", "attention")]
+    assert sorted(attention_blocks(modules, children)) == [3, 4]
+    with pytest.raises(RHError, match=r"two attention blocks claim layer 3 \(model.layers.3.self_attn and "
+                                      r"model.layers.3.cross_attn\)"):
+        attention_blocks([*modules, ("model.layers.3.cross_attn", "attention")], children)
 
 
 def test_uniform_is_refused_where_a_zero_query_is_not_uniform_attention():

@@ -22,7 +22,7 @@ from typing import Iterable
 
 from rh_eval.plots.figures import new_figure, save_figure
 from rh_eval.leaderboard import Column, Leaderboard
-from rh_eval.sample_files import samples_by_task, samples_name
+from rh_eval.run_files import samples_by_task, samples_name
 
 COT_SUFFIX = "_cot"
 

@@ -14,14 +14,13 @@ difference maps; ``rh plot niah`` (:mod:`rh_eval.plot`) is the command line over
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 from rh_eval.plots.figures import new_figure, save_figure
-from rh_eval.sample_files import RESULTS_NAME, samples_by_task
+from rh_eval.run_files import RESULTS_NAME, newest_results, pick_samples, read_json, read_jsonl, samples_by_task
 from rh_models.answers import score_answer
 from rh_models.errors import RHError
 from rh_tasks.metrics import cell_means
@@ -54,42 +53,8 @@ def cells_from_samples(samples: Iterable[Mapping[str, Any]]) -> dict[tuple[int, 
     return cell_means(triples)
 
 
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    try:
-        return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    except (OSError, json.JSONDecodeError) as exc:
-        raise RHError(f"cannot read samples file {path}: {exc}") from None
-
-
-def _pick_samples(by_task: Mapping[str, list[tuple[str, Path]]], task: str | None, where: Path) -> Path:
-    """The samples file of ``task`` (or of the only NIAH-looking task) in ``by_task`` (see ``samples_by_task``).
-
-    lm-eval's files carry their run's date: the newest run wins. ``rh compare`` / ``rh demo`` write one undated
-    ``samples_<task>.jsonl`` per condition folder: several of those are different conditions, never a choice
-    to make silently.
-    """
-    if task is not None:
-        if task not in by_task:
-            raise RHError(f"no samples of task {task!r} in {where} (found: {', '.join(sorted(by_task)) or 'none'})")
-        runs = by_task[task]
-    else:
-        niah = {name: runs for name, runs in by_task.items() if name.startswith("rh_niah")} or by_task
-        if len(niah) != 1:
-            found = ", ".join(sorted(niah)) or "no samples_*.jsonl files"
-            raise RHError(f"{where} holds {found}; choose one with --task (run lm-eval with --log_samples for samples)")
-        [(task, runs)] = niah.items()
-    if len(runs) > 1 and not all(date for date, _ in runs):
-        folders = ", ".join(str(path.parent.relative_to(where)) for _, path in runs)
-        raise RHError(f"{where} holds {len(runs)} samples files of {task} (in {folders}); "
-                      f"give one condition's folder or file")
-    return max(runs)[1]
-
-
 def _cells_from_results(path: Path, task: str | None) -> dict[tuple[int, int], float]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise RHError(f"cannot read results file {path}: {exc}") from None
+    data = read_json(path, "results file")
     results = data.get("results") if isinstance(data, dict) else None
     if not isinstance(results, dict):
         raise RHError(f"{path} is not an lm-eval results file (no 'results' section)")
@@ -112,7 +77,7 @@ def _cells_from_results(path: Path, task: str | None) -> dict[tuple[int, int], f
     if not siblings:
         raise RHError(f"{path} has no per-cell scores and no samples beside it; rerun lm-eval with --log_samples "
                       f"or --metadata '{{\"cell_metrics\": true}}'")
-    return cells_from_samples(_read_jsonl(_pick_samples(siblings, task, path.parent)))
+    return cells_from_samples(read_jsonl(pick_samples(siblings, task, path.parent)))
 
 
 def niah_cells(path_or_samples: str | Path | Iterable[Mapping[str, Any]],
@@ -124,15 +89,15 @@ def niah_cells(path_or_samples: str | Path | Iterable[Mapping[str, Any]],
     if path.is_dir():
         by_task = samples_by_task(path, recursive=True)
         if not by_task:
-            results = sorted(path.rglob("results_*.json"))
-            if results:
-                return _cells_from_results(results[-1], task)
+            results = newest_results(path)
+            if results is not None:
+                return _cells_from_results(results, task)
             raise RHError(f"{path} holds no lm-eval samples_*.jsonl or results_*.json files")
-        return cells_from_samples(_read_jsonl(_pick_samples(by_task, task, path)))
+        return cells_from_samples(read_jsonl(pick_samples(by_task, task, path)))
     if not path.is_file():
         raise RHError(f"{path} does not exist")
     if path.suffix == ".jsonl":
-        return cells_from_samples(_read_jsonl(path))
+        return cells_from_samples(read_jsonl(path))
     return _cells_from_results(path, task)
 
 
