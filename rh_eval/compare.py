@@ -7,8 +7,8 @@ Usage::
     rh compare --backend vllm --model-args tensor_parallel_size=2 ...   # one rh-vllm engine (weight edits)
 
     from rh_eval.compare import CompareConfig, compare
-    board, plots = compare(CompareConfig(model="smollm2-135m", tasks=("rh_niah",), output_dir=Path("out"),
-                                         head_scores=Path("scores.json"), ks=(6,)))
+    config = CompareConfig(model="smollm2-135m", tasks=("rh_niah",), output_dir=Path("out"), ks=(6,))
+    board, plots = compare(config, head_scores=Path("scores.json"))
 
     out/conditions/<name>/results.json        lm-eval's output (no samples); its presence = condition done
     out/conditions/<name>/samples_<task>.jsonl per-sample results (paired tests in `rh check`, NIAH heatmaps)

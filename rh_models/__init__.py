@@ -10,9 +10,7 @@ Importing this package is deliberately cheap (no torch): the installed ``.pth`` 
 
 from __future__ import annotations
 
-MODEL_NAME = "rh-hf"
-MODEL_TARGET = "rh_models.lm:RHHFLM"
-MODELS = {MODEL_NAME: MODEL_TARGET, "rh-vllm": "rh_models.vllm_lm:RHVLLM"}  # vLLM is imported only when used
+MODELS = {"rh-hf": "rh_models.lm:RHHFLM", "rh-vllm": "rh_models.vllm_lm:RHVLLM"}  # vLLM is imported only when used
 
 
 def register() -> None:

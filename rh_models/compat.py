@@ -1,7 +1,7 @@
 """Every private internal of lm-eval, transformers and torch that rh-eval relies on, in one place.
 
 Checked against lm-eval 0.4.13, transformers 5.24.0 and torch 2.13.0 (see :data:`CHECKED_AGAINST`).
-:func:`missing_internals` lists what a newer release removed; ``tests/test_compat.py`` fails loudly on it, so an
+:func:`missing_internals` lists what a newer release removed; ``tests/test_layout.py`` fails loudly on it, so an
 upgrade breaks one test with a name instead of a run with a riddle.
 
 Why these and no others: where a public API exists we use it (``AttentionInterface`` / ``AttentionMaskInterface``

@@ -2,9 +2,9 @@
 
 Usage (driven by :class:`rh_models.lm.RHHFLM` with ``prefix_reuse``)::
 
-    cache = prefix.take(context, attention_mask, extend)   # a batch cache holding all but each row's last tokens
-    output = model.generate(context, attention_mask=..., past_key_values=cache)
-    prefix.keep(cache)                                     # its prompts are the candidates for the next batch
+    cache = prefix.take(context, attention_mask, extend, capacity)  # all but each row's last tokens, cached
+    output = model.generate(context, attention_mask=attention_mask, cache=cache)  # (past_key_values= before 5.2x)
+    prefix.keep(cache, context, attention_mask)            # its prompts are the candidates for the next batch
 
 Why: prompts of an evaluation share long prefixes -- the few-shot exemplars of a CoT task, the haystack before
 the needle of NIAH prompts of one length -- and the keys and values of a token depend only on the tokens before
