@@ -15,11 +15,13 @@ Nothing here imports torch, transformers or lm-eval; the lm-eval internals touch
 
 from __future__ import annotations
 
+import functools
 import importlib.abc
 import importlib.machinery
+import inspect
 import sys
 from types import ModuleType
-from typing import Callable
+from typing import Any, Callable
 
 
 def _after_models(module: ModuleType) -> None:
@@ -28,16 +30,54 @@ def _after_models(module: ModuleType) -> None:
     register()
 
 
+def add_include_path_to_task_manager(task_manager_cls: type, folder: Callable[[], Any]) -> None:
+    """Wrap ``TaskManager.__init__`` so ``folder()`` is always among its include paths (user paths kept after)."""
+    original = task_manager_cls.__init__
+    if getattr(original, "_rh_wrapped", False):
+        return
+    signature = inspect.signature(original)
+
+    @functools.wraps(original)
+    def __init__(self, *args, **kwargs):
+        bound = signature.bind(self, *args, **kwargs)
+        user = bound.arguments.get("include_path")
+        user_paths = [] if user is None else list(user) if isinstance(user, (list, tuple)) else [user]
+        ours = str(folder())
+        if ours not in map(str, user_paths):
+            bound.arguments["include_path"] = [ours, *user_paths]
+        original(*bound.args, **bound.kwargs)
+
+    __init__._rh_wrapped = True  # type: ignore[attr-defined]
+    task_manager_cls.__init__ = __init__
+
+
+def print_errors_as_one_line(cli_cls: type) -> None:
+    """Make lm-eval's ``HarnessCLI.execute`` print an :class:`RHError` as ``rh-eval: error: ...`` and exit 1."""
+    from rh_models.errors import RHError
+
+    original = cli_cls.execute
+    if getattr(original, "_rh_wrapped", False):
+        return
+
+    @functools.wraps(original)
+    def execute(self, args):
+        try:
+            return original(self, args)
+        except RHError as error:
+            print(f"rh-eval: error: {error}", file=sys.stderr)
+            raise SystemExit(1) from None
+
+    execute._rh_wrapped = True  # type: ignore[attr-defined]
+    cli_cls.execute = execute
+
+
 def _after_task_manager(module: ModuleType) -> None:
-    from rh_models.compat import add_include_path_to_task_manager
     from rh_tasks import task_config_dir
 
     add_include_path_to_task_manager(module.TaskManager, task_config_dir)
 
 
 def _after_cli(module: ModuleType) -> None:
-    from rh_models.compat import print_errors_as_one_line
-
     print_errors_as_one_line(module.HarnessCLI)
 
 

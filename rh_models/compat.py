@@ -9,15 +9,14 @@ registration and lookup, ``DynamicCache``, ``postprocess_generated_text``). What
 equivalent: the CPU flash kernel that returns its log-sum-exp (for the prefix cascade), transformers' check
 that a model routes attention through the interface, the ``HFLM`` methods a subclass must override to see
 generated batches, ``ConfigurableTask``'s metric tables (per-length NIAH breakdown keys), and the entry points
-of lm-eval's CLI and ``TaskManager`` that the autoload hook extends.
+of lm-eval's CLI and ``TaskManager`` that the autoload hook extends (the patches themselves live with the code that
+installs them, :mod:`rh_eval._autoload`; this module only checks that their targets exist).
 """
 
 from __future__ import annotations
 
 import functools
 import inspect
-import sys
-from collections.abc import Callable
 from typing import Any
 
 CHECKED_AGAINST = {"lm_eval": "0.4.13", "transformers": "5.24.0", "torch": "2.13.0"}
@@ -73,47 +72,6 @@ def hflm_world_size(lm: Any) -> int:
 def task_metric_tables(task: Any) -> tuple[dict, dict, dict, dict]:
     """``ConfigurableTask``'s metric function, kwargs, aggregation and higher-is-better tables (by metric name)."""
     return task._metric_fn_list, task._metric_fn_kwargs, task._aggregation_list, task._higher_is_better
-
-
-def add_include_path_to_task_manager(task_manager_cls: type, folder: Callable[[], Any]) -> None:
-    """Wrap ``TaskManager.__init__`` so ``folder()`` is always among its include paths (user paths kept after)."""
-    original = task_manager_cls.__init__
-    if getattr(original, "_rh_wrapped", False):
-        return
-    signature = inspect.signature(original)
-
-    @functools.wraps(original)
-    def __init__(self, *args, **kwargs):
-        bound = signature.bind(self, *args, **kwargs)
-        user = bound.arguments.get("include_path")
-        user_paths = [] if user is None else list(user) if isinstance(user, (list, tuple)) else [user]
-        ours = str(folder())
-        if ours not in map(str, user_paths):
-            bound.arguments["include_path"] = [ours, *user_paths]
-        original(*bound.args, **bound.kwargs)
-
-    __init__._rh_wrapped = True  # type: ignore[attr-defined]
-    task_manager_cls.__init__ = __init__
-
-
-def print_errors_as_one_line(cli_cls: type) -> None:
-    """Make lm-eval's ``HarnessCLI.execute`` print an :class:`RHError` as ``rh-eval: error: ...`` and exit 1."""
-    from rh_models.errors import RHError
-
-    original = cli_cls.execute
-    if getattr(original, "_rh_wrapped", False):
-        return
-
-    @functools.wraps(original)
-    def execute(self, args):
-        try:
-            return original(self, args)
-        except RHError as error:
-            print(f"rh-eval: error: {error}", file=sys.stderr)
-            raise SystemExit(1) from None
-
-    execute._rh_wrapped = True  # type: ignore[attr-defined]
-    cli_cls.execute = execute
 
 
 def missing_internals() -> list[str]:

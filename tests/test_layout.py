@@ -65,7 +65,7 @@ def test_library_internals_rh_eval_relies_on_are_all_there():
 def test_the_stock_cli_prints_our_errors_as_one_line_without_touching_excepthook():
     import sys
 
-    from rh_models.compat import print_errors_as_one_line
+    from rh_eval._autoload import print_errors_as_one_line
     from rh_models.errors import RHError
 
     class CLI:
