@@ -35,8 +35,9 @@ from rh_models.attention import HeadControl
 from rh_models.cascade import PrefixCascade
 from rh_models.compat import hflm_world_size, set_process_rank
 from rh_models.errors import RHError
-from rh_models.heads import HeadScores, HeadSet, HeadSpec, select_heads
+from rh_models.heads import HeadSet
 from rh_models.mask_args import parse_mask_args
+from rh_models.masked_lm import MaskedLM
 from rh_models.prefix_cache import PrefixCache
 from rh_models.recorder import ScoreRecorder, is_needle_test
 from rh_models.zoo import DEFAULT_MODEL, is_alias, resolve_pretrained
@@ -44,13 +45,10 @@ from rh_models.zoo import DEFAULT_MODEL, is_alias, resolve_pretrained
 _PROBE_TOKENS = 16
 
 
-def _spec_text(spec: str | HeadSpec) -> str:
-    return spec.text if isinstance(spec, HeadSpec) else str(spec)
-
-
 @register_model("rh-hf")
-class RHHFLM(HFLM):
-    """HFLM whose attention runs through :mod:`rh_models.attention` (mask + record)."""
+class RHHFLM(MaskedLM, HFLM):
+    """HFLM whose attention runs through :mod:`rh_models.attention` (mask + record); the mask API is
+    :class:`~rh_models.masked_lm.MaskedLM`'s, shared with ``rh-vllm``."""
 
     def __init__(
         self,
@@ -89,11 +87,9 @@ class RHHFLM(HFLM):
             set_process_rank(self, accelerator.process_index, accelerator.num_processes)
 
         self.control = HeadControl.attach(self.model)
-        self.n_layers, self.n_heads = self.control.n_layers, self.control.n_heads
-        self.head_scores = HeadScores.load(head_scores, self.n_layers, self.n_heads) if head_scores else None
-        self._mask_request: dict[str, Any] = {}
-        self.prefix = PrefixCache(self.model.config)  # before set_mask, which clears it
-        self.set_mask(mask.spec, **mask.selection())
+        self.mask_attention = self.control.base
+        self.prefix = PrefixCache(self.model.config)  # before the mask is set, which clears it
+        self.init_mask(self.model.config, mask)
         self.recorder = (
             self.new_recorder(record_scores, min_score, count_repeats)
             if record_scores
@@ -138,58 +134,11 @@ class RHHFLM(HFLM):
             (self.recorder, self._writes_recorder, self.batch_size_per_gpu, self.prefix_reuse,
              self.prefix_cascade) = saved
 
-    # ------------------------------------------------------------------ masking
-    def set_mask(
-        self,
-        mask_heads: str | HeadSpec | HeadSet = "none",
-        method: str = "zero",
-        scope: str = "all",
-        seed: int = 0,
-        random_exclude: int | None = None,
-        random_match: str | None = None,
-    ) -> HeadSet:
-        """Mask these heads from now on (replacing any previous mask) and prove that it took effect."""
-        heads = (
-            mask_heads
-            if isinstance(mask_heads, HeadSet)
-            else select_heads(
-                mask_heads,
-                self.n_layers,
-                self.n_heads,
-                scores=self.head_scores,
-                seed=seed,
-                random_exclude=random_exclude,
-                random_match=random_match,
-            )
-        )
+    # ------------------------------------------------------------------ masking (API: MaskedLM)
+    def _apply_mask(self, heads: HeadSet, method: str, scope: str) -> None:
         self.control.set_mask(heads, method=method, scope=scope)
         self.prefix.clear()  # cached keys/values were computed under the old mask
-        self._mask_request = {
-            "spec": mask_heads.spec() if isinstance(mask_heads, HeadSet) else _spec_text(mask_heads),
-            "seed": seed,
-            "random_exclude": random_exclude,
-            "random_match": random_match,
-        }
         self.verify_mask()
-        return heads
-
-    def use_head_scores(self, path: str | Path) -> "RHHFLM":
-        """Rank heads by this score file from now on (``top:K`` / ``random:K``); it must fit the model's shape."""
-        self.head_scores = HeadScores.load(path, self.n_layers, self.n_heads)
-        return self
-
-    def mask_info(self) -> dict[str, Any]:
-        """Everything needed to reproduce the current condition; lands in lm-eval's results JSON."""
-        return {
-            **self._mask_request,
-            "heads": [list(h) for h in self.control.heads],
-            "method": self.control.method,
-            "scope": self.control.scope,
-            "head_scores": self.head_scores.source if self.head_scores else None,
-            "attention": self.control.base,
-            "n_layers": self.n_layers,
-            "n_heads": self.n_heads,
-        }
 
     def verify_mask(self) -> None:
         """One probe forward with and without the mask: every masked head's output must change.
@@ -236,11 +185,7 @@ class RHHFLM(HFLM):
                     )
 
     def get_model_info(self) -> dict:
-        info = super().get_model_info()
-        info["rh_mask"] = self.mask_info()
-        if self.model_alias:
-            info["rh_model_alias"] = self.model_alias
-        return info
+        return {**super().get_model_info(), **self.mask_model_info()}
 
     # ------------------------------------------------------------------ recording
     def generate_until(self, requests, disable_tqdm: bool = False):

@@ -7,6 +7,7 @@ syntax and the files are checked here; :func:`rh_models.heads.select_heads` reso
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,3 +49,6 @@ def parse_mask_args(mask_heads: Any = "none", head_scores: Any = None, mask_meth
                     scope=scope, seed=optional_int("mask_seed", mask_seed) or 0,
                     random_exclude=optional_int("random_exclude", random_exclude),
                     random_match=check_random_match(random_match))
+
+
+MASK_ARGS = tuple(inspect.signature(parse_mask_args).parameters)  # the model args both backends take for masks

@@ -24,6 +24,8 @@ import torch
 
 from rh_models.errors import RHError
 
+EDITABLE_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)  # not float8 nor ints
+
 
 @dataclass(frozen=True)
 class HeadSharding:
@@ -33,14 +35,28 @@ class HeadSharding:
     head_size: int
     tp_rank: int = 0
     tp_size: int = 1
+    total_kv_heads: int | None = None  # None: one key/value head per query head (no GQA)
 
     def __post_init__(self) -> None:
         if self.total_heads % self.tp_size:
             raise RHError(f"{self.total_heads} query heads do not split over tensor_parallel_size={self.tp_size}")
+        kv = self.kv_heads
+        if self.total_heads % kv or (kv % self.tp_size if kv >= self.tp_size else self.tp_size % kv):
+            raise RHError(f"{kv} key/value heads do not fit {self.total_heads} query heads over "
+                          f"tensor_parallel_size={self.tp_size}")
+
+    @property
+    def kv_heads(self) -> int:
+        return self.total_kv_heads or self.total_heads
 
     @property
     def local_heads(self) -> int:
         return self.total_heads // self.tp_size
+
+    @property
+    def local_kv_heads(self) -> int:
+        """Key/value heads on this rank: a share of them, or one replicated head when there are fewer than ranks."""
+        return max(1, self.kv_heads // self.tp_size)
 
     def local_index(self, head: int) -> int | None:
         """The rank-local index of global query head ``head``, or None when another rank holds it."""
@@ -55,6 +71,16 @@ class HeadSharding:
         """Columns of the local output-projection weight that read this head's attention output."""
         return slice(local * self.head_size, (local + 1) * self.head_size)
 
+    @property
+    def qkv_rows(self) -> int:
+        """Rows of the local fused QKV weight: ``(q + 2 kv) * d``, nothing else."""
+        return (self.local_heads + 2 * self.local_kv_heads) * self.head_size
+
+    @property
+    def output_width(self) -> int:
+        """Columns of the local output projection: ``q * d``, nothing else."""
+        return self.local_heads * self.head_size
+
 
 @dataclass
 class AttentionWeights:
@@ -66,15 +92,28 @@ class AttentionWeights:
     qkv_bias: torch.Tensor | None = None
 
     def check(self, layer: int) -> None:
-        """Refuse layouts we cannot edit exactly (quantized or packed weights, unexpected widths)."""
-        need_q = self.sharding.local_heads * self.sharding.head_size
-        for name, tensor, dim in (("QKV", self.qkv_weight, 0), ("output", self.o_weight, 1)):
-            if tensor.ndim != 2 or not tensor.is_floating_point():
+        """Refuse layouts we cannot edit exactly: quantized or packed weights, any width but the exact one.
+
+        The fused QKV weight must have exactly ``(q + 2 kv) * d`` rows (and its bias as many entries) and the output
+        projection exactly ``q * d`` columns: a fused extra (a gate, an indexer) or another order would make our
+        row and column slices land on something else.
+        """
+        s = self.sharding
+        for name, tensor in (("QKV", self.qkv_weight), ("output", self.o_weight)):
+            if tensor.ndim != 2 or tensor.dtype not in EDITABLE_DTYPES:
                 raise RHError(f"layer {layer}: the {name} projection weight is {tensor.dtype} {tuple(tensor.shape)}, "
-                              "not a plain float matrix (quantized?); rh-vllm masks unquantized weights only")
-            if tensor.shape[dim] < need_q:
-                raise RHError(f"layer {layer}: the {name} projection has {tensor.shape[dim]} rows/columns for "
-                              f"{self.sharding.local_heads} heads of size {self.sharding.head_size}")
+                              "not a plain float16/bfloat16/float32 matrix (quantized?); rh-vllm masks unquantized "
+                              "weights only")
+        if self.qkv_weight.shape[0] != s.qkv_rows:
+            raise RHError(f"layer {layer}: the QKV projection has {self.qkv_weight.shape[0]} rows, not (q + 2*kv)*d = "
+                          f"({s.local_heads} + 2*{s.local_kv_heads})*{s.head_size} = {s.qkv_rows}; rh-vllm cannot tell "
+                          "which rows are a head's query")
+        if self.qkv_bias is not None and tuple(self.qkv_bias.shape) != (s.qkv_rows,):
+            raise RHError(f"layer {layer}: the QKV bias has shape {tuple(self.qkv_bias.shape)}, not ({s.qkv_rows},)")
+        if self.o_weight.shape[1] != s.output_width:
+            raise RHError(f"layer {layer}: the output projection has {self.o_weight.shape[1]} columns, not q*d = "
+                          f"{s.local_heads}*{s.head_size} = {s.output_width}; rh-vllm cannot tell which columns read a "
+                          "head")
 
 
 @dataclass

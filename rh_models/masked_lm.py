@@ -1,0 +1,100 @@
+"""The mask API that ``rh-hf`` and ``rh-vllm`` share: one ``set_mask`` / ``mask_info`` / ``use_head_scores``.
+
+Usage (either backend; what ``rh compare`` does between conditions)::
+
+    lm.use_head_scores("scores.json")
+    heads = lm.set_mask("random:8", method="uniform", seed=1)   # a HeadSet, verified before it returns
+    lm.mask_info()        # lands in lm-eval's results JSON as config.rh_mask
+
+Why one class: head selection, the record of what was asked for and the shape of ``mask_info`` must not differ
+between backends, or a comparison across them compares two conventions. A backend mixes :class:`MaskedLM` in
+before lm-eval's model class, calls :meth:`MaskedLM.init_mask` once its model is loaded, and implements
+``_apply_mask(heads, method, scope)``: make ``heads`` the mask, replacing the previous one, and prove that it
+took effect (``rh-hf``: a probe forward per masked head; ``rh-vllm``: a weight edit checked on every worker).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from rh_models.attention import check_mask_method
+from rh_models.heads import HeadScores, HeadSet, HeadSpec, select_heads
+from rh_models.mask_args import MaskArgs
+from rh_models.shape import head_shape
+
+
+class MaskedLM:
+    """What both lm-eval model classes of rh-eval answer about masking."""
+
+    n_layers: int
+    n_heads: int
+    head_scores: HeadScores | None
+    model_alias: str | None = None
+    mask_attention = ""  # how the mask is applied, for mask_info (rh-hf: its base attention; rh-vllm: weight edits)
+
+    def init_mask(self, config: Any, mask: MaskArgs) -> HeadSet:
+        """Read the head shape from the model's config, load the score file, set the requested mask."""
+        self.n_layers, self.n_heads = head_shape(config)
+        self.head_scores = HeadScores.load(mask.head_scores, self.n_layers, self.n_heads) if mask.head_scores else None
+        self._mask = (HeadSet((), self.n_layers, self.n_heads), "zero", "all")
+        self._mask_request: dict[str, Any] = {}
+        return self.set_mask(mask.spec, **mask.selection())
+
+    def _apply_mask(self, heads: HeadSet, method: str, scope: str) -> None:
+        raise NotImplementedError
+
+    def set_mask(
+        self,
+        mask_heads: str | HeadSpec | HeadSet = "none",
+        method: str = "zero",
+        scope: str = "all",
+        seed: int = 0,
+        random_exclude: int | None = None,
+        random_match: str | None = None,
+    ) -> HeadSet:
+        """Mask these heads from now on (replacing any previous mask) and prove that it took effect."""
+        check_mask_method(method, scope)
+        heads = mask_heads if isinstance(mask_heads, HeadSet) else select_heads(
+            mask_heads, self.n_layers, self.n_heads, scores=self.head_scores, seed=seed,
+            random_exclude=random_exclude, random_match=random_match)
+        self._apply_mask(heads, method, scope)
+        self._mask = (heads, method, scope)
+        self._mask_request = {
+            "spec": heads.spec() if isinstance(mask_heads, HeadSet)
+            else (mask_heads.text if isinstance(mask_heads, HeadSpec) else str(mask_heads)),
+            "seed": seed,
+            "random_exclude": random_exclude,
+            "random_match": random_match,
+        }
+        return heads
+
+    @property
+    def masked_heads(self) -> HeadSet:
+        return self._mask[0]
+
+    def use_head_scores(self, path: str | Path) -> "MaskedLM":
+        """Rank heads by this score file from now on (``top:K`` / ``random:K``); it must fit the model's shape."""
+        self.head_scores = HeadScores.load(path, self.n_layers, self.n_heads)
+        return self
+
+    def mask_info(self) -> dict[str, Any]:
+        """Everything needed to reproduce the current condition; lands in lm-eval's results JSON."""
+        heads, method, scope = self._mask
+        return {
+            **self._mask_request,
+            "heads": [list(h) for h in heads],
+            "method": method,
+            "scope": scope,
+            "head_scores": self.head_scores.source if self.head_scores else None,
+            "attention": self.mask_attention,
+            "n_layers": self.n_layers,
+            "n_heads": self.n_heads,
+        }
+
+    def mask_model_info(self) -> dict[str, Any]:
+        """The keys both backends add to lm-eval's ``get_model_info``."""
+        info: dict[str, Any] = {"rh_mask": self.mask_info()}
+        if self.model_alias:
+            info["rh_model_alias"] = self.model_alias
+        return info
