@@ -112,7 +112,7 @@ class Workload:
         from rh_models.heads import select_heads
         from rh_models.shape import context_length, head_shape
         from rh_models.zoo import resolve_pretrained
-        from rh_tasks.niah import build_docs
+        from rh_tasks.niah_docs import build_docs
 
         self.path = resolve_pretrained(model)
         self.new_tokens = new_tokens

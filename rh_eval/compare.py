@@ -281,7 +281,7 @@ def existing_head_scores(config: CompareConfig) -> Path | None:
 def detect_first(lm: Any, config: CompareConfig) -> Path:
     """No score file: run ``rh detect`` on the model already loaded for the comparison (resumable as ever)."""
     from rh_eval.detect import detect, print_summary
-    from rh_tasks.niah import DEFAULT_DEPTHS
+    from rh_tasks.niah_docs import DEFAULT_DEPTHS
 
     detected = Path(config.output_dir) / DETECTED_SCORES
     print(f"rh compare: no --head-scores; running retrieval-head detection first -> {detected}")

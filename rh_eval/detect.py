@@ -36,7 +36,8 @@ from rh_models.atomic import write_json_atomic
 from rh_models.errors import RHError
 from rh_models.heads import DEFAULT_RETRIEVAL_THRESHOLD, HeadScores, format_heads
 from rh_models.zoo import DEFAULT_MODEL
-from rh_tasks.niah import DEFAULT_DEPTHS, build_docs, generation_stop
+from rh_tasks.niah import generation_stop
+from rh_tasks.niah_docs import DEFAULT_DEPTHS, build_docs
 
 DEFAULT_NUM_LENGTHS = 20
 DEFAULT_MIN_LENGTH = 1000

@@ -5,10 +5,8 @@ completions, GSM8K from a local JSONL, bad metadata as one line, the stock CLI e
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest

@@ -13,7 +13,7 @@ from rh_tasks.haystack import (
     pg_essays_dir,
 )
 from rh_tasks.needles import PAPER_FACTS
-from rh_tasks.niah import build_docs, load_tokenizer, render_chat
+from rh_tasks.niah_docs import build_docs, load_tokenizer, render_chat
 
 LENGTHS = [600, 1200]
 DEPTHS = [0, 25, 50, 75, 100]

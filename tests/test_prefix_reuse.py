@@ -15,7 +15,7 @@ from rh_models.prefix_cache import MIN_RECOMPUTED, WAVE_GAIN
 @pytest.fixture()
 def lm_and_cells(tiny_llama_dir, tmp_path):
     from rh_models.lm import RHHFLM
-    from rh_tasks.niah import build_docs
+    from rh_tasks.niah_docs import build_docs
 
     lm = RHHFLM(pretrained=str(tiny_llama_dir), device="cpu", batch_size=1)
     docs = build_docs(lm.tokenizer, lengths=[160], depths=[100, 50, 0], samples=3, max_length=lm.max_length)

@@ -175,7 +175,7 @@ def test_compare_scores_overlap_and_tau():
 
 def test_record_scores_through_lm_eval_and_overwrite_guard(tiny_llama_dir, tmp_path):
     from rh_models.lm import RHHFLM
-    from rh_tasks.niah import build_docs
+    from rh_tasks.niah_docs import build_docs
 
     path = tmp_path / "rec" / "scores.json"
     lm = RHHFLM(pretrained=str(tiny_llama_dir), device="cpu", record_scores=str(path), batch_size=2)
@@ -234,7 +234,7 @@ def test_detect_runs_depth_major_so_every_prompt_reuses_the_hay_before_its_needl
 
 def test_prefix_reuse_gives_the_same_generations(tiny_llama_dir):
     from rh_models.lm import RHHFLM
-    from rh_tasks.niah import build_docs
+    from rh_tasks.niah_docs import build_docs
 
     lm = RHHFLM(pretrained=str(tiny_llama_dir), device="cpu", batch_size=1)
     docs = build_docs(lm.tokenizer, lengths=[150], depths=[100, 50, 0], samples=1, max_length=lm.max_length)
@@ -250,7 +250,7 @@ def test_prefix_reuse_falls_back_for_sliding_window_models(smollm_dir, tmp_path,
     import transformers
 
     from rh_models.lm import RHHFLM
-    from rh_tasks.niah import build_docs
+    from rh_tasks.niah_docs import build_docs
 
     torch.manual_seed(0)
     config = transformers.Gemma3TextConfig(
@@ -334,7 +334,7 @@ def test_recorder_judges_answers_with_the_tasks_own_metric(smollm_dir, tmp_path)
 def test_recorded_answer_is_the_one_lm_eval_scores(tiny_llama_dir, tmp_path):
     """lm-eval drops everything up to ``think_end_token``; the recorder judges that same string."""
     from rh_models.lm import RHHFLM
-    from rh_tasks.niah import build_docs
+    from rh_tasks.niah_docs import build_docs
 
     plain = RHHFLM(pretrained=str(tiny_llama_dir), device="cpu")
     [doc] = build_docs(plain.tokenizer, lengths=[120], depths=[50], samples=1, max_length=plain.max_length)
