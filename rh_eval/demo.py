@@ -165,15 +165,9 @@ def has_chat_template(model: str) -> bool:
     lm-eval users pass ``--apply_chat_template`` for instruct models anyway; a base model has no template.
     Reads the tokenizer only, so a finished demo still re-renders without loading the weights.
     """
-    from transformers import AutoTokenizer
+    from rh_tasks.niah_docs import has_chat_template as defines_chat_template, load_tokenizer
 
-    from rh_models.zoo import resolve_pretrained
-
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(resolve_pretrained(model))
-    except (OSError, ValueError) as error:
-        raise RHError(f"cannot read the tokenizer of {model!r} to decide on the chat template: {error}") from None
-    return bool(getattr(tokenizer, "chat_template", None))
+    return defines_chat_template(load_tokenizer(model))
 
 
 def use_chat_template(model: str, mode: str) -> bool:

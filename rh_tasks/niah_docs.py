@@ -105,7 +105,7 @@ def load_tokenizer(name: str, trust_remote_code: bool = False) -> Any:
         return AutoTokenizer.from_pretrained(resolve_pretrained(name), trust_remote_code=trust_remote_code)
     except Exception as exc:  # noqa: BLE001 -- hub/network/format problems all mean "cannot size prompts"
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise RHError(f"cannot load tokenizer {name!r} to size NIAH prompts ({first})") from None
+        raise RHError(f"cannot load the tokenizer of {name!r} ({first})") from None
 
 
 

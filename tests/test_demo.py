@@ -220,7 +220,7 @@ def test_chat_template_choice(tmp_path, smollm_dir):
     assert choice(str(smollm_dir), "auto") is True  # the instruct model's own template
     assert choice(str(plain), "auto") is False  # a tokenizer without one: plain prompts
     assert choice(str(plain), "yes") is True and choice(str(smollm_dir), "no") is False
-    with pytest.raises(RHError, match="cannot read the tokenizer"):
+    with pytest.raises(RHError, match="cannot load the tokenizer"):
         choice(str(tmp_path / "missing"), "auto")
     config = demo.DemoConfig(model=str(smollm_dir), ks=(2,), seeds=1, output_dir=tmp_path / "o", limit=4,
                              niah_lengths=(200,), niah_depths=(0,), niah_samples=1, cot_task="", direct_task="")
