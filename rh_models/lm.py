@@ -18,8 +18,6 @@ Every argument ``hf`` accepts works unchanged; ours are popped before ``HFLM.__i
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -33,13 +31,14 @@ from rh_models.answers import ANSWERED_ABOVE
 from rh_models.arguments import parse_bool, parse_float
 from rh_models.attention import HeadControl
 from rh_models.cascade import PrefixCascade
-from rh_models.compat import hflm_world_size, set_process_rank
+from rh_models.compat import cache_kwarg, hflm_world_size, set_process_rank
 from rh_models.errors import RHError
 from rh_models.heads import HeadSet
 from rh_models.mask_args import parse_mask_args
 from rh_models.masked_lm import MaskedLM
 from rh_models.prefix_cache import PrefixCache
 from rh_models.recorder import ScoreRecorder, is_needle_test
+from rh_models.shape import config_sha256
 from rh_models.zoo import DEFAULT_MODEL, is_alias, resolve_pretrained
 
 _PROBE_TOKENS = 16
@@ -233,7 +232,7 @@ class RHHFLM(MaskedLM, HFLM):
         attention_mask = generation_kwargs.get("attention_mask")
         cache = self.prefix.take(context, attention_mask, self._prefill, capacity=max_length)
         with self.control.cascading(self.prefix_cascade):
-            output = super()._model_generate(context, max_length, stop, past_key_values=cache, **generation_kwargs)
+            output = super()._model_generate(context, max_length, stop, **{cache_kwarg(): cache}, **generation_kwargs)
         self.prefix.keep(cache, context, attention_mask)
         return output
 
@@ -247,7 +246,7 @@ class RHHFLM(MaskedLM, HFLM):
         width = max(map(len, rows)) - start
         new = torch.tensor([row[start:] + [row[-1]] * (width - len(row) + start) for row in rows], device=self.device)
         with torch.no_grad(), self.control.prefilling(self.prefix_cascade):
-            self.model.base_model(input_ids=new, past_key_values=cache, use_cache=True)
+            self.model.base_model(input_ids=new, use_cache=True, **{cache_kwarg(): cache})
 
     @property
     def prefix_tokens_reused(self) -> int:
@@ -263,11 +262,10 @@ class RHHFLM(MaskedLM, HFLM):
         import lm_eval
         import transformers
 
-        config_json = json.dumps(self.model.config.to_dict(), sort_keys=True, default=str)
         return {
             "model": self.model_alias or str(self.pretrained),
             "model_revision": getattr(self, "revision", None),
-            "model_config_sha256": hashlib.sha256(config_json.encode()).hexdigest(),
+            "model_config_sha256": config_sha256(self.model.config),
             "model_commit": getattr(self.model.config, "_commit_hash", None),
             "n_layers": self.n_layers,
             "n_heads": self.n_heads,
