@@ -96,6 +96,7 @@ class RHHFLM(MaskedLM, HFLM):
         )
         self._writes_recorder = True  # False while a caller owns the recorder (see `settings`)
         self._batch_contexts: list[str] = []
+        self.chat_template_applied = False  # set when lm-eval renders a prompt through apply_chat_template
         self._requests_by_context: dict[str, Any] = {}
         self.prefix_reuse = prefix_reuse
         self.prefix_cascade: PrefixCascade | None = PrefixCascade()  # None: continuations use the stock masked sdpa
@@ -257,6 +258,14 @@ class RHHFLM(MaskedLM, HFLM):
     def prefix_tokens_reused(self, value: int) -> None:
         self.prefix.tokens_reused = value
 
+    def apply_chat_template(self, chat_history: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
+        """lm-eval renders every chat prompt through here (``--apply_chat_template``): record that it did.
+
+        Why here: the prompt text cannot tell (Gemma's turns look nothing like ChatML's), the call can.
+        """
+        self.chat_template_applied = True
+        return super().apply_chat_template(chat_history, add_generation_prompt)
+
     def provenance(self) -> dict[str, Any]:
         """Where a score file came from: enough to tell two files apart and to redo one."""
         import lm_eval
@@ -274,7 +283,7 @@ class RHHFLM(MaskedLM, HFLM):
             "transformers_version": transformers.__version__,
             "lm_eval_version": getattr(lm_eval, "__version__", None),
             "torch_version": torch.__version__,
-            "chat_template": any(self.tokenizer.chat_template and "<|" in c for c in self._batch_contexts[:1]),
+            "chat_template": self.chat_template_applied,
         }
 
 

@@ -349,3 +349,13 @@ def test_recorded_answer_is_the_one_lm_eval_scores(tiny_llama_dir, tmp_path):
     assert answer != text and text.endswith(answer)
     meta = json.loads((tmp_path / "s.meta.json").read_text())
     assert [t["answer"] for t in meta["tests"]] == [answer]
+
+
+def test_provenance_records_whether_lm_eval_applied_the_chat_template(tiny_llama_dir):
+    """Told by the call, not guessed from the prompt text (a "<|" test missed Gemma's <start_of_turn>)."""
+    from rh_models.lm import RHHFLM
+
+    lm = RHHFLM(pretrained=str(tiny_llama_dir), device="cpu", batch_size=1)
+    assert lm.provenance()["chat_template"] is False
+    rendered = lm.apply_chat_template([{"role": "user", "content": "Where is the key?"}])
+    assert "Where is the key?" in rendered and lm.provenance()["chat_template"] is True
