@@ -188,6 +188,10 @@ def test_another_detection_grid_in_the_same_folder_is_refused(tmp_path, fakes, c
     capsys.readouterr()
     assert _demo(out, "--detect-depths", "0,50,100") == 2
     assert "other settings (depths: was [0, 100], now [0, 50, 100])" in capsys.readouterr().err
+    (out / "notes.txt").write_text("mine")
+    assert _demo(out, "--detect-depths", "0,50,100", "--force") == 0  # starts over: detection and conditions redone
+    assert json.loads((out / "demo.json").read_text())["settings"]["depths"] == [0, 50, 100]
+    assert fakes["detect"][-1][2] == [0, 50, 100] and (out / "notes.txt").read_text() == "mine"
 
 
 def test_shape_checks_from_a_board():
