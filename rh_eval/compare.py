@@ -43,7 +43,8 @@ from rh_eval.leaderboard import (
     leaderboard_paths,
     write_leaderboard,
 )
-from rh_eval.resume import clear_outputs, resume_record, save_record
+from rh_eval.resume import check_same, clear_outputs, resume_record, save_record
+from rh_eval.run_files import read_json
 from rh_eval.run_files import samples_name
 from rh_models.arguments import parse_int_list
 from rh_models.atomic import write_text_atomic
@@ -217,13 +218,18 @@ def parse_batch_size(text: str | int) -> int | str:
 # --------------------------------------------------------------------------------------------- run settings
 
 
-def run_settings(config: CompareConfig, head_scores: Path) -> dict[str, Any]:
-    """Everything that changes results, in the order a refusal names differences (K and seeds may grow)."""
+def run_settings(config: CompareConfig, head_scores: Path | None) -> dict[str, Any]:
+    """Everything that changes results, in the order a refusal names differences (K and seeds may grow).
+
+    ``head_scores=None``: not known yet (detection still to run); its hash is then left out.
+    """
     from rh_models.shape import model_config_sha256
 
-    return {
+    model_args = config.model_args
+    settings = {
         "model": str(Path(config.model).resolve()) if Path(config.model).exists() else config.model,
-        "model_config_sha256": model_config_sha256(config.model),
+        "model_config_sha256": model_config_sha256(config.model, model_args.get("revision"),
+                                                   bool(model_args.get("trust_remote_code", False))),
         "backend": config.backend,
         "model_args": config.model_args,
         "tasks": list(config.tasks),
@@ -238,8 +244,10 @@ def run_settings(config: CompareConfig, head_scores: Path) -> dict[str, Any]:
         # detection run by rh compare itself (no --head-scores): its grid, since its score file is re-used as is
         "detection": None if config.head_scores is not None else
         [list(config.detect_lengths or []), list(config.detect_depths or []), config.detect_samples],
-        "head_scores_sha256": hashlib.sha256(head_scores.read_bytes()).hexdigest(),
     }
+    if head_scores is not None:
+        settings["head_scores_sha256"] = hashlib.sha256(head_scores.read_bytes()).hexdigest()
+    return settings
 
 
 # what rh compare writes into its output folder: --force removes these (and only these)
@@ -248,18 +256,41 @@ OUTPUTS = (RUN_FILE, "conditions", "plots", *(f"leaderboard.{ext}" for ext in EX
 
 
 def start_over(config: CompareConfig) -> None:
-    """``--force``: remove an earlier run's outputs from the folder (never the --head-scores file given)."""
-    keep = Path(config.head_scores).resolve() if config.head_scores else None
+    """``--force``: remove an earlier run's outputs from the folder; never the --head-scores file given (nor the
+    ``.meta.json`` / ``.tests.jsonl`` beside it), and refuse when that file lies inside a folder it would remove."""
     out_dir = Path(config.output_dir)
-    clear_outputs(out_dir, [name for name in OUTPUTS if (out_dir / name).resolve() != keep])
+    keep: set[Path] = set()
+    if config.head_scores is not None:
+        scores = Path(config.head_scores).resolve()
+        keep = {scores, scores.with_suffix(".meta.json"), scores.with_suffix(".tests.jsonl")}
+        for name in OUTPUTS:
+            if (out_dir / name).is_dir() and (out_dir / name).resolve() in scores.parents:
+                raise RHError(f"--head-scores {config.head_scores} lies inside {out_dir / name}, which --force "
+                              f"would remove; move it out first")
+    clear_outputs(out_dir, [name for name in OUTPUTS if (out_dir / name).resolve() not in keep])
 
 
-def check_settings(out_dir: Path, settings: dict[str, Any]) -> bool:
-    """Record the settings in ``run.json``, or verify them on resume; True when resuming."""
+def check_settings(out_dir: Path, settings: dict[str, Any], save: bool = True) -> bool:
+    """Record the settings in ``run.json``, or verify them on resume; True when resuming.
+
+    Settings without ``head_scores_sha256`` (detection not run yet) are checked without it and not saved: a
+    folder made by another run is refused before hours of detection, not after. Finished conditions with no
+    ``run.json`` beside them cannot say what made them, so they are refused too.
+    """
     path = out_dir / RUN_FILE
     resuming = path.exists()
+    if not resuming and any((out_dir / "conditions").glob("*/results.json")):
+        raise RHError(f"{out_dir} holds finished conditions but no {RUN_FILE} saying what made them; "
+                      f"pass --force to start over, or use another --output-dir")
+    if "head_scores_sha256" not in settings:
+        if resuming:
+            record = read_json(path, "resume record")
+            stored = record.get("settings") if isinstance(record, dict) else None
+            check_same({k: v for k, v in stored.items() if k != "head_scores_sha256"} if isinstance(stored, dict)
+                       else None, settings, path, "rh compare")
+        return resuming
     record = resume_record(path, settings, "rh compare")
-    if not resuming:
+    if not resuming and save:
         save_record(path, record)
     return resuming
 
@@ -525,6 +556,8 @@ def run(args: argparse.Namespace) -> int:
     if args.force:
         start_over(config)
     Path(config.output_dir).mkdir(parents=True, exist_ok=True)
+    if config.head_scores is None:  # a folder of another run is refused now, not after a detection
+        check_settings(Path(config.output_dir), run_settings(config, None))
     head_scores = existing_head_scores(config)
     if head_scores is not None:
         compare(config, head_scores)

@@ -48,6 +48,7 @@ def first_difference(previous: Mapping[str, Any], settings: Mapping[str, Any]) -
 
 def check_same(previous: Mapping[str, Any] | None, settings: Mapping[str, Any], where: Path, command: str) -> None:
     """Refuse to resume ``where`` when it was made with other settings (or with none recorded)."""
+    settings = json.loads(json.dumps(settings))  # as it will be stored: a tuple compares equal to its list
     if previous is None:
         raise RHError(f"{where} records no settings, so {command} cannot tell what made it; "
                       f"pass --force to start over")

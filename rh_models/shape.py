@@ -56,14 +56,15 @@ def config_sha256(config: Any) -> str:
     return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def model_config_sha256(pretrained: str) -> str:
+def model_config_sha256(pretrained: str, revision: str | None = None, trust_remote_code: bool = False) -> str:
     """:func:`config_sha256` of a model name, alias or folder, from its config alone (no weights loaded)."""
     from transformers import AutoConfig
 
     from rh_models.zoo import resolve_pretrained
 
     try:
-        config = AutoConfig.from_pretrained(resolve_pretrained(pretrained))
+        config = AutoConfig.from_pretrained(resolve_pretrained(pretrained), revision=revision,
+                                            trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as error:
         raise RHError(f"cannot read the config of {pretrained!r}: {error}") from None
     return config_sha256(config)

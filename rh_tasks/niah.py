@@ -15,7 +15,6 @@ truncate is refused instead.
 from __future__ import annotations
 
 import difflib
-import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -43,7 +42,6 @@ def generation_stop() -> list[str]:
 
 # --- lm-eval glue: metadata -> tokenizer, max length, docs -----------------------------------------------------
 
-@functools.lru_cache(maxsize=4)
 def model_max_length(name: str, tokenizer: Any, trust_remote_code: bool = False) -> int:
     """The context length lm-eval's HFLM would use for this model when ``max_length`` is not given."""
     from transformers import AutoConfig

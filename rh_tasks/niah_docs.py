@@ -95,6 +95,7 @@ def validate_grid(lengths: Any, depths: Any) -> tuple[list[int], list[int]]:
 
 # --- the tokenizer ----------------------------------------------------------------------------------------------
 
+@functools.lru_cache(maxsize=4)  # one per model: each condition of a comparison re-reads the task metadata
 def load_tokenizer(name: str, trust_remote_code: bool = False) -> Any:
     """The tokenizer of a model name/path (rh-eval aliases such as ``smollm2-135m`` resolve to local folders)."""
     from transformers import AutoTokenizer

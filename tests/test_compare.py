@@ -71,7 +71,7 @@ class FakeLM(FakeMaskedLM):
 @pytest.fixture
 def fake_eval(monkeypatch):
     calls = {"evaluate": [], "load": 0}
-    monkeypatch.setattr("rh_models.shape.model_config_sha256", lambda model: f"config-of-{model}")
+    monkeypatch.setattr("rh_models.shape.model_config_sha256", lambda model, *rest: f"config-of-{model}")
 
     def load_model(args, head_scores):
         calls["load"] += 1

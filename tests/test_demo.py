@@ -64,7 +64,7 @@ class FakeEngine(FakeLM):
 def fakes(monkeypatch):
     """Fake detection, model and lm-eval: NIAH collapses under top:K, random:K barely moves."""
     calls = {"detect": [], "loads": 0, "evaluate": []}
-    monkeypatch.setattr("rh_models.shape.model_config_sha256", lambda model: f"config-of-{model}")
+    monkeypatch.setattr("rh_models.shape.model_config_sha256", lambda model, *rest: f"config-of-{model}")
 
     def detect(model, output, lengths=None, depths=None, samples=None, **kwargs):
         calls["detect"].append((model, lengths, depths, samples, model.prefix_reuse))

@@ -126,3 +126,14 @@ def test_stock_cli_bad_metadata_prints_one_line(tiny_model, tmp_path):
     assert done.returncode != 0
     assert "rh-eval: error: NIAH depths are percentages and must be within 0..100, got 150" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_every_condition_reuses_one_tokenizer_and_its_tokenized_haystack(tiny_model):
+    """rh compare / rh demo rebuild the task once per condition: the tokenizer (and the haystack tokenized with it,
+    cached per tokenizer) must come back from the cache, not be loaded and tokenized again each time."""
+    from rh_tasks.niah import docs_from_metadata
+
+    meta = {"pretrained": str(tiny_model), "lengths": [300], "depths": [50], "samples": 1}
+    first, tokenizer, _ = docs_from_metadata(**meta)
+    again, same_tokenizer, _ = docs_from_metadata(**meta)
+    assert same_tokenizer is tokenizer and [d["prompt"] for d in again] == [d["prompt"] for d in first]

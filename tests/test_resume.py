@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import signal
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -66,7 +67,7 @@ def test_journal_refuses_other_settings_a_missing_header_and_a_bad_middle_line(t
 def test_compare_refuses_a_resume_with_other_settings_and_force_starts_over(tmp_path, monkeypatch):
     from rh_eval.compare import CompareConfig, check_settings, run_settings, start_over
 
-    monkeypatch.setattr("rh_models.shape.model_config_sha256", lambda model: f"config-of-{model}")
+    monkeypatch.setattr("rh_models.shape.model_config_sha256", lambda model, *rest: f"config-of-{model}")
     out = tmp_path / "out"
     out.mkdir()
     scores = out / "head_scores.json"  # a score file the user keeps in the output folder: --force leaves it
@@ -76,14 +77,42 @@ def test_compare_refuses_a_resume_with_other_settings_and_force_starts_over(tmp_
     assert check_settings(out, run_settings(config, scores)) is True
     with pytest.raises(RHError, match=r"other settings \(limit: was 4, now 8\)"):
         check_settings(out, run_settings(CompareConfig(**{**config.__dict__, "limit": 8}), scores))
-    monkeypatch.setattr("rh_models.shape.model_config_sha256", lambda model: "another architecture")
+    monkeypatch.setattr("rh_models.shape.model_config_sha256", lambda model, *rest: "another architecture")
     with pytest.raises(RHError, match="model_config_sha256: was 'config-of-m', now 'another architecture'"):
         check_settings(out, run_settings(config, scores))
     (out / "conditions" / "full").mkdir(parents=True)
     (out / "leaderboard.md").write_text("old")
     (out / "notes.txt").write_text("mine")
+    (out / "head_scores.meta.json").write_text("{}")  # the detection that made the kept score file stays too
     start_over(config)
-    assert sorted(p.name for p in out.iterdir()) == ["head_scores.json", "notes.txt"]
+    assert sorted(p.name for p in out.iterdir()) == ["head_scores.json", "head_scores.meta.json", "notes.txt"]
+    inside = out / "plots" / "s.json"
+    inside.parent.mkdir()
+    inside.write_text('{"0-0": [0.5]}')
+    with pytest.raises(RHError, match="lies inside .*plots, which --force would remove"):
+        start_over(CompareConfig(**{**config.__dict__, "head_scores": inside}))
+    assert inside.is_file()
+
+
+def test_compare_checks_a_folder_before_detecting_and_refuses_conditions_without_a_record(tmp_path, monkeypatch):
+    """Without --head-scores, detection runs first: a folder of another run must be refused before it, not after."""
+    from rh_eval.compare import CompareConfig, check_settings, run_settings
+
+    monkeypatch.setattr("rh_models.shape.model_config_sha256", lambda model, *rest: f"config-of-{model}")
+    out = tmp_path / "out"
+    (out / "conditions" / "full").mkdir(parents=True)
+    scores = tmp_path / "s.json"
+    scores.write_text('{"0-0": [0.5]}')
+    config = CompareConfig(tasks=("rh_niah",), output_dir=out, model="m", limit=4, detect_lengths=(500,))
+    (out / "conditions" / "full" / "results.json").write_text("{}")  # finished, but nothing says what made it
+    with pytest.raises(RHError, match="finished conditions but no run.json"):
+        check_settings(out, run_settings(config, scores))
+    (out / "conditions" / "full" / "results.json").unlink()
+    assert check_settings(out, run_settings(config, scores)) is False  # recorded, with the score file's hash
+    assert check_settings(out, run_settings(config, None)) is True  # same run, detection not known yet: fine
+    other = CompareConfig(**{**config.__dict__, "detect_lengths": (1000,)})
+    with pytest.raises(RHError, match=r"detection: was \[\[500\], \[\], 3\], now \[\[1000\], \[\], 3\]"):
+        check_settings(out, run_settings(other, None))
 
 
 # ----------------------------------------------------------------------------- rh detect on the tiny model
@@ -100,10 +129,12 @@ def test_detect_refuses_another_grid_in_the_same_output_and_force_starts_over(tm
     err = capsys.readouterr().err
     assert "other settings (lengths: was [150, 200], now [150])" in err and "--force" in err
     assert out.read_text() == written  # untouched
-    assert main([*base, "--lengths", "150", "--depths", "50", "--force"]) == 0
+    with warnings.catch_warnings():  # transformers renamed past_key_values: passing the old name warns per call
+        warnings.simplefilter("error", FutureWarning)
+        assert main([*base, "--lengths", "150", "--depths", "50", "--force"]) == 0
     meta = json.loads(out.with_suffix(".meta.json").read_text())
     assert (meta["lengths"], meta["depths"], meta["tests_seen"]) == ([150], [50], 1)
-    assert "FutureWarning" not in capsys.readouterr().err  # transformers' past_key_values rename: not at every call
+
 
 
 # ------------------------------------------------------------------------------- SIGKILL, then resume
@@ -118,6 +149,21 @@ def _rh(cwd: Path, *args: str, kill: tuple[str, int] | None = None):
         result = run_cli(Path(sys.executable).name, str(DRIVER), kill[0], str(kill[1]), *args, cwd=cwd)
         assert result.returncode == -signal.SIGKILL, (kill, result.returncode, result.stderr[-2000:])
     return result
+
+
+@pytest.mark.slow
+def test_detect_killed_inside_a_batched_append_resumes_to_the_uninterrupted_result(tmp_path_factory, tiny_llama_dir):
+    """rh demo batches a whole length per generate call: one append writes many rows, a kill keeps some of them."""
+    args = ["detect", "--model", str(tiny_llama_dir), "--output", "d.json", "--lengths", "150,200", "--depths",
+            "0,50,100", "--samples", "2", "--batch-lengths", "--max-gen-toks", "3", "--min-score", "-1"]
+    reference, folder = tmp_path_factory.mktemp("batched-reference"), tmp_path_factory.mktemp("batched-killed")
+    _rh(reference, *args)
+    _rh(folder, *args, kill=("append", 1))  # half of the first length's six rows
+    kept = len((folder / "d.tests.jsonl").read_text().splitlines()) - 2  # minus the settings and the torn line
+    assert 0 < kept < 6
+    _rh(folder, *args)
+    assert json.loads((folder / "d.json").read_text()) == json.loads((reference / "d.json").read_text())
+    assert _tests(folder) == _tests(reference) and len(_tests(folder)) == 12
 
 
 DETECT = ["detect", "--model", "smollm2-135m", "--output", "d.json", "--lengths", "200,300", "--depths", "0,50,100",
