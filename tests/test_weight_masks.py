@@ -154,7 +154,7 @@ def test_a_quantized_projection_module_is_refused_in_one_line():
         qweight = torch.zeros(4, 4, dtype=torch.int32)
         quant_method = type("AWQLinearMethod", (), {})()
 
-    with pytest.raises(RHError, match="layer 2: the QKV projection has no plain weight matrix .quantized: AWQLinearMethod"):
+    with pytest.raises(RHError, match="layer 2: the QKV projection has no plain weight matrix .quantized: AWQLinear"):
         check_projection(AWQ(), "QKV", 2)
 
 
