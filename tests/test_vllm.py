@@ -80,6 +80,17 @@ def test_every_rh_hf_only_argument_is_known_to_rh_vllm():
     assert off == {"dtype": "float32"}
 
 
+def test_rh_hf_and_rh_vllm_share_one_mask_api():
+    """One implementation of selection, the request record, mask_info and the head shape (was a near-copy)."""
+    from rh_models.lm import RHHFLM
+    from rh_models.masked_lm import MaskedLM
+    from rh_models.vllm_lm import RHVLLM
+
+    for name in ("init_mask", "set_mask", "use_head_scores", "mask_info", "mask_model_info"):
+        assert getattr(RHHFLM, name) is getattr(RHVLLM, name) is getattr(MaskedLM, name), name
+    assert RHHFLM._apply_mask is not RHVLLM._apply_mask  # what each backend does to apply and verify a mask
+
+
 def test_the_cli_prints_a_refusal_as_one_line():
     """rh-hf's record_min_score used to reach vLLM's LLM() as a TypeError traceback."""
     done = run_cli("lm_eval", "--model", "rh-vllm", "--model_args", "pretrained=smollm2-135m,record_min_score=0.5",
