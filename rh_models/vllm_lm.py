@@ -42,6 +42,7 @@ from lm_eval.api.registry import register_model
 from lm_eval.models.vllm_causallms import VLLM
 
 from rh_models import vllm_internals
+from rh_models.arguments import parse_bool
 from rh_models.errors import RHError
 from rh_models.heads import HeadSet, format_heads
 from rh_models.mask_args import MASK_ARGS, parse_mask_args
@@ -53,7 +54,6 @@ logger = logging.getLogger(__name__)
 
 PROBE_PROMPT = list(range(1, 33))  # token ids; any prompt works, the check compares logprobs with/without the mask
 CPU_MEMORY_SHARE = 0.3  # gpu_memory_utilization on vLLM's CPU backend: the share of the NUMA node's memory
-_FALSE = (False, "false", "False", 0, "0")
 _UNSET = (None, "", "None", "none", False, "false", "False")
 _WHY_NOT_HF = ("rh-vllm cannot record retrieval scores or reuse rh-hf's prefix cache: vLLM's paged kernels expose "
                "no attention weights (detect with `rh detect` or --model rh-hf and pass head_scores=; vLLM caches "
@@ -98,7 +98,7 @@ def cpu_engine_args(kwargs: dict[str, Any]) -> dict[str, Any]:
 
     if not current_platform.is_cpu():
         return kwargs
-    if kwargs.get("enforce_eager", True) in _FALSE:
+    if not parse_bool("enforce_eager", kwargs.get("enforce_eager", True)):
         raise RHError("rh-vllm: on vLLM's CPU backend masks need enforce_eager=True (the masked weights are "
                       "reloaded after vLLM compiled its graph for the repacked ones)")
     chosen: dict[str, Any] = {}
