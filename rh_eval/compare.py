@@ -43,8 +43,7 @@ from rh_eval.leaderboard import (
     leaderboard_paths,
     write_leaderboard,
 )
-from rh_eval.resume import check_same, clear_outputs, resume_record, save_record
-from rh_eval.run_files import read_json
+from rh_eval.resume import clear_outputs, resume_record, save_record
 from rh_eval.run_files import samples_name
 from rh_models.arguments import parse_int_list
 from rh_models.atomic import write_text_atomic
@@ -270,7 +269,7 @@ def start_over(config: CompareConfig) -> None:
     clear_outputs(out_dir, [name for name in OUTPUTS if (out_dir / name).resolve() not in keep])
 
 
-def check_settings(out_dir: Path, settings: dict[str, Any], save: bool = True) -> bool:
+def check_settings(out_dir: Path, settings: dict[str, Any]) -> bool:
     """Record the settings in ``run.json``, or verify them on resume; True when resuming.
 
     Settings without ``head_scores_sha256`` (detection not run yet) are checked without it and not saved: a
@@ -282,15 +281,12 @@ def check_settings(out_dir: Path, settings: dict[str, Any], save: bool = True) -
     if not resuming and any((out_dir / "conditions").glob("*/results.json")):
         raise RHError(f"{out_dir} holds finished conditions but no {RUN_FILE} saying what made them; "
                       f"pass --force to start over, or use another --output-dir")
-    if "head_scores_sha256" not in settings:
+    if "head_scores_sha256" not in settings:  # detection still to run: check, save once its file exists
         if resuming:
-            record = read_json(path, "resume record")
-            stored = record.get("settings") if isinstance(record, dict) else None
-            check_same({k: v for k, v in stored.items() if k != "head_scores_sha256"} if isinstance(stored, dict)
-                       else None, settings, path, "rh compare")
+            resume_record(path, settings, "rh compare", not_yet_known=("head_scores_sha256",))
         return resuming
     record = resume_record(path, settings, "rh compare")
-    if not resuming and save:
+    if not resuming:
         save_record(path, record)
     return resuming
 

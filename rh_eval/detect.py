@@ -29,9 +29,9 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
-from rh_models.arguments import comma_ints
 from rh_eval.resume import Journal
 from rh_models.answers import ANSWERED_ABOVE
+from rh_models.arguments import comma_ints
 from rh_models.atomic import write_json_atomic
 from rh_models.errors import RHError
 from rh_models.heads import DEFAULT_RETRIEVAL_THRESHOLD, HeadScores, format_heads

@@ -58,12 +58,19 @@ def check_same(previous: Mapping[str, Any] | None, settings: Mapping[str, Any], 
                       f"pass --force to start over, or use another output")
 
 
-def resume_record(path: Path, settings: dict[str, Any], command: str) -> dict[str, Any]:
-    """The JSON record at ``path`` if its ``settings`` equal these; ``{"settings": settings}`` when there is none."""
+def resume_record(path: Path, settings: dict[str, Any], command: str,
+                  not_yet_known: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The JSON record at ``path`` if its ``settings`` equal these; ``{"settings": settings}`` when there is none.
+
+    ``not_yet_known``: stored settings this run cannot compute yet (e.g. the hash of a score file a detection
+    will write); they are left out of the comparison, every other setting still counts.
+    """
     if not path.exists():
         return {"settings": settings}
     record = read_json(path, "resume record")
     previous = record.get("settings") if isinstance(record, dict) else None
+    if isinstance(previous, dict):
+        previous = {key: value for key, value in previous.items() if key not in not_yet_known}
     check_same(previous if isinstance(previous, dict) else None, settings, path, command)
     return record
 
