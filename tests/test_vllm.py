@@ -383,16 +383,18 @@ def test_a_data_parallel_replica_prepares_masks_and_checks_itself_before_generat
 # ---------------------------------------------------------------------------------------------- the README's commands
 @engine
 def test_stock_cli_collapses_niah_with_the_top_heads(scores, tmp_path):
-    """The README's CPU command (on 6 of its 10 docs); the random-head contrast is in the rh compare test below."""
+    """The README's CPU command (on 6 of its 10 docs) without gpu_memory_utilization / enforce_eager: the CPU
+    defaults rh-vllm chooses must start the engine; the random-head contrast is in the rh compare test below."""
     out = tmp_path / "top8"
     done = run_cli("lm_eval", "--model", "rh-vllm", "--model_args",
-                   f"pretrained=smollm2-135m,head_scores={scores},mask_heads=top:8,{ENGINE_ARG_TEXT}",
+                   f"pretrained=smollm2-135m,head_scores={scores},mask_heads=top:8,dtype=float32,max_model_len=2048",
                    "--tasks", "rh_niah", "--metadata", json.dumps(NIAH_GRID), "--output_path", str(out),
                    memory_gb=VLLM_CLI_MEMORY_GB, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(next(out.rglob("results_*.json")).read_text())
     assert len(result["config"]["rh_mask"]["heads"]) == 8
     assert result["results"]["rh_niah"]["score,none"] < 0.5, result["results"]["rh_niah"]
+    assert "enforce_eager=True, gpu_memory_utilization=0.3 chosen" in done.stderr  # said, in one line
 
 
 @engine
