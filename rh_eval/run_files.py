@@ -5,14 +5,18 @@ Usage::
     samples_name("rh_niah_paper")                          # "samples_rh_niah_paper.jsonl" (rh compare's)
     parse_samples_name("samples_rh_niah_paper_2025-01-01T00-00-00.123.jsonl")  # ("rh_niah_paper", "2025-...")
     samples_by_task(folder)                                # {"rh_niah_paper": [(date, path), ...]}
+    results_files(folder)                                  # every results_<date>.json under folder, oldest first
     newest_results(folder)                                 # the newest results_<date>.json under folder, or None
     pick_samples(samples_by_task(folder), "rh_niah_paper", folder)   # the newest run's file of that task
+    run_samples(folder, "rh_niah_paper", date)             # that task's file from the run of results_<date>.json
     read_json(path, "leaderboard"); read_jsonl(path, "samples file")  # one clear line when unreadable
 
 lm-eval's ``--log_samples`` writes ``samples_<task>_<date>.jsonl`` beside ``results_<date>.json``; ``rh compare``
 writes one ``samples_<task>.jsonl`` per condition folder. The gate, the plots and the comparison all read both,
 through this module, with one rule for "the newest run": the latest date in the file names (lm-eval's dates sort
-as text); undated files are ours, one per condition, and several of them are never chosen between silently.
+as text); undated files are ours, one per condition, and several of them are never chosen between silently. The
+samples of one run are those carrying its results file's date; a results file renamed without its date pairs with
+the only lm-eval run beside it, or with none when there are several.
 """
 
 from __future__ import annotations
@@ -50,11 +54,17 @@ def samples_by_task(folder: Path, recursive: bool = False) -> dict[str, list[tup
     return {task: sorted(files) for task, files in found.items()}
 
 
-def newest_results(folder: Path) -> Path | None:
-    """The newest lm-eval ``results_<date>.json`` anywhere under ``folder`` (None when there is none)."""
+def results_files(folder: Path) -> list[Path]:
+    """Every lm-eval ``results_<date>.json`` anywhere under ``folder``, oldest run first."""
     found = [(match["date"], path) for path in Path(folder).rglob("results_*.json")
              if (match := RESULTS_NAME.match(path.name))]
-    return max(found)[1] if found else None
+    return [path for _, path in sorted(found)]
+
+
+def newest_results(folder: Path) -> Path | None:
+    """The newest lm-eval ``results_<date>.json`` anywhere under ``folder`` (None when there is none)."""
+    found = results_files(folder)
+    return found[-1] if found else None
 
 
 def pick_samples(by_task: Mapping[str, list[tuple[str, Path]]], task: str | None, where: Path,
@@ -80,6 +90,20 @@ def pick_samples(by_task: Mapping[str, list[tuple[str, Path]]], task: str | None
         raise RHError(f"{where} holds {len(runs)} samples files of {task} (in {folders}); "
                       f"give one condition's folder or file")
     return max(runs)[1]
+
+
+def run_samples(folder: Path, task: str, date: str | None) -> Path | None:
+    """The samples file of ``task`` that one run left in ``folder``, or None when none can be told for sure.
+
+    ``date`` names the run: lm-eval's ``results_<date>.json`` pairs with ``samples_<task>_<date>.jsonl``; None
+    stands for ours (``samples_<task>.jsonl``); "" for a results file renamed without its date, which pairs with
+    the folder's lm-eval run of ``task`` only when there is one (of several, which one wrote it is unknown).
+    """
+    if date is None or date:
+        path = Path(folder) / samples_name(task, date)
+        return path if path.is_file() else None
+    dated = [path for run_date, path in samples_by_task(Path(folder)).get(task, []) if run_date]
+    return dated[0] if len(dated) == 1 else None
 
 
 def read_json(path: str | Path, what: str = "file") -> Any:

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from rh_eval.cli import main
-from rh_eval.check import mcnemar_exact, paired_bootstrap, paired_test
 from rh_eval.leaderboard import ConditionResult, build_leaderboard, write_leaderboard
+from rh_eval.paired_tests import mcnemar_exact, paired_bootstrap, paired_test
 
 DATE = "2025-01-02T03-04-05.678901"
 
