@@ -48,6 +48,7 @@ from rh_eval.run_files import samples_name
 from rh_models.arguments import parse_int_list
 from rh_models.atomic import write_text_atomic
 from rh_models.attention import MASK_METHODS, MASK_SCOPES
+from rh_models.compat import as_logged_sample
 from rh_models.errors import RHError
 from rh_models.zoo import DEFAULT_MODEL
 
@@ -397,28 +398,11 @@ def write_condition(folder: Path, record: dict[str, Any], output: dict[str, Any]
     from lm_eval.utils import handle_non_serializable
 
     for task, samples in (output.get("samples") or {}).items():
-        lines = [json.dumps(_sanitize_sample(s), default=handle_non_serializable, ensure_ascii=False) for s in samples]
+        lines = [json.dumps(as_logged_sample(s), default=handle_non_serializable, ensure_ascii=False) for s in samples]
         write_text_atomic(folder / samples_name(task), "".join(line + "\n" for line in lines))
     write_text_atomic(folder / "condition.json", json.dumps(record, indent=2) + "\n")
     results = {key: value for key, value in output.items() if key != "samples"}
     write_text_atomic(folder / "results.json", json.dumps(results, indent=2, default=handle_non_serializable, ensure_ascii=False) + "\n")
-
-
-def _sanitize_sample(sample: dict[str, Any]) -> dict[str, Any]:
-    """The shape lm-eval's own ``samples_<task>_<date>.jsonl`` lines have (same keys, same sanitising)."""
-    from lm_eval.utils import sanitize_list
-
-    sample = dict(sample)
-    arguments = sample.get("arguments") or []
-    sample["arguments"] = {
-        f"gen_args_{i}": {f"arg_{j}": value for j, value in enumerate(args)} for i, args in enumerate(arguments)
-    }
-    for key in ("resps", "filtered_resps"):
-        if key in sample:
-            sample[key] = sanitize_list(sample[key])
-    if "target" in sample:
-        sample["target"] = str(sample["target"])
-    return sample
 
 
 # ------------------------------------------------------------------------------------------------------ CLI

@@ -31,7 +31,7 @@ from rh_models.answers import ANSWERED_ABOVE
 from rh_models.arguments import parse_bool, parse_float
 from rh_models.attention import HeadControl
 from rh_models.cascade import PrefixCascade
-from rh_models.compat import cache_kwarg, hflm_world_size, set_process_rank
+from rh_models.compat import cache_kwarg, hflm_world_size, model_commit, set_process_rank
 from rh_models.errors import RHError
 from rh_models.heads import HeadSet
 from rh_models.mask_args import parse_mask_args
@@ -275,7 +275,7 @@ class RHHFLM(MaskedLM, HFLM):
             "model": self.model_alias or str(self.pretrained),
             "model_revision": getattr(self, "revision", None),
             "model_config_sha256": config_sha256(self.model.config),
-            "model_commit": getattr(self.model.config, "_commit_hash", None),
+            "model_commit": model_commit(self.model.config),
             "n_layers": self.n_layers,
             "n_heads": self.n_heads,
             "attention": self.control.base,

@@ -36,6 +36,14 @@ import torch
 import torch.nn.functional as F
 from transformers.cache_utils import DynamicLayer
 
+from rh_models.compat import (
+    cache_layers,
+    init_cache_layer,
+    layer_tensors,
+    set_cache_layers,
+    set_layer_tensors,
+)
+
 logger = logging.getLogger(__name__)
 
 MIN_RECOMPUTED = 2  # tokens of every row that generate() prefills: the step that makes the first answer token
@@ -69,7 +77,7 @@ class PrefixCache:
         self.config = config
         self.cached: list[_Cached] = []
         self.tokens_reused = 0
-        layers = getattr(DynamicCache(config=config), "layers", None)
+        layers = cache_layers(DynamicCache(config=config))
         self._croppable = bool(layers) and all(type(layer) is DynamicLayer for layer in layers)  # fixed per model
         self._warned = False
 
@@ -107,10 +115,10 @@ class PrefixCache:
                 done.update(self._extend_group(source, shared, [b for b, _ in members], targets, done, extend))
         self.cached = []  # the previous batch's tensors can go once its rows are copied
         cache = DynamicCache(config=self.config)
-        cache.layers = [PreallocatedLayer(capacity) for _ in done[0].layers]
+        set_cache_layers(cache, [PreallocatedLayer(capacity) for _ in done[0].layers])
         slots = width - MIN_RECOMPUTED
         prefixes = [done[b].prefix(len(targets[b])) for b in range(len(rows))]
-        for layer in range(len(cache.layers)):
+        for layer in range(len(done[0].layers)):
             keys = [F.pad(prefix[layer][0], (0, 0, slots - len(targets[b]), 0)) for b, prefix in enumerate(prefixes)]
             values = [F.pad(prefix[layer][1], (0, 0, slots - len(targets[b]), 0)) for b, prefix in enumerate(prefixes)]
             cache.update(torch.cat(keys), torch.cat(values), layer)
@@ -158,14 +166,14 @@ class PrefixCache:
         rows = [targets[b] for b in members]
         if any(len(row) > shared for row in rows):
             extend(rows, cache)
-        layers = [(layer.keys, layer.values) for layer in cache.layers]
+        layers = [layer_tensors(layer) for layer in cache_layers(cache)]
         return {b: _Cached(targets[b], layers, row=i) for i, b in enumerate(members)}
 
     def keep(self, cache: Any, context: torch.Tensor, attention_mask: torch.Tensor | None) -> None:
         """After generation: the batch's prompts (all of their tokens now have keys) become the candidates."""
         width = context.shape[1]
         mask = torch.ones_like(context) if attention_mask is None else attention_mask
-        layers = [(layer.keys, layer.values) for layer in cache.layers]
+        layers = [layer_tensors(layer) for layer in cache_layers(cache)]
         self.cached = [
             _Cached(row[keep.bool()].tolist(), layers, row=b, start=width - int(keep.sum()))
             for b, (row, keep) in enumerate(zip(context.cpu(), mask.cpu()))
@@ -186,17 +194,15 @@ class PreallocatedLayer(DynamicLayer):
         self._value_storage: torch.Tensor | None = None
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
-        if not self.is_initialized:
-            self.lazy_initialization(key_states, value_states)
+        init_cache_layer(self, key_states, value_states)
         start, new = self.get_seq_length(), key_states.shape[-2]
         if self._key_storage is None or start + new > self._key_storage.shape[-2] \
                 or key_states.shape[0] != self._key_storage.shape[0]:
             self._grow(key_states, value_states, max(self.capacity, start + new))
         self._key_storage[..., start : start + new, :] = key_states
         self._value_storage[..., start : start + new, :] = value_states
-        self.keys = self._key_storage[..., : start + new, :]
-        self.values = self._value_storage[..., : start + new, :]
-        return self.keys, self.values
+        set_layer_tensors(self, self._key_storage[..., : start + new, :], self._value_storage[..., : start + new, :])
+        return layer_tensors(self)
 
     def _grow(self, key_states: torch.Tensor, value_states: torch.Tensor, capacity: int) -> None:
         start = self.get_seq_length()
@@ -204,8 +210,7 @@ class PreallocatedLayer(DynamicLayer):
         keys = key_states.new_zeros(shape)
         values = value_states.new_zeros((*value_states.shape[:-2], capacity, value_states.shape[-1]))
         if start:
-            keys[..., :start, :] = self.keys
-            values[..., :start, :] = self.values
+            keys[..., :start, :], values[..., :start, :] = layer_tensors(self)
         self._key_storage, self._value_storage = keys, values
 
 
