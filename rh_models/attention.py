@@ -18,15 +18,19 @@ exactly the masks (and keeps exactly the fast paths) it would build for the stoc
   zeroes the head's query so softmax is uniform over exactly the positions the model's mask lets it see.
 * Recording computes ``q . K`` for the *last query row only* (the row that produces the next token) and
   keeps the arg-max position per head — no eager attention, no ``output_attentions``.
+* A KV budget (:mod:`rh_models.kv_budget`) splits a layer's heads into those that keep the full context and
+  *streaming* heads that see only a sink and a recent window: two calls of the same kernel, the second with a
+  banded mask derived from the model's own.
 """
 
 from __future__ import annotations
 
 import sys
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 from transformers import AttentionInterface
@@ -43,6 +47,7 @@ from rh_models.compat import (
 )
 from rh_models.errors import RHError
 from rh_models.heads import HeadSet
+from rh_models.kv_budget import LayerPlan, StreamingHeads, streaming_mask, visible_keys
 from rh_models.shape import head_shape
 
 PREFIX = "rh_"
@@ -106,8 +111,11 @@ class HeadControl:
         self.method = "zero"
         self.scope = "all"
         self.heads = HeadSet((), n_layers, n_heads)
+        self.modules: list[torch.nn.Module] = []  # each layer's attention module, in layer order
         self.rows: TopOneRows | None = None
         self.cascade: PrefixCascade | None = None  # set while a prompt continues a reused prefix cache
+        self.kv: StreamingHeads | None = None  # a KV budget: which heads stream (sink + window)
+        self._streaming_masks: tuple[Any, tuple[int, ...], torch.Tensor] | None = None  # one per forward
 
     # ------------------------------------------------------------------ lifecycle
     @classmethod
@@ -131,6 +139,7 @@ class HeadControl:
                 "rh-eval cannot mask or record its heads"
             )
         control = cls(model, base, n_layers, n_heads)
+        control.modules = modules
         for layer, module in enumerate(modules):
             module._rh_layer = layer
             module._rh_control = control
@@ -154,8 +163,19 @@ class HeadControl:
             for layer, query_heads in heads.by_layer().items()
         }
 
+    # ------------------------------------------------------------------ KV budget
+    def set_kv(self, streaming: StreamingHeads | None) -> None:
+        """Give the heads outside ``streaming.selected`` a sink + window cache from now on (None: every head full)."""
+        if streaming is not None and (streaming.n_layers, streaming.selected.n_heads) != (self.n_layers, self.n_heads):
+            raise RHError(f"KV budget is for {streaming.n_layers} x {streaming.selected.n_heads} heads, the model has "
+                          f"{self.n_layers} x {self.n_heads}")
+        self.kv, self._streaming_masks = streaming, None
+
     # ------------------------------------------------------------------ recording
     def start_recording(self) -> None:
+        if self.kv is not None:
+            raise RHError("recording retrieval scores under a KV budget is not supported: a streaming head's top-1 "
+                          "would be taken over keys its cache no longer holds; record without kv_full_heads")
         self.rows = TopOneRows()
 
     def stop_recording(self) -> TopOneRows:
@@ -194,15 +214,60 @@ class HeadControl:
         if masked is not None and self.method == "uniform":
             # q = 0 -> every visible logit equals 0 (softcap/scale keep it 0) -> uniform over visible keys
             query = query.index_fill(1, masked, 0.0)
-        if self.cascade is not None and self.cascade.applies(self.base, module, query, key, attention_mask, kwargs):
-            output, weights = self.cascade(module, query, key, value, **kwargs)
+        plan = self.kv.plan(layer, query.device) if self.kv is not None else None
+        if plan is not None and not self.kv.keeps_everything(key.shape[2]):
+            output, weights = self._streaming(plan, base_fn, module, query, key, value, attention_mask, kwargs), None
         else:
-            output, weights = base_fn(module, query, key, value, attention_mask, **kwargs)
+            output, weights = self._attend(base_fn, module, query, key, value, attention_mask, kwargs)
         if masked is not None and self.method == "zero":
             if output.shape[2] != self.n_heads:
                 raise RHError(f"unexpected attention output layout {tuple(output.shape)} in {type(module).__name__}")
             output = output.index_fill(2, masked, 0.0)
         return output, weights
+
+    def _attend(self, base_fn, module, query, key, value, attention_mask, kwargs):
+        """The model's own attention (or the prefix cascade where that is the same computation)."""
+        if self.cascade is not None and self.cascade.applies(self.base, module, query, key, attention_mask, kwargs):
+            return self.cascade(module, query, key, value, **kwargs)
+        return base_fn(module, query, key, value, attention_mask, **kwargs)
+
+    def _streaming(self, plan: LayerPlan, base_fn, module, query, key, value, attention_mask, kwargs) -> torch.Tensor:
+        """Full heads as the model runs them; streaming heads with the sink + window mask; one output."""
+        if any(kwargs.get(name) is not None for name in ("position_bias", "s_aux", "sinks")):
+            raise RHError(f"{type(module).__name__} adds per-head attention terms; a KV budget by head is not "
+                          "supported for it")
+        if key.shape[1] != self.kv.n_kv_heads:
+            raise RHError(f"{type(module).__name__} has {key.shape[1]} KV heads, its config {self.kv.n_kv_heads}")
+        batch, _, q_length, _ = query.shape
+        allowed = self._streaming_allowed(attention_mask, batch, q_length, key.shape[2], query.device)
+        if self.base == "eager":
+            stream_fn = base_fn
+            blocked = torch.finfo(query.dtype).min
+            stream_mask = torch.zeros(allowed.shape, dtype=query.dtype, device=query.device).masked_fill(~allowed, blocked)
+        else:  # sdpa takes a boolean mask; kernels that take none (flash) run their streaming heads on sdpa
+            stream_fn = base_fn if self.base == "sdpa" else ALL_ATTENTION_FUNCTIONS["sdpa"]
+            stream_mask = allowed
+        streamed, _ = stream_fn(module, query.index_select(1, plan.stream_q), key.index_select(1, plan.stream_kv),
+                                value.index_select(1, plan.stream_kv), stream_mask, **kwargs)
+        output = streamed.new_empty((batch, q_length, self.n_heads, streamed.shape[-1]))
+        output[:, :, plan.stream_q] = streamed
+        if len(plan.full_q):
+            full, _ = self._attend(base_fn, module, query.index_select(1, plan.full_q),
+                                   key.index_select(1, plan.full_kv), value.index_select(1, plan.full_kv),
+                                   attention_mask, kwargs)
+            output[:, :, plan.full_q] = full
+        return output
+
+    def _streaming_allowed(self, mask, batch: int, q_length: int, kv_length: int, device) -> torch.Tensor:
+        """``(batch, 1, q, kv)`` bool mask of a streaming head, built once per forward (its layers share the mask)."""
+        shape = (batch, q_length, kv_length)
+        cached = self._streaming_masks
+        if cached is not None and cached[1] == shape and (cached[0]() if cached[0] is not None else None) is mask:
+            return cached[2]
+        visible = visible_keys(mask, batch, q_length, kv_length, device)
+        allowed = streaming_mask(visible, self.kv.sink, self.kv.window)[:, None]
+        self._streaming_masks = (weakref.ref(mask) if mask is not None else None, shape, allowed)
+        return allowed
 
     def _record(self, layer, module, query, key, attention_mask, kwargs) -> None:
         batch, n_heads, _, head_dim = query.shape

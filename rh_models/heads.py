@@ -6,6 +6,7 @@ Usage::
     heads = select_heads("top:6", n_layers=30, n_heads=9, scores=scores)       # HeadSet
     heads = select_heads("random:6", 30, 9, scores=scores, seed=1)             # excludes retrieval heads
     heads = select_heads("3-4;17-0", 30, 9)                                     # the paper's L-H notation
+    heads = select_heads("top:10%", 30, 9, scores=scores)                       # a share: 27 of 270 heads
 
 A score file is one JSON object ``{"<layer>-<head>": [score per test, ...]}`` (mean = the head's score) or
 ``{"<layer>-<head>": float}``. Heads are *query* heads (under GQA several share one KV head).
@@ -145,6 +146,13 @@ class HeadSpec:
     text: str
     count: int = 0
     heads: tuple[Head, ...] = ()
+    share: float | None = None  # ``top:10%``: a percentage of all the model's heads instead of a count
+
+    def resolve_count(self, total_heads: int) -> int:
+        """K for a model with ``total_heads`` heads: the count as written, or the share rounded half up (at least 1)."""
+        if self.share is None:
+            return self.count
+        return max(1, math.floor(self.share * total_heads / 100 + 0.5))
 
     @property
     def needs_scores(self) -> bool:
@@ -153,16 +161,19 @@ class HeadSpec:
 
 
 def parse_head_spec(spec: str | None) -> HeadSpec:
-    """``none`` · ``L-H;L-H;...`` · ``top:K`` · ``random:K`` -> :class:`HeadSpec`, or one clear :class:`RHError`."""
+    """``none`` · ``L-H;L-H;...`` · ``top:K`` · ``random:K`` (K a count, or a share such as ``10%``) ->
+    :class:`HeadSpec`, or one clear :class:`RHError`."""
     text = (spec or "none").strip()
     if text.lower() in ("", "none"):
         return HeadSpec("none", "none")
     kind, colon, count = text.partition(":")
     kind = kind.strip().lower()
     if colon and kind in ("top", "random"):
+        if count.strip().endswith("%"):
+            return HeadSpec(kind, text, share=_parse_share(count, text))
         return HeadSpec(kind, text, count=_parse_count(count, text))
     if colon:
-        raise RHError(f"bad head spec {text!r}: expected none, L-H;L-H, top:K or random:K")
+        raise RHError(f"bad head spec {text!r}: expected none, L-H;L-H, top:K, random:K or top:P%")
     return HeadSpec("heads", text, heads=tuple(parse_head(part) for part in text.split(";") if part.strip()))
 
 
@@ -197,7 +208,7 @@ def select_heads(
         return HeadSet((), n_layers, n_heads)
     if parsed.kind == "heads":
         return HeadSet(parsed.heads, n_layers, n_heads)
-    k = parsed.count
+    k = parsed.resolve_count(n_layers * n_heads)
     if parsed.kind == "top":
         scores = _require_scores(scores, parsed.text)
         if k > n_layers * n_heads:
@@ -249,6 +260,17 @@ def _parse_count(count: str, text: str) -> int:
     if not count.strip().isdigit() or int(count) <= 0:
         raise RHError(f"bad head spec {text!r}: expected top:K or random:K with K a positive integer")
     return int(count)
+
+
+def _parse_share(count: str, text: str) -> float:
+    number = count.strip()[:-1].strip()
+    try:
+        share = float(number)
+    except ValueError:
+        share = math.nan
+    if not math.isfinite(share) or not 0 < share <= 100:
+        raise RHError(f"bad head spec {text!r}: a share must be a percentage in (0, 100], such as top:10%")
+    return share
 
 
 def _require_scores(scores: HeadScores | None, text: str) -> HeadScores:

@@ -8,6 +8,9 @@ Usage (stock CLI)::
 
     lm_eval --model rh-hf --model_args pretrained=smollm2-135m,record_scores=out/scores.json --tasks rh_niah
 
+    lm_eval --model rh-hf --model_args pretrained=smollm2-135m,head_scores=scores.json,kv_full_heads=top:10% \
+        --tasks rh_niah                                    # a KV budget by head (see rh_models.kv_budget)
+
 or from Python, swapping masks on one loaded model (what ``rh compare`` does)::
 
     lm = RHHFLM(pretrained="smollm2-135m", head_scores="scores.json")
@@ -33,7 +36,15 @@ from rh_models.attention import HeadControl
 from rh_models.cascade import PrefixCascade
 from rh_models.compat import cache_kwarg, hflm_world_size, model_commit, set_process_rank
 from rh_models.errors import RHError
-from rh_models.heads import HeadSet
+from rh_models.heads import HeadSet, HeadSpec, select_heads
+from rh_models.kv_budget import (
+    DEFAULT_SINK,
+    DEFAULT_WINDOW,
+    StreamingHeads,
+    kv_heads_of,
+    parse_kv_args,
+    sliding_windows,
+)
 from rh_models.mask_args import parse_mask_args
 from rh_models.masked_lm import MaskedLM
 from rh_models.prefix_cache import PrefixCache
@@ -64,9 +75,16 @@ class RHHFLM(MaskedLM, HFLM):
         record_count_repeats: bool = False,
         record_overwrite: bool = False,
         prefix_reuse: bool = False,
+        kv_full_heads: str | None = None,
+        kv_sink: int = DEFAULT_SINK,
+        kv_window: int = DEFAULT_WINDOW,
         **kwargs: Any,
     ) -> None:
         mask = parse_mask_args(mask_heads, head_scores, mask_method, mask_scope, mask_seed, random_exclude, random_match)
+        kv = parse_kv_args(kv_full_heads, kv_sink, kv_window, head_scores)
+        if kv.spec is not None and record_scores:
+            raise RHError("record_scores cannot be combined with kv_full_heads: a streaming head's top-1 would be "
+                          "taken over keys its cache no longer holds")
         min_score = parse_float("record_min_score", record_min_score)
         count_repeats = parse_bool("record_count_repeats", record_count_repeats)
         prefix_reuse = parse_bool("prefix_reuse", prefix_reuse)
@@ -94,6 +112,9 @@ class RHHFLM(MaskedLM, HFLM):
             if record_scores
             else None
         )
+        self.kv: StreamingHeads | None = None
+        if kv.spec is not None:
+            self.set_kv(kv.spec, kv.sink, kv.window, seed=mask.seed, random_exclude=mask.random_exclude)
         self._writes_recorder = True  # False while a caller owns the recorder (see `settings`)
         self._batch_contexts: list[str] = []
         self.chat_template_applied = False  # set when lm-eval renders a prompt through apply_chat_template
@@ -149,43 +170,120 @@ class RHHFLM(MaskedLM, HFLM):
         heads = self.control.heads
         if not len(heads):
             return
+        saved_mask, saved_scope = self.control.mask_by_layer, self.control.scope
+
+        def unmasked() -> None:
+            self.control.mask_by_layer = {}
+
+        def restore() -> None:
+            self.control.mask_by_layer, self.control.scope = saved_mask, saved_scope
+
+        self.control.scope = "all"
+        try:
+            with_it, without = self._probe_heads(heads.by_layer(), _PROBE_TOKENS, unmasked, restore)
+        finally:
+            restore()
+        for (layer, head), after in with_it.items():
+            if torch.equal(after, without[layer, head]) or (self.control.method == "zero" and after.abs().max() != 0):
+                raise RHError(
+                    f"self-check failed: masking head {layer}-{head} did not change its output "
+                    f"({type(self.model).__name__}, {self.control.base}); refusing to run a silent no-op"
+                )
+
+    def _probe_heads(self, heads: dict[int, list[int]], length: int, switch_off, switch_on):
+        """Each listed head's output slice (the output projection's input) on one probe, with and without a setting.
+
+        ``switch_off`` / ``switch_on`` remove and restore the setting between the two forwards.
+        """
         projections = output_projections(self.model, self.control)
         captured: dict[int, torch.Tensor] = {}
         hooks = [
             projections[layer].register_forward_pre_hook(
                 lambda module, args, layer=layer: captured.__setitem__(layer, args[0].detach().clone())
             )
-            for layer in heads.by_layer()
+            for layer in heads
         ]
-        probe = torch.arange(_PROBE_TOKENS, device=self.device).unsqueeze(0) % (self.model.config.get_text_config().vocab_size - 1) + 1
-        saved_mask, saved_scope = self.control.mask_by_layer, self.control.scope
+        vocab = self.model.config.get_text_config().vocab_size
+        probe = torch.arange(length, device=self.device).unsqueeze(0) % (vocab - 1) + 1
         try:
             with torch.no_grad():
-                self.control.scope = "all"
                 self.model(probe)
-                masked = dict(captured)
-                self.control.mask_by_layer = {}
+                first = dict(captured)
+                switch_off()
                 self.model(probe)
         finally:
-            self.control.mask_by_layer, self.control.scope = saved_mask, saved_scope
+            switch_on()
             for hook in hooks:
                 hook.remove()
-        for layer, query_heads in heads.by_layer().items():
-            if layer not in masked:
-                raise RHError(f"self-check: layer {layer}'s output projection never ran; masking cannot be verified")
-            width = masked[layer].shape[-1] // self.n_heads
+        outputs: list[dict[tuple[int, int], torch.Tensor]] = [{}, {}]
+        for layer, query_heads in heads.items():
+            if layer not in first:
+                raise RHError(f"self-check: layer {layer}'s output projection never ran; the setting cannot be verified")
+            width = first[layer].shape[-1] // self.n_heads
             for head in query_heads:
-                after = masked[layer][..., head * width : (head + 1) * width]
-                before = captured[layer][..., head * width : (head + 1) * width]
-                changed = not torch.equal(after, before)
-                if not changed or (self.control.method == "zero" and after.abs().max() != 0):
-                    raise RHError(
-                        f"self-check failed: masking head {layer}-{head} did not change its output "
-                        f"({type(self.model).__name__}, {self.control.base}); refusing to run a silent no-op"
-                    )
+                outputs[0][layer, head] = first[layer][..., head * width : (head + 1) * width]
+                outputs[1][layer, head] = captured[layer][..., head * width : (head + 1) * width]
+        return outputs[0], outputs[1]
+
+    # ------------------------------------------------------------------ KV budget
+    def set_kv(self, full_heads: str | HeadSpec | HeadSet | None, sink: int = DEFAULT_SINK,
+               window: int = DEFAULT_WINDOW, seed: int = 0, random_exclude: int | None = None) -> StreamingHeads | None:
+        """From now on only ``full_heads`` keep the full context; every other head keeps ``sink`` + ``window``.
+
+        ``None`` restores full attention for every head; ``"none"`` makes every head a streaming head. Selection is
+        the mask syntax (``top:K``, ``top:10%``, ``random:K`` with ``seed`` / ``random_exclude``, ``L-H;...``). The
+        budget's accounting starts afresh, and a probe proves that the streaming heads changed.
+        """
+        self.prefix.clear()  # cached keys/values were computed under the old budget
+        if full_heads is None:
+            self.kv = None
+            self.control.set_kv(None)
+            return None
+        if self.recorder is not None:
+            raise RHError("recording retrieval scores cannot be combined with a KV budget")
+        heads = full_heads if isinstance(full_heads, HeadSet) else select_heads(
+            full_heads, self.n_layers, self.n_heads, scores=self.head_scores, seed=seed, random_exclude=random_exclude)
+        spec = heads.spec() if isinstance(full_heads, HeadSet) else (
+            full_heads.text if isinstance(full_heads, HeadSpec) else str(full_heads))
+        streaming = StreamingHeads(heads, sink, window, kv_heads_of(self.model.config),
+                                   sliding_windows(self.control.modules), spec=spec)
+        self.control.set_kv(streaming)
+        self.kv = streaming
+        self.verify_kv()
+        return streaming
+
+    def verify_kv(self) -> None:
+        """A probe longer than sink + window, with and without the budget: every streaming head's output changes."""
+        streaming = self.kv
+        length = streaming.sink + streaming.window + _PROBE_TOKENS
+        limit = getattr(self.model.config.get_text_config(), "max_position_embeddings", None)
+        if limit is not None and length > limit:
+            raise RHError(f"kv_sink + kv_window = {streaming.sink + streaming.window} leaves no room below the "
+                          f"model's {limit} positions: no streaming head would ever drop a key")
+        full = set(streaming.full_query_heads())
+        if self.control.method == "zero":  # a zeroed head's output is 0 whatever it attends to
+            full |= set(self.control.heads)
+        heads = {layer: [h for h in range(self.n_heads) if (layer, h) not in full]
+                 for layer in streaming.compressed_layers()}
+        heads = {layer: hs for layer, hs in heads.items() if hs}
+        if not heads:
+            return  # every head keeps its full context: the model is unchanged (nothing to verify)
+        with_it, without = self._probe_heads(heads, length, lambda: self.control.set_kv(None),
+                                             lambda: self.control.set_kv(streaming))
+        for (layer, head), after in with_it.items():
+            if torch.equal(after[..., -1, :], without[layer, head][..., -1, :]):
+                raise RHError(f"self-check failed: streaming head {layer}-{head} saw the same keys as a full head "
+                              f"({type(self.model).__name__}, {self.control.base}); refusing to run a silent no-op")
+
+    def kv_info(self) -> dict[str, Any] | None:
+        """The KV budget of the run so far (``config.rh_kv`` in lm-eval's results JSON); None without one."""
+        return self.kv.info() if self.kv is not None else None
 
     def get_model_info(self) -> dict:
-        return {**super().get_model_info(), **self.mask_model_info()}
+        info = {**super().get_model_info(), **self.mask_model_info()}
+        if self.kv is not None:
+            info["rh_kv"] = self.kv_info()
+        return info
 
     # ------------------------------------------------------------------ recording
     def generate_until(self, requests, disable_tqdm: bool = False):
@@ -205,7 +303,21 @@ class RHHFLM(MaskedLM, HFLM):
         self._batch_contexts = list(strings)  # which prompts the next _model_generate call holds
         return super().tok_batch_encode(strings, *args, **kwargs)
 
+    def _model_call(self, inps, attn_mask=None, labels=None):
+        logits = super()._model_call(inps, attn_mask, labels)
+        if self.kv is not None:  # loglikelihood rows: counted at the batch's padded width
+            self.kv.count([inps.shape[1]] * inps.shape[0])
+        return logits
+
     def _model_generate(self, context, max_length, stop, **generation_kwargs):
+        output = self._generate_recorded(context, max_length, stop, **generation_kwargs)
+        if self.kv is not None:  # each row's own tokens: its prompt without padding, plus every generated step
+            mask = generation_kwargs.get("attention_mask")
+            prompt = mask.sum(dim=1) if mask is not None else torch.full((context.shape[0],), context.shape[1])
+            self.kv.count((prompt + output.shape[1] - context.shape[1]).tolist())
+        return output
+
+    def _generate_recorded(self, context, max_length, stop, **generation_kwargs):
         requests = [self._requests_by_context.get(c) for c in self._batch_contexts]
         if self.recorder is None or not any(requests):
             return self._generate(context, max_length, stop, **generation_kwargs)

@@ -72,6 +72,9 @@ def hf_only_args() -> tuple[str, ...]:
 def refuse_engine_args(kwargs: dict[str, Any]) -> None:
     """What no weight edit can honour, refused before an engine is built (a 70B load costs minutes)."""
     given = [name for name in hf_only_args() if kwargs.get(name) not in _UNSET]
+    if any(name.startswith("kv_") for name in kwargs):  # kv_full_heads=none means "every head streams": never unset
+        raise RHError("rh-vllm: a KV budget by head (kv_full_heads, kv_sink, kv_window) is rh-hf's: it is simulated "
+                      "with per-head attention masks, which vLLM's paged kernels do not take; use --model rh-hf")
     if given:
         raise RHError(f"rh-vllm: {', '.join(given)} {'is' if len(given) == 1 else 'are'} rh-hf's; {_WHY_NOT_HF}")
     for name in hf_only_args():

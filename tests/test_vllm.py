@@ -52,6 +52,8 @@ PROMPTS = [
     ({"record_count_repeats": "true", "record_overwrite": "true"},
      "record_count_repeats, record_overwrite are rh-hf's"),
     ({"prefix_reuse": "true"}, "prefix_reuse is rh-hf's"),
+    ({"kv_full_heads": "none"}, "a KV budget by head (kv_full_heads, kv_sink, kv_window) is rh-hf's"),  # none: all stream
+    ({"kv_window": "32"}, "a KV budget by head (kv_full_heads, kv_sink, kv_window) is rh-hf's"),
     ({"pipeline_parallel_size": "2"}, "pipeline_parallel_size>1 is not supported"),
     ({"quantization": "awq"}, "quantization=awq quantizes the attention projections"),
     ({"worker_extension_cls": "my.Extension"}, "rh-vllm sets worker_extension_cls itself"),
@@ -74,7 +76,7 @@ def test_every_rh_hf_only_argument_is_known_to_rh_vllm():
     from rh_models.vllm_lm import hf_only_args, refuse_engine_args
 
     assert set(hf_only_args()) == {"record_scores", "record_min_score", "record_count_repeats", "record_overwrite",
-                                   "prefix_reuse"}
+                                   "prefix_reuse", "kv_full_heads", "kv_sink", "kv_window"}
     off = {"prefix_reuse": "false", "record_scores": None, "dtype": "float32"}
     refuse_engine_args(off)  # given as off: accepted and not passed on to vLLM
     assert off == {"dtype": "float32"}

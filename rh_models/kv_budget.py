@@ -1,0 +1,243 @@
+"""KV budgets by head: some heads keep the full context, the others only a sink and a recent window.
+
+Usage (``rh-hf`` model args, stock CLI)::
+
+    lm_eval --model rh-hf --model_args pretrained=smollm2-135m,head_scores=scores.json,kv_full_heads=top:10%,\\
+kv_sink=4,kv_window=64 --tasks rh_niah
+
+    lm.set_kv("top:10%", sink=4, window=64)      # from Python, swapped between conditions like a mask
+    lm.kv_info()["kv_budget"]                    # share of key/value entries kept, over the sequences run so far
+
+Why: the main use of retrieval heads since the paper is KV-cache compression (DuoAttention, RazorAttention,
+HeadKV): keep the whole cache only for the heads that retrieve, and a StreamingLLM cache (the first ``sink``
+positions plus the last ``window`` positions up to the query) for every other head. Whether a ranking of heads
+makes a good compression policy is then an ordinary lm-eval question, asked with any task.
+
+How: a *streaming* head's attention is masked, at every query position, in prefill and in decoding, to the keys
+its cache would still hold. The rule is read off the mask the model itself built for the call (padding, prefix
+cache and decoding steps included): of the keys a query may see, the first ``sink`` and the last ``window``. The
+full heads and the streaming heads run as two calls of the model's own attention kernel, the full ones exactly
+as before (same mask, same fast path), the streaming ones with the banded mask. This simulates the eviction; no
+memory is freed.
+
+GQA: the cache is kept per *KV* head, so a KV head keeps its full context when any of its query heads is selected,
+and then every query head of its group is full: :meth:`StreamingHeads.info` reports both the heads asked for and
+the heads that end up full. Layers the model already limits to a sliding window (Gemma 2/3, Mistral v0.1, ...)
+are left as the model has them; their heads count as full, with the layer's own window, in the budget.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from rh_models.arguments import parse_int
+from rh_models.errors import RHError
+from rh_models.heads import Head, HeadSet, HeadSpec, format_heads, parse_head_spec
+from rh_models.shape import text_config
+
+DEFAULT_SINK = 4
+DEFAULT_WINDOW = 64
+
+
+@dataclass(frozen=True)
+class KVArgs:
+    """``kv_full_heads`` / ``kv_sink`` / ``kv_window`` as typed, checked before the model loads."""
+
+    spec: HeadSpec | None  # None: no KV budget at all (the model untouched); kind "none": every head streams
+    sink: int = DEFAULT_SINK
+    window: int = DEFAULT_WINDOW
+
+
+def parse_kv_args(kv_full_heads: Any = None, kv_sink: Any = DEFAULT_SINK, kv_window: Any = DEFAULT_WINDOW,
+                  head_scores: Any = None) -> KVArgs:
+    """The strings lm-eval passes from ``--model_args``, as :class:`KVArgs`, or one clear line."""
+    sink = parse_int("kv_sink", kv_sink, minimum=0)
+    window = parse_int("kv_window", kv_window, minimum=1)
+    if kv_full_heads is None:
+        return KVArgs(None, sink, window)
+    spec = parse_head_spec(str(kv_full_heads))
+    if spec.needs_scores and head_scores is None:
+        raise RHError(f"kv_full_heads={kv_full_heads} needs head_scores=PATH (a score file from `rh detect`)")
+    return KVArgs(spec, sink, window)
+
+
+def kv_heads_of(config: Any) -> int:
+    """KV heads per layer (GQA/MQA); multi-head models have as many as query heads."""
+    text = text_config(config)
+    n_heads = int(text.num_attention_heads)
+    n_kv = getattr(text, "num_key_value_heads", None) or n_heads
+    if n_heads % int(n_kv):
+        raise RHError(f"{n_heads} query heads do not split into {n_kv} KV heads; cannot assign heads to caches")
+    return int(n_kv)
+
+
+def sliding_windows(modules: list[torch.nn.Module]) -> dict[int, int]:
+    """Layer -> its own sliding window, for the layers whose attention the model already limits to one."""
+    windows = {}
+    for layer, module in enumerate(modules):
+        window = getattr(module, "sliding_window", None)
+        if isinstance(window, int) and window > 0:
+            windows[layer] = window
+    return windows
+
+
+@dataclass
+class LayerPlan:
+    """One layer's split: the query heads and KV heads that keep the full context, and those that stream."""
+
+    full_q: torch.Tensor
+    stream_q: torch.Tensor
+    full_kv: torch.Tensor
+    stream_kv: torch.Tensor
+
+
+@dataclass
+class StreamingHeads:
+    """A KV budget resolved against a model: which KV heads keep everything, and the sink/window of the rest."""
+
+    selected: HeadSet  # the query heads asked to keep the full context
+    sink: int
+    window: int
+    n_kv_heads: int
+    sliding: dict[int, int] = field(default_factory=dict)  # layer -> the model's own window (left as it is)
+    spec: str = ""
+    kept_entries: int = 0  # accounting over the sequences run since the budget was set
+    full_entries: int = 0
+    sequences: int = 0
+    _plans: dict[tuple[int, str], LayerPlan | None] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        if not self.compressed_layers():
+            raise RHError("every attention layer of this model already keeps only a sliding window; a KV budget by "
+                          "head would change nothing (refusing a silent no-op)")
+
+    @property
+    def n_layers(self) -> int:
+        return self.selected.n_layers
+
+    @property
+    def group(self) -> int:
+        return self.selected.n_heads // self.n_kv_heads
+
+    def compressed_layers(self) -> list[int]:
+        return [layer for layer in range(self.n_layers) if layer not in self.sliding]
+
+    def full_kv_heads(self, layer: int) -> list[int]:
+        """KV heads of ``layer`` that keep the full context: those with at least one selected query head."""
+        if layer in self.sliding:
+            return list(range(self.n_kv_heads))
+        return sorted({head // self.group for l, head in self.selected if l == layer})
+
+    def full_query_heads(self) -> list[Head]:
+        """Every query head that ends up seeing the full context (whole GQA groups), in compressed layers."""
+        return [(layer, kv * self.group + q) for layer in self.compressed_layers()
+                for kv in self.full_kv_heads(layer) for q in range(self.group)]
+
+    def plan(self, layer: int, device: torch.device) -> LayerPlan | None:
+        """The split for ``layer``; None when every head of it keeps its context (the call stays stock)."""
+        key = (layer, str(device))
+        if key not in self._plans:
+            full = self.full_kv_heads(layer)
+            if len(full) == self.n_kv_heads:
+                self._plans[key] = None
+            else:
+                stream = [kv for kv in range(self.n_kv_heads) if kv not in full]
+
+                def query_heads(kvs: list[int]) -> torch.Tensor:
+                    heads = [kv * self.group + q for kv in kvs for q in range(self.group)]
+                    return torch.tensor(heads, dtype=torch.long, device=device)
+
+                self._plans[key] = LayerPlan(query_heads(full), query_heads(stream),
+                                             torch.tensor(full, dtype=torch.long, device=device),
+                                             torch.tensor(stream, dtype=torch.long, device=device))
+        return self._plans[key]
+
+    def keeps_everything(self, kv_length: int) -> bool:
+        """No query can see more than ``sink + window`` keys: the streaming rule removes nothing."""
+        return kv_length <= self.sink + self.window
+
+    # ------------------------------------------------------------------ the budget
+    def entries(self, length: int) -> tuple[int, int]:
+        """(kept, full) key/value entries of one sequence of ``length`` tokens, over every layer and KV head."""
+        kept = full = 0
+        streaming = min(length, self.sink + self.window)
+        for layer in range(self.n_layers):
+            own = min(length, self.sliding[layer]) if layer in self.sliding else length
+            n_full = len(self.full_kv_heads(layer))
+            full += self.n_kv_heads * own
+            kept += n_full * own + (self.n_kv_heads - n_full) * (own if layer in self.sliding else streaming)
+        return kept, full
+
+    def count(self, lengths: list[int]) -> None:
+        """Add finished sequences (their token counts, prompt and answer) to the run's budget."""
+        for length in lengths:
+            kept, full = self.entries(int(length))
+            self.kept_entries += kept
+            self.full_entries += full
+            self.sequences += 1
+
+    @property
+    def budget(self) -> float | None:
+        """Share of key/value entries kept against full attention, over the sequences counted; None before any."""
+        return self.kept_entries / self.full_entries if self.full_entries else None
+
+    def info(self) -> dict[str, Any]:
+        """What lands in lm-eval's results JSON as ``config.rh_kv``."""
+        effective = self.full_query_heads()
+        return {
+            "full_heads": self.spec,
+            "selected_heads": [list(h) for h in self.selected],
+            "full_query_heads": [list(h) for h in effective],
+            "full_kv_heads": {str(layer): self.full_kv_heads(layer) for layer in self.compressed_layers()
+                              if self.full_kv_heads(layer)},
+            "gqa_group": self.group,
+            "gqa_note": None if self.group == 1 or len(effective) == len(self.selected) else
+            f"{len(self.selected)} query heads selected; their KV heads keep the full context for all "
+            f"{len(effective)} query heads of those groups",
+            "sink": self.sink,
+            "window": self.window,
+            "sliding_layers": {str(layer): window for layer, window in self.sliding.items()},
+            "kv_budget": self.budget,
+            "sequences": self.sequences,
+            "simulated": "attention masks; no memory is freed",
+        }
+
+    def describe(self) -> str:
+        return format_heads(self.selected) or "none"
+
+
+# ---------------------------------------------------------------------------------------------- masks
+
+
+def visible_keys(mask: torch.Tensor | None, batch: int, q_length: int, kv_length: int,
+                 device: torch.device) -> torch.Tensor:
+    """``(batch, q, kv)`` bool: which keys each query of this call may see, from any mask layout transformers uses.
+
+    ``None`` means causal without padding, aligned bottom-right (transformers passes None only when the queries are
+    the last ``q`` positions: one decoding step, or a prefill with as many queries as keys).
+    """
+    if mask is None:
+        if q_length != 1 and q_length != kv_length:
+            raise RHError(f"no attention mask for {q_length} queries over {kv_length} keys; cannot place a KV window")
+        positions = torch.arange(kv_length, device=device)
+        causal = positions[None, :] <= positions[kv_length - q_length:, None]
+        return causal.expand(batch, q_length, kv_length)
+    if mask.ndim == 4:  # sdpa (bool, True = attend) or eager (additive float, very negative = blocked)
+        rows = mask[:, 0, -q_length:, :kv_length]
+        visible = rows if rows.dtype == torch.bool else rows > torch.finfo(rows.dtype).min / 2
+        return visible.expand(batch, q_length, kv_length)
+    if mask.ndim == 2:  # flash: (batch, kv) padding mask, 1 = token; causal on top
+        padding = mask[:, -kv_length:].bool()
+        return visible_keys(None, batch, q_length, kv_length, device) & padding[:, None, :]
+    raise RHError(f"unsupported attention-mask layout {tuple(mask.shape)} for a KV budget")
+
+
+def streaming_mask(visible: torch.Tensor, sink: int, window: int) -> torch.Tensor:
+    """Of the keys each query sees, keep the first ``sink`` and the last ``window`` (StreamingLLM's cache)."""
+    counts = visible.to(torch.int32)
+    from_start = counts.cumsum(-1)  # 1 at the first visible key
+    from_end = counts.flip(-1).cumsum(-1).flip(-1)  # 1 at the last visible key (the query itself, when causal)
+    return visible & ((from_start <= sink) | (from_end <= window))
