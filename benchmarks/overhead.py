@@ -1,6 +1,6 @@
 """Benchmark entry point: ``python benchmarks/overhead.py [--lengths 1000,2000,4000] [--repeats 5]``.
 
-Same as ``rh bench``; see :mod:`rh_eval.bench` for what is measured and why it is reported as ratios.
+Same as ``rh bench``; see :mod:`rh_eval.bench.overhead` for what is measured and why it is reported as ratios.
 """
 
 import sys

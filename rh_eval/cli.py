@@ -32,7 +32,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "check": ("rh_eval.check", "CI gate: compare results to a baseline within a tolerance"),
     "plot": ("rh_eval.plot", "the NIAH length x depth heatmap from lm-eval samples or results"),
     "demo": ("rh_eval.demo", "detect -> compare -> leaderboard and plots on the embedded model"),
-    "bench": ("rh_eval.bench", "overhead of masking and recording vs stock lm-eval (see benchmarks/)"),
+    "bench": ("rh_eval.bench.overhead", "overhead of masking and recording vs stock lm-eval (see benchmarks/)"),
 }
 
 

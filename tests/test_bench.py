@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from rh_eval.bench import naive_attention_gb
+from rh_eval.bench.overhead import naive_attention_gb
 from rh_eval.cli import main
 
 

@@ -18,7 +18,8 @@ timing assertion. Peak memory is the peak resident-set growth during one call, s
 after all timings in a fresh process per contender and length that loads only that contender's model, with
 glibc told to hand freed memory back at once (in a shared process RSS keeps what an earlier contender freed
 and later ones look free of charge; the setting costs page faults, hence not during the timings).
-A second table times ``rh detect`` on a small grid with and without haystack-prefix KV reuse.
+A second table times ``rh detect`` on a small grid with and without haystack-prefix KV reuse
+(:mod:`rh_eval.bench.reuse`).
 """
 
 from __future__ import annotations
@@ -32,8 +33,9 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from rh_eval.bench_reuse import pick_contenders, render_reuse, time_prefix_reuse
+from rh_eval.bench.reuse import pick_contenders, render_reuse, time_prefix_reuse
 from rh_models.arguments import comma_ints
+from rh_models.atomic import write_json_atomic
 from rh_models.errors import RHError
 from rh_models.zoo import DEFAULT_MODEL
 
@@ -220,7 +222,7 @@ def _probe_in_subprocess(model: str, lengths: list[int], new_tokens: int, mask_h
     import sys
 
     args = json.dumps([model, lengths, new_tokens, mask_heads, key, length])
-    code = ("import json, sys; from rh_eval.bench import memory_probe; "
+    code = ("import json, sys; from rh_eval.bench.overhead import memory_probe; "
             "print('RH_PROBE', memory_probe(*json.loads(sys.argv[1])))")
     done = subprocess.run([sys.executable, "-c", code, args], capture_output=True, text=True)
     lines = [line for line in done.stdout.splitlines() if line.startswith("RH_PROBE ")]
@@ -330,7 +332,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--detect-samples", type=int, default=3, help="needles per detection cell (paper: 3)")
     parser.add_argument("--detect-repeats", type=int, help="repeats of the detection table (default: --repeats // 2)")
     parser.add_argument("--detect-contenders", default="", help="';'-separated subset, e.g. 'no reuse;reuse' (default: all)")
-    parser.add_argument("--output", type=Path, default=Path("benchmarks/results.json"))
+    parser.add_argument("--output", type=Path, default=Path("benchmarks/results/bench.json"),
+                        help="results JSON (default benchmarks/results/bench.json)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -351,8 +354,6 @@ def run(args: argparse.Namespace) -> int:
         repeats = args.detect_repeats or max(1, args.repeats // 2)
         result["prefix_reuse"] = time_prefix_reuse(lm, args.detect_lengths, args.detect_depths, args.detect_samples,
                                                    repeats, contenders)
-    from rh_models.scores import write_json_atomic
-
     write_json_atomic(args.output, result)
     print(render(result))
     print(f"wrote {args.output}")
