@@ -5,6 +5,8 @@ Usage::
     rh compare --model smollm2-135m --head-scores scores.json --tasks rh_niah,rh_vartrack,rh_vartrack_cot \\
         --k 6,12 --seeds 3 --output-dir out --limit 20
     rh compare --backend vllm --model-args tensor_parallel_size=2 ...   # one rh-vllm engine (weight edits)
+    rh compare --head-scores scores.json --tasks rh_niah --kv-budgets 10%,25%,50% --seeds 3 --output-dir kv
+        # KV budgets by head: full, streaming, retrieval-kv@P%, random-kv@P% (see rh_models.kv_budget)
 
     from rh_eval.compare import CompareConfig, compare
     config = CompareConfig(model="smollm2-135m", tasks=("rh_niah",), output_dir=Path("out"), ks=(6,))
@@ -12,7 +14,8 @@ Usage::
 
     out/conditions/<name>/results.json        lm-eval's output (no samples); its presence = condition done
     out/conditions/<name>/samples_<task>.jsonl per-sample results (paired tests in `rh check`, NIAH heatmaps)
-    out/conditions/<name>/condition.json      kind, K, seed, method, scope and the exact heads masked
+    out/conditions/<name>/condition.json      kind, K, seed, method, scope and the exact heads masked (KV
+                                              conditions: the heads that keep the full context and the budget)
     out/leaderboard.{md,csv,html,tex,json}    see rh_eval.leaderboard
     out/plots/*.png                           see rh_eval.plots.conditions
 
@@ -22,6 +25,10 @@ weights, tasks, limits and prompts. The model is loaded once and only the head m
 between draws, so ``random@K`` runs for every seed in ``0..S-1``. Runs are long on CPU: each finished
 condition is kept, a re-run with the same settings re-uses it, and a re-run with *different* settings is
 refused instead of silently mixing two experiments in one table.
+
+KV budgets (``--kv-budgets``) ask the compression question with the same machinery: ``streaming`` (no head keeps
+the full context), ``retrieval-kv@P%`` (the top P % of heads by retrieval score keep it) and ``random-kv@P%``
+(P % drawn uniformly from all heads, per seed), each with the share of key/value entries it kept.
 """
 
 from __future__ import annotations
@@ -37,10 +44,12 @@ from typing import Any, Callable, TextIO
 
 from rh_eval.leaderboard import (
     EXTENSIONS,
+    KV_KINDS,
     ConditionResult,
     Leaderboard,
     build_leaderboard,
     leaderboard_paths,
+    share_text,
     write_leaderboard,
 )
 from rh_eval.resume import clear_outputs, resume_record, save_record
@@ -50,6 +59,7 @@ from rh_models.atomic import write_text_atomic
 from rh_models.attention import MASK_METHODS, MASK_SCOPES
 from rh_models.compat import as_logged_sample
 from rh_models.errors import RHError
+from rh_models.kv_budget import DEFAULT_SINK, DEFAULT_WINDOW
 from rh_models.zoo import DEFAULT_MODEL
 
 RUN_FILE = "run.json"
@@ -64,27 +74,49 @@ DETECTED_SCORES = "head_scores.json"  # where a detection run by `rh compare` it
 class ConditionPlan:
     """One condition to evaluate: which mask spec, and how it is named on disk and in the table."""
 
-    kind: str  # full | retrieval | random
+    kind: str  # full | retrieval | random | streaming | retrieval-kv | random-kv
     k: int = 0
     seed: int | None = None
+    share: float | None = None  # KV kinds: percentage of heads that keep the full context
+
+    @property
+    def is_kv(self) -> bool:
+        return self.kind in KV_KINDS
 
     @property
     def name(self) -> str:
-        if self.kind == "full":
-            return "full"
-        return f"{self.kind}@{self.k}" + ("" if self.seed is None else f"-seed{self.seed}")
+        if self.kind in ("full", "streaming"):
+            return self.kind
+        size = share_text(self.share) if self.is_kv else str(self.k)
+        return f"{self.kind}@{size}" + ("" if self.seed is None else f"-seed{self.seed}")
 
     @property
     def spec(self) -> str:
-        return {"full": "none", "retrieval": f"top:{self.k}", "random": f"random:{self.k}"}[self.kind]
+        """The ``mask_heads`` value of a masking condition (KV conditions mask nothing)."""
+        return {"retrieval": f"top:{self.k}", "random": f"random:{self.k}"}.get(self.kind, "none")
+
+    @property
+    def kv_spec(self) -> str | None:
+        """The ``kv_full_heads`` value of a KV condition; None for masking conditions (full attention)."""
+        if not self.is_kv:
+            return None
+        if self.kind == "streaming":
+            return "none"
+        return f"{'top' if self.kind == 'retrieval-kv' else 'random'}:{self.share:g}%"
 
 
-def plan_conditions(ks: list[int], seeds: int) -> list[ConditionPlan]:
-    """``full``, then per K: ``retrieval@K`` and ``random@K-seed0..S-1``."""
+def plan_conditions(ks: list[int], seeds: int, kv_budgets: list[float] = ()) -> list[ConditionPlan]:
+    """``full``; per K: ``retrieval@K``, ``random@K-seed0..S-1``; with KV budgets: ``streaming``, then per share P:
+    ``retrieval-kv@P%``, ``random-kv@P%-seed0..S-1``."""
     plans = [ConditionPlan("full")]
     for k in ks:
         plans.append(ConditionPlan("retrieval", k))
         plans.extend(ConditionPlan("random", k, seed) for seed in range(seeds))
+    if kv_budgets:
+        plans.append(ConditionPlan("streaming"))
+    for share in kv_budgets:
+        plans.append(ConditionPlan("retrieval-kv", share=share))
+        plans.extend(ConditionPlan("random-kv", seed=seed, share=share) for seed in range(seeds))
     return plans
 
 
@@ -119,6 +151,9 @@ class CompareConfig:
     prefix_reuse: bool = False
     backend: str = "hf"
     model_args: dict[str, Any] = field(default_factory=dict)
+    kv_budgets: tuple[float, ...] = ()  # percentages of heads that keep the full context (KV conditions)
+    kv_sink: int = DEFAULT_SINK
+    kv_window: int = DEFAULT_WINDOW
 
     def check(self) -> None:
         if self.backend not in BACKENDS:
@@ -131,8 +166,14 @@ class CompareConfig:
             raise RHError("--tasks is empty")
         if len(set(self.tasks)) != len(self.tasks):
             raise RHError(f"--tasks lists something twice: {','.join(self.tasks)}")
-        if not self.ks or any(k <= 0 for k in self.ks) or len(set(self.ks)) != len(self.ks):
+        if (not self.ks and not self.kv_budgets) or any(k <= 0 for k in self.ks) or len(set(self.ks)) != len(self.ks):
             raise RHError(f"--k takes distinct positive integers, got {','.join(map(str, self.ks)) or 'nothing'}")
+        if self.kv_budgets and self.backend == "vllm":
+            raise RHError("--kv-budgets needs --backend hf: KV budgets by head are simulated with attention masks")
+        if any(not 0 < p <= 100 for p in self.kv_budgets) or len(set(self.kv_budgets)) != len(self.kv_budgets):
+            raise RHError("--kv-budgets takes distinct percentages in (0, 100], e.g. 10%,25%,50%")
+        if self.kv_sink < 0 or self.kv_window < 1:
+            raise RHError("--kv-sink must be 0 or more and --kv-window at least 1")
         if self.seeds < 0:
             raise RHError("--seeds must be 0 or more")
         if self.num_fewshot is not None and self.num_fewshot < 0:
@@ -162,6 +203,19 @@ def parse_ks(text: str) -> list[int]:
     if not ks:
         raise RHError("--k is empty")
     return sorted(ks)
+
+
+def parse_kv_budgets(text: str | None) -> tuple[float, ...]:
+    """``--kv-budgets 5%,10%,25%`` (the % is optional) -> ``(5.0, 10.0, 25.0)``, sorted; None/empty -> ()."""
+    if text in (None, ""):
+        return ()
+    shares = []
+    for item in parse_list(text, "--kv-budgets"):
+        try:
+            shares.append(float(item.rstrip("%").strip()))
+        except ValueError:
+            raise RHError(f"--kv-budgets: {item!r} is not a percentage such as 10%") from None
+    return tuple(sorted(shares))
 
 
 def parse_ints(text: str | None, what: str) -> tuple[int, ...] | None:
@@ -200,7 +254,8 @@ def parse_model_args(text: str | None) -> dict[str, Any]:
     from lm_eval.utils import simple_parse_args_string
 
     args = simple_parse_args_string(text) if text else {}
-    ours = sorted(set(args) & {"pretrained", "mask_heads", "head_scores", "mask_method", "mask_scope", "mask_seed"})
+    ours = sorted(set(args) & {"pretrained", "mask_heads", "head_scores", "mask_method", "mask_scope", "mask_seed",
+                               "kv_full_heads", "kv_sink", "kv_window"})
     if ours:
         raise RHError(f"--model-args may not set {', '.join(ours)}: rh compare sets them per condition")
     return args
@@ -245,6 +300,8 @@ def run_settings(config: CompareConfig, head_scores: Path | None) -> dict[str, A
         "detection": None if config.head_scores is not None else
         [list(config.detect_lengths or []), list(config.detect_depths or []), config.detect_samples],
     }
+    if config.kv_budgets:  # only then: folders made before KV budgets existed still resume
+        settings["kv"] = {"sink": config.kv_sink, "window": config.kv_window}
     if head_scores is not None:
         settings["head_scores_sha256"] = hashlib.sha256(head_scores.read_bytes()).hexdigest()
     return settings
@@ -372,10 +429,19 @@ def evaluate(lm: Any, tasks: list[str], config: CompareConfig, manager: Any) -> 
 
 
 def run_condition(lm: Any, plan: ConditionPlan, config: CompareConfig, manager: Any) -> tuple[dict, dict]:
-    """Swap the mask in, evaluate, and return (condition record, lm-eval output)."""
+    """Swap the mask (or KV budget) in, evaluate, and return (condition record, lm-eval output).
+
+    A random-kv draw is uniform over *all* heads (``random_exclude=0``): it stands for "any ranking", whereas a
+    random mask control excludes the retrieval heads it is contrasted with.
+    """
+    if config.kv_budgets:
+        lm.set_kv(None)  # the mask's self-check runs on full attention
     lm.set_mask(plan.spec, method=config.method, scope=config.scope, seed=plan.seed or 0,
                 random_match=config.random_match)
+    if plan.is_kv:
+        lm.set_kv(plan.kv_spec, config.kv_sink, config.kv_window, seed=plan.seed or 0, random_exclude=0)
     info = lm.mask_info()
+    output = evaluate(lm, list(config.tasks), config, manager)
     record = {
         "name": plan.name,
         "kind": plan.kind,
@@ -388,9 +454,12 @@ def run_condition(lm: Any, plan: ConditionPlan, config: CompareConfig, manager: 
         "random_match": config.random_match if plan.kind == "random" else None,
         "mask": info,
     }
-    if plan.kind != "full" and len(record["heads"]) != plan.k:
+    if plan.kind in ("retrieval", "random") and len(record["heads"]) != plan.k:
         raise RHError(f"{plan.name}: the mask holds {len(record['heads'])} heads, expected {plan.k}")
-    return record, evaluate(lm, list(config.tasks), config, manager)
+    if config.kv_budgets:
+        kv = lm.kv_info() if plan.is_kv else None
+        record.update(share=plan.share, kv=kv, kv_budget=kv["kv_budget"] if kv else 1.0)
+    return record, output
 
 
 def write_condition(folder: Path, record: dict[str, Any], output: dict[str, Any]) -> None:
@@ -418,7 +487,15 @@ def configure(parser: argparse.ArgumentParser) -> None:
                                                               "(default 0,10,...,100)")
     parser.add_argument("--detect-samples", type=int, default=3, help="without --head-scores: needles per cell")
     parser.add_argument("--tasks", required=True, help="comma-separated lm-eval tasks, e.g. rh_niah,rh_vartrack_cot")
-    parser.add_argument("--k", default="6", help="comma-separated numbers of heads to mask (default 6)")
+    parser.add_argument("--k", default=None,
+                        help="comma-separated numbers of heads to mask (default 6; none with --kv-budgets)")
+    parser.add_argument("--kv-budgets", default=None,
+                        help="KV budgets by head: percentages of heads that keep the full context, e.g. 5%%,10%%,25%%; "
+                             "adds the streaming, retrieval-kv@P%% and random-kv@P%% rows")
+    parser.add_argument("--kv-sink", type=int, default=DEFAULT_SINK,
+                        help=f"with --kv-budgets: first positions every head keeps (default {DEFAULT_SINK})")
+    parser.add_argument("--kv-window", type=int, default=DEFAULT_WINDOW,
+                        help=f"with --kv-budgets: recent positions a streaming head keeps (default {DEFAULT_WINDOW})")
     parser.add_argument("--seeds", type=int, default=3, help="random-head draws per K: seeds 0..S-1 (default 3)")
     parser.add_argument("--output-dir", required=True, help="folder for conditions/, leaderboard.* and plots/")
     parser.add_argument("--method", choices=MASK_METHODS, default="zero", help="how a masked head is silenced")
@@ -451,7 +528,7 @@ def config_from_args(args: argparse.Namespace) -> CompareConfig:
         output_dir=Path(args.output_dir),
         model=args.model,
         head_scores=Path(args.head_scores) if args.head_scores else None,
-        ks=tuple(parse_ks(args.k)),
+        ks=tuple(parse_ks(args.k)) if args.k is not None else (() if args.kv_budgets else (6,)),
         seeds=args.seeds,
         method=args.method,
         scope=args.scope,
@@ -469,6 +546,9 @@ def config_from_args(args: argparse.Namespace) -> CompareConfig:
         prefix_reuse=bool(args.prefix_reuse),
         backend=args.backend,
         model_args=parse_model_args(args.model_args),
+        kv_budgets=parse_kv_budgets(args.kv_budgets),
+        kv_sink=args.kv_sink,
+        kv_window=args.kv_window,
     )
     config.check()
     return config
@@ -494,7 +574,7 @@ def compare(
     out_dir.mkdir(parents=True, exist_ok=True)
     tasks = list(config.tasks)
     check_settings(out_dir, run_settings(config, head_scores))
-    plans = plan_conditions(sorted(config.ks), config.seeds)
+    plans = plan_conditions(sorted(config.ks), config.seeds, sorted(config.kv_budgets))
     folders = {plan.name: out_dir / "conditions" / plan.name for plan in plans}
     pending = [plan for plan in plans if not (folders[plan.name] / "results.json").is_file()]
     for plan in plans:
@@ -513,7 +593,11 @@ def compare(
                 bar.set_postfix_str(plan.name)
                 record, output = run_condition(lm, plan, config, manager)
                 write_condition(folders[plan.name], record, output)
-                tqdm.write(f"\n{plan.name} ({len(record['heads'])} heads masked, {record['method']}/{record['scope']})")
+                if plan.is_kv:
+                    tqdm.write(f"\n{plan.name} (KV budget {100 * record['kv_budget']:.1f} %, "
+                               f"{len(record['kv']['full_query_heads'])} query heads full)")
+                else:
+                    tqdm.write(f"\n{plan.name} ({len(record['heads'])} heads masked, {record['method']}/{record['scope']})")
                 tqdm.write(make_table(output))
 
     board = build_leaderboard([ConditionResult.from_dir(folders[p.name], root=out_dir) for p in plans])

@@ -43,6 +43,7 @@ from rh_eval.compare import (
     load_model,
     parse_ints,
     parse_ks,
+    parse_kv_budgets,
     parse_model_args,
     plan_conditions,
 )
@@ -51,6 +52,7 @@ from rh_eval.leaderboard import Leaderboard, headline_column
 from rh_eval.resume import clear_outputs, resume_record, save_record
 from rh_models.atomic import write_text_atomic
 from rh_models.errors import RHError
+from rh_models.kv_budget import DEFAULT_SINK, DEFAULT_WINDOW
 from rh_models.zoo import DEFAULT_MODEL
 
 DEMO_FILE = "demo.json"
@@ -100,6 +102,9 @@ class DemoConfig:
     prefix_reuse: bool = True  # rh-hf's; vLLM caches shared prefixes itself
     backend: str = "hf"  # where the conditions run; detection always runs on rh-hf (it needs attention rows)
     model_args: dict[str, Any] = field(default_factory=dict)  # extra rh-vllm engine args (--backend vllm)
+    kv_budgets: tuple[float, ...] = ()  # adds rh compare's KV-budget rows (streaming, retrieval-kv@P%, random-kv@P%)
+    kv_sink: int = DEFAULT_SINK
+    kv_window: int = DEFAULT_WINDOW
 
     @property
     def tasks(self) -> list[str]:
@@ -139,6 +144,9 @@ class DemoConfig:
                 raise RHError(f"--{name.replace('_', '-')} is empty")
         if self.backend not in BACKENDS:
             raise RHError(f"--backend {self.backend} is not one of {', '.join(BACKENDS)}")
+        if self.kv_budgets:  # the comparison's own rules, before detection rather than after it
+            replace(CompareConfig(tasks=("t",), output_dir=self.output_dir), backend=self.backend, ks=self.ks or (1,),
+                    kv_budgets=self.kv_budgets, kv_sink=self.kv_sink, kv_window=self.kv_window).check()
         if self.model_args and self.backend != "vllm":
             raise RHError("--model-args are rh-vllm engine args: use them with --backend vllm")
         if self.chat_template not in ("auto", "yes", "no"):
@@ -196,6 +204,7 @@ def compare_config(config: DemoConfig, head_scores: Path) -> CompareConfig:
         backend=config.backend,
         model_args={**VLLM_ENGINE_ARGS, **config.model_args} if config.backend == "vllm" else {},
         batch_size=config.batch_size if config.backend == "hf" else "auto",  # vLLM schedules all prompts itself
+        kv_budgets=tuple(config.kv_budgets), kv_sink=config.kv_sink, kv_window=config.kv_window,
     )
 
 
@@ -402,6 +411,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backend", choices=BACKENDS, default=d.backend,
                         help="run the conditions on rh-hf or on one rh-vllm engine (detection always uses rh-hf)")
     parser.add_argument("--model-args", default=None, help="rh-vllm engine args k=v,... (with --backend vllm)")
+    parser.add_argument("--kv-budgets", default=None,
+                        help="also KV budgets by head, e.g. 10%%,25%%,50%%: streaming, retrieval-kv@P%% and random-kv@P%% "
+                             "rows (as rh compare --kv-budgets)")
+    parser.add_argument("--kv-sink", type=int, default=DEFAULT_SINK, help="with --kv-budgets: sink positions")
+    parser.add_argument("--kv-window", type=int, default=DEFAULT_WINDOW, help="with --kv-budgets: recent positions")
     parser.add_argument("--force", action="store_true",
                         help="start over: remove an earlier demo's outputs in --output-dir instead of resuming")
 
@@ -419,6 +433,7 @@ def config_from_args(args: argparse.Namespace) -> DemoConfig:
         direct_task=args.direct_task, limit=args.limit, chat_template=args.chat_template, batch_size=args.batch_size,
         include_path=tuple(str(p) for p in args.include_path or []), prefix_reuse=not args.no_prefix_reuse,
         backend=args.backend, model_args=parse_model_args(args.model_args),
+        kv_budgets=parse_kv_budgets(args.kv_budgets), kv_sink=args.kv_sink, kv_window=args.kv_window,
     )
     config.check()
     return config

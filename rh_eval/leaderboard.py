@@ -16,6 +16,8 @@ values, intervals, and the exact heads of every condition.
 
 A *condition* is one lm-eval run with one mask: its record (``name``, ``kind`` = full/retrieval/random,
 ``k``, ``seed``, ``heads``, ``method``, ``scope``) plus the ``results`` mapping of ``simple_evaluate``.
+KV-budget conditions (``rh compare --kv-budgets``) have kinds streaming/retrieval-kv/random-kv, a ``share`` (the
+percentage of heads that keep the full context) and the measured ``kv_budget``; their rows show it in a column.
 """
 
 from __future__ import annotations
@@ -37,7 +39,10 @@ from rh_models.errors import RHError
 
 FORMAT = "rh-eval-leaderboard"
 FORMAT_VERSION = 1
-KINDS = ("full", "retrieval", "random")
+MASK_KINDS = ("full", "retrieval", "random")
+KV_KINDS = ("streaming", "retrieval-kv", "random-kv")
+KINDS = MASK_KINDS + KV_KINDS
+SEEDED_KINDS = ("random", "random-kv")  # rows that average over random draws
 EXTENSIONS = ("md", "csv", "html", "tex", "json")
 _NOT_METRICS = {"alias", "name", "sample_len", "sample_count", "samples"}
 
@@ -128,7 +133,11 @@ class ConditionResult:
     @property
     def row_name(self) -> str:
         kind = self.record["kind"]
-        return "full" if kind == "full" else f"{kind}@{self.record['k']}"
+        if kind in ("full", "streaming"):
+            return kind
+        if kind in KV_KINDS:
+            return f"{kind}@{share_text(self.record.get('share'))}"
+        return f"{kind}@{self.record['k']}"
 
     @classmethod
     def from_dir(cls, path: str | Path, root: str | Path | None = None) -> "ConditionResult":
@@ -141,6 +150,13 @@ class ConditionResult:
             raise RHError(f"{path / 'results.json'} has no lm-eval 'results' mapping")
         relative = os.path.relpath(path, root) if root is not None else str(path)
         return cls(record, output["results"], output.get("higher_is_better") or {}, relative)
+
+
+def share_text(share: Any) -> str:
+    """``10`` -> ``"10%"``, ``12.5`` -> ``"12.5%"``: how a KV condition names its share of full heads."""
+    if not is_number(share):
+        raise RHError(f"a KV condition needs a numeric share of heads, got {share!r}")
+    return f"{float(share):g}%"
 
 
 def check_record(record: object, where: str) -> None:
@@ -166,6 +182,8 @@ class Row:
     k: int
     conditions: list[str]
     seeds: list[int | None]
+    share: float | None = None  # KV rows: percentage of heads asked to keep the full context
+    kv_budget: float | None = None  # share of key/value entries kept (mean over seeds); None: not measured
 
 
 @dataclass
@@ -185,17 +203,24 @@ class Leaderboard:
     conditions: dict[str, dict[str, Any]]  # condition name -> record (+ samples_dir)
     confidence: float = 0.95
 
+    @property
+    def has_kv(self) -> bool:
+        """Whether any row is a KV-budget condition (the table then shows each row's budget)."""
+        return any(row.kind in KV_KINDS for row in self.rows)
+
     def cell(self, row: str, column: str | Column) -> Cell | None:
         return self.cells.get((row, column.id if isinstance(column, Column) else column))
 
     # -- renderings -------------------------------------------------------------------------------------
     def display_matrix(self, ascii: bool = False) -> tuple[list[str], list[list[str]]]:
         """Headers and text cells: ``score ± half-interval (change vs full)``; ``ascii`` for LaTeX's \\verb."""
-        headers = ["condition", "seeds"]
+        headers = ["condition", "seeds"] + (["KV budget"] if self.has_kv else [])
         headers += [c.label if ascii else _with_arrow(c.label, self.higher_is_better.get(c.id)) for c in self.columns]
         matrix = []
         for row in self.rows:
-            texts = [row.name, str(len(row.seeds)) if row.kind == "random" else ""]
+            texts = [row.name, str(len(row.seeds)) if row.kind in SEEDED_KINDS else ""]
+            if self.has_kv:
+                texts.append("–" if row.kv_budget is None else f"{100 * row.kv_budget:.1f} %")
             for column in self.columns:
                 text = _cell_text(self.cell(row.name, column), row.kind == "full")
                 texts.append(text.replace("±", "+/-").replace("−", "-").replace("–", "-") if ascii else text)
@@ -218,6 +243,11 @@ class Leaderboard:
             f"\nCells: score (change vs full). random@K: mean over seeds ± half-width of the {level} % "
             "Student-t interval (no interval with one seed). ↑/↓ in a header: higher/lower is better.\n"
         )
+        if self.has_kv:
+            note += ("KV budget: share of key/value entries kept against full attention (measured over the run; "
+                     "rh-hf simulates the eviction with attention masks). @P%: the top P % of heads by retrieval "
+                     "score (random-kv: P % drawn at random) keep the full context, every other head a sink and a "
+                     "recent window.\n")
         return writer.dumps().rstrip() + "\n" + note
 
     def latex(self) -> str:
@@ -237,7 +267,7 @@ class Leaderboard:
         writer = csv.writer(buffer, lineterminator="\n")
         writer.writerow(
             ["condition", "kind", "k", "n_seeds", "task", "metric", "filter", "value", "ci_low", "ci_high",
-             "drop", "higher_is_better"]
+             "drop", "higher_is_better", "kv_budget"]
         )
         for row in self.rows:
             for column in self.columns:
@@ -248,7 +278,7 @@ class Leaderboard:
                 writer.writerow(
                     [row.name, row.kind, row.k, len(row.seeds), column.task, column.metric, column.filter,
                      cell.value, low, high, "" if cell.drop is None else cell.drop,
-                     _flag_text(self.higher_is_better.get(column.id))]
+                     _flag_text(self.higher_is_better.get(column.id)), "" if row.kv_budget is None else row.kv_budget]
                 )
         return buffer.getvalue()
 
@@ -287,7 +317,8 @@ class Leaderboard:
             raise RHError(f"{where} is not an rh-eval leaderboard (no \"format\": \"{FORMAT}\")")
         try:
             columns = [Column(c["task"], c["metric"], c["filter"]) for c in data["columns"]]
-            rows = [Row(r["name"], r["kind"], int(r["k"]), list(r["conditions"]), list(r["seeds"])) for r in data["rows"]]
+            rows = [Row(r["name"], r["kind"], int(r["k"]), list(r["conditions"]), list(r["seeds"]), r.get("share"),
+                        r.get("kv_budget")) for r in data["rows"]]
             cells: dict[tuple[str, str], Cell] = {}
             for row in rows:
                 for column_id, value in data["values"].get(row.name, {}).items():
@@ -322,7 +353,14 @@ def build_leaderboard(conditions: Iterable[ConditionResult], confidence: float =
         check_record(condition.record, f"condition {condition.name}")
         groups.setdefault(condition.row_name, []).append(condition)
     kind_order = {kind: i for i, kind in enumerate(KINDS)}
-    ordered = sorted(groups.values(), key=lambda g: (int(g[0].record["k"]), kind_order[g[0].record["kind"]]))
+
+    def order(group: list[ConditionResult]) -> tuple:
+        record = group[0].record
+        is_kv = record["kind"] in KV_KINDS
+        size = float(record.get("share") or 0) if is_kv else int(record["k"])
+        return is_kv, size, kind_order[record["kind"]]
+
+    ordered = sorted(groups.values(), key=order)
 
     values = {c.name: metric_values(c.results) for c in conditions}
     columns = sorted({column for per in values.values() for column in per})
@@ -340,8 +378,10 @@ def build_leaderboard(conditions: Iterable[ConditionResult], confidence: float =
     for group in ordered:
         group.sort(key=lambda c: (c.record.get("seed") is None, c.record.get("seed") or 0, c.name))
         first = group[0].record
+        budgets = [c.record.get("kv_budget") for c in group]
         row = Row(group[0].row_name, first["kind"], int(first["k"]), [c.name for c in group],
-                  [c.record.get("seed") for c in group])
+                  [c.record.get("seed") for c in group], first.get("share"),
+                  sum(budgets) / len(budgets) if budgets and all(is_number(b) for b in budgets) else None)
         rows.append(row)
         for column in columns:
             per_seed = {

@@ -27,11 +27,12 @@ def test_bench_end_to_end_on_a_tiny_model(tmp_path, tiny_llama_dir, capsys):
                  "--output", str(out)]) == 0
     result = json.loads(out.read_text())
     rows = {(row["contender"], row["length"]): row for row in result["overhead"]}
-    assert {name for name, _ in rows} == {"hf", "rh-hf none", "rh-hf mask 2", "rh-hf record", "naive eager"}
-    assert result["mask_heads"] == "0-1;1-3" and result["weights_mb"] > 0
+    assert {name for name, _ in rows} == {"hf", "rh-hf none", "rh-hf mask 2", "rh-hf kv random:10%", "rh-hf record",
+                                          "naive eager"}
+    assert result["mask_heads"] == "0-1;1-3" and result["weights_mb"] > 0 and result["kv_full_heads"] == "random:10%"
     for length in (150, 300):
         assert rows[("hf", length)]["time_ratio_median"] == 1.0  # every ratio divides by the stock path
-        for name in ("rh-hf none", "rh-hf mask 2", "rh-hf record"):
+        for name in ("rh-hf none", "rh-hf mask 2", "rh-hf kv random:10%", "rh-hf record"):
             row = rows[(name, length)]
             assert row["seconds_median"] > 0 and row["time_ratio_min"] <= row["time_ratio_median"] <= row["time_ratio_max"]
             assert row["memory_ratio"] > 0

@@ -36,6 +36,19 @@ def test_plan_names_and_specs():
     assert ConditionPlan("random", 3, 1).seed == 1
 
 
+def test_kv_plan_names_and_specs():
+    plans = plan_conditions([], 2, [10.0, 25.0])
+    assert [p.name for p in plans] == ["full", "streaming", "retrieval-kv@10%", "random-kv@10%-seed0",
+                                       "random-kv@10%-seed1", "retrieval-kv@25%", "random-kv@25%-seed0",
+                                       "random-kv@25%-seed1"]
+    assert [(p.spec, p.kv_spec) for p in plans[:4]] == [("none", None), ("none", "none"), ("none", "top:10%"),
+                                                        ("none", "random:10%")]
+    assert compare.parse_kv_budgets("25%, 5,12.5%") == (5.0, 12.5, 25.0) and compare.parse_kv_budgets(None) == ()
+    for bad in ("ten%", "5%,5%"):
+        with pytest.raises(RHError):
+            compare.parse_kv_budgets(bad)
+
+
 def test_argument_parsing():
     assert parse_ks("12, 6") == [6, 12]
     for bad in ("", "0", "6,six", "6,6"):
@@ -292,6 +305,38 @@ def test_end_to_end_tiny_llama(tmp_path, tiny_llama_dir, tiny_task_dir, monkeypa
     baseline = tmp_path / "baseline.json"
     assert main(["check", "--update-baseline", "--results", str(out), "--baseline", str(baseline)]) == 0
     assert main(["check", "--results", str(out / "leaderboard.json"), "--baseline", str(baseline)]) == 0
+
+
+@pytest.mark.smollm
+def test_kv_budgets_end_to_end_tiny_llama(tmp_path, tiny_llama_dir, tiny_task_dir):
+    """``--kv-budgets``: full, streaming, retrieval-kv@P%, random-kv@P% with their measured budgets, and the plot."""
+    scores = tmp_path / "scores.json"
+    scores.write_text(json.dumps({f"{l}-{h}": [{(0, 1): 0.9, (1, 2): 0.5}.get((l, h), 0.0)] for l in range(2) for h in range(4)}))
+    out = tmp_path / "out"
+    assert main(["compare", "--model", str(tiny_llama_dir), "--head-scores", str(scores), "--tasks", "tiny_local",
+                 "--kv-budgets", "25%", "--kv-sink", "1", "--kv-window", "2", "--seeds", "2", "--output-dir", str(out),
+                 "--include-path", str(tiny_task_dir)]) == 0
+    conditions = {p.name: json.loads((p / "condition.json").read_text()) for p in (out / "conditions").iterdir()}
+    assert sorted(conditions) == ["full", "random-kv@25%-seed0", "random-kv@25%-seed1", "retrieval-kv@25%", "streaming"]
+    retrieval = conditions["retrieval-kv@25%"]
+    assert retrieval["heads"] == [] and retrieval["kv"]["selected_heads"] == [[0, 1], [1, 2]]  # the top 2 of 8
+    assert retrieval["kv"]["full_query_heads"] == [[0, 0], [0, 1], [1, 2], [1, 3]]  # their GQA groups
+    budgets = {name: record["kv_budget"] for name, record in conditions.items()}
+    assert budgets["full"] == 1.0 and 0 < budgets["streaming"] < budgets["retrieval-kv@25%"] < 1.0
+    for seed in (0, 1):  # 2 random heads of 8: 1 or 2 KV heads (of 4) kept whole, by whether they share a group
+        record = conditions[f"random-kv@25%-seed{seed}"]
+        assert len(record["kv"]["selected_heads"]) == 2 and budgets["streaming"] < record["kv_budget"] < 1.0
+    results = json.loads((out / "conditions" / "streaming" / "results.json").read_text())
+    assert results["config"]["rh_kv"]["full_heads"] == "none" and results["config"]["rh_kv"]["window"] == 2
+    board = json.loads((out / "leaderboard.json").read_text())
+    assert [r["name"] for r in board["rows"]] == ["full", "streaming", "retrieval-kv@25%", "random-kv@25%"]
+    assert board["rows"][3]["seeds"] == [0, 1] and board["rows"][1]["kv_budget"] == budgets["streaming"]
+    table = (out / "leaderboard.md").read_text()
+    assert "KV budget" in table and f"{100 * budgets['streaming']:.1f} %" in table
+    assert (out / "plots" / "kv_budget_tiny_local_exact_match_none.png").read_bytes()[:8] == PNG
+    assert main(["compare", "--model", str(tiny_llama_dir), "--head-scores", str(scores), "--tasks", "tiny_local",
+              "--kv-budgets", "25%", "--kv-window", "3", "--seeds", "2", "--output-dir", str(out),
+              "--include-path", str(tiny_task_dir)]) == 2  # another window is another experiment: refused
 
 
 @pytest.mark.smollm

@@ -8,6 +8,8 @@ Contenders, all on the same NIAH prompt per length, greedy, exactly ``--new-toke
 
 * ``hf``: stock lm-eval ``HFLM.generate_until`` (sdpa) — the reference every ratio divides by;
 * ``rh-hf none``, ``rh-hf mask``: our model class without a mask and masking ``--mask-heads`` heads;
+* ``rh-hf kv``: a KV budget by head, 10 % of heads (drawn with seed 0) keeping the full context and the others
+  a sink of 4 + a window of 64 (what ``kv_full_heads=random:10%`` does; target ≤ 1.3x stock at 4K);
 * ``rh-hf record``: recording top-1 positions and scoring (what ``record_scores=`` does);
 * ``naive eager``: eager attention with ``output_attentions=True`` during ``generate`` and an arg-max over
   the returned maps — the obvious way, skipped where its attention maps would not fit in memory.
@@ -98,7 +100,8 @@ def naive_attention_gb(n_layers: int, n_heads: int, length: int, new_tokens: int
     return n_layers * n_heads * length * (length + new_tokens) * bytes_per / 1e9
 
 
-CONTENDERS = ("hf", "none", "mask", "record", "naive")  # stable keys; display names come from Workload.label
+KV_FULL_HEADS = "random:10%"  # the kv contender: 10 % of heads keep the full context (DuoAttention's regime)
+CONTENDERS = ("hf", "none", "mask", "kv", "record", "naive")  # stable keys; display names come from Workload.label
 
 
 class Workload:
@@ -108,7 +111,8 @@ class Workload:
     model, so that the process's memory is that contender's alone. Parent and probes build the same prompts.
     """
 
-    def __init__(self, model: str, lengths: list[int], new_tokens: int, mask_heads: str) -> None:
+    def __init__(self, model: str, lengths: list[int], new_tokens: int, mask_heads: str,
+                 kv_full_heads: str = KV_FULL_HEADS) -> None:
         from transformers import AutoConfig, AutoTokenizer
 
         from rh_models.heads import select_heads
@@ -118,6 +122,7 @@ class Workload:
 
         self.path = resolve_pretrained(model)
         self.new_tokens = new_tokens
+        self.kv_full_heads = kv_full_heads
         config = AutoConfig.from_pretrained(self.path)
         self.n_layers, self.n_heads = head_shape(config)
         self.mask = select_heads(mask_heads, self.n_layers, self.n_heads)
@@ -132,7 +137,7 @@ class Workload:
 
     def label(self, key: str) -> str:
         return {"hf": "hf", "none": "rh-hf none", "mask": f"rh-hf mask {len(self.mask)}", "record": "rh-hf record",
-                "naive": "naive eager"}[key]
+                "kv": f"rh-hf kv {self.kv_full_heads}", "naive": "naive eager"}[key]
 
     def naive_gb(self, length: int) -> float:
         return naive_attention_gb(self.n_layers, self.n_heads, self.docs[length]["n_tokens"], self.new_tokens)
@@ -177,13 +182,23 @@ class Workload:
         def call() -> object:
             from rh_models.heads import HeadSet
 
-            # the mask is swapped through the control directly: set_mask's one-forward self-check would be timed too
+            # mask and KV budget are swapped through the control directly: the self-checks would be timed too
             ours.control.set_mask(self.mask if key == "mask" else HeadSet((), ours.n_layers, ours.n_heads))
+            ours.control.set_kv(self._streaming(ours) if key == "kv" else None)
             if key != "record":
                 return through_lm_eval(ours)
             with ours.settings(recorder=ours.new_recorder(self.scratch)):
                 return through_lm_eval(ours)
         return call
+
+    def _streaming(self, ours):
+        """The KV budget of the ``kv`` contender: ``kv_full_heads`` keep the full context, the rest sink 4 + window 64."""
+        from rh_models.heads import select_heads
+        from rh_models.kv_budget import StreamingHeads, kv_heads_of, sliding_windows
+
+        heads = select_heads(self.kv_full_heads, ours.n_layers, ours.n_heads)
+        return StreamingHeads(heads, 4, 64, kv_heads_of(ours.model.config), sliding_windows(ours.control.modules),
+                              spec=self.kv_full_heads)
 
     def _naive(self, doc: dict) -> list:
         import torch
@@ -288,6 +303,7 @@ def run_overhead(
     naive_vs_record = {length: statistics.median(runs["naive"][length]) / statistics.median(runs["record"][length])
                        for length in lengths if runs["naive"][length] and runs["record"][length]}
     result = {"model": model, "new_tokens": new_tokens, "repeats": repeats, "mask_heads": workload.mask.spec(),
+              "kv_full_heads": workload.kv_full_heads,
               "weights_mb": weights / 1e6, "overhead": table, "naive_vs_record": naive_vs_record}
     return result, workload
 

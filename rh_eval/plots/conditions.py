@@ -1,4 +1,4 @@
-"""Plots of a comparison: dose-response per metric, CoT-vs-direct bars, NIAH heatmaps per condition.
+"""Plots of a comparison: dose-response per metric, score vs KV budget, CoT-vs-direct bars, NIAH heatmaps.
 
 Usage::
 
@@ -34,6 +34,19 @@ def safe_name(text: str) -> str:
 # ------------------------------------------------------------------------------------------ dose-response
 
 
+def _draw_series(axes, board: Leaderboard, kind: str, points: list[tuple[float, float, float, float]], color: str,
+                 marker: str, label: str, seeded: bool) -> None:
+    """One line of (x, mean, low, high) points; a seeded kind also gets its seeds' interval as a band."""
+    xs, means, lows, highs = zip(*points)
+    if seeded:
+        seeds = max((len(r.seeds) for r in board.rows if r.kind == kind), default=0)
+        label += f" (mean of {seeds} seeds)" if seeds > 1 else ""
+        if any(h > l for l, h in zip(lows, highs)):
+            axes.fill_between(xs, lows, highs, color=color, alpha=0.2, linewidth=0,
+                              label=f"{round(board.confidence * 100)} % interval")
+    axes.plot(xs, means, color=color, marker=marker, label=label)
+
+
 def dose_response(board: Leaderboard, column: Column, out: str | Path) -> Path | None:
     """Score vs K: the retrieval line and the random mean with its interval band; None without K > 0 rows."""
     full = next((board.cell(r.name, column) for r in board.rows if r.kind == "full"), None)
@@ -55,15 +68,7 @@ def dose_response(board: Leaderboard, column: Column, out: str | Path) -> Path |
         if full is not None:
             points = [(0, full.value, full.value, full.value), *points]
         points.sort()
-        ks, means, lows, highs = zip(*points)
-        color, marker, label = styles[kind]
-        if kind == "random":
-            seeds = max((len(r.seeds) for r in board.rows if r.kind == "random"), default=0)
-            label += f" (mean of {seeds} seeds)" if seeds > 1 else ""
-            if any(h > l for l, h in zip(lows, highs)):
-                axes.fill_between(ks, lows, highs, color=color, alpha=0.2, linewidth=0,
-                                  label=f"{round(board.confidence * 100)} % interval")
-        axes.plot(ks, means, color=color, marker=marker, label=label)
+        _draw_series(axes, board, kind, points, *styles[kind], seeded=kind == "random")
     if full is not None:
         axes.axhline(full.value, color="gray", linestyle=":", linewidth=1, label="full (no mask)")
     direction = {True: " (higher is better)", False: " (lower is better)"}.get(board.higher_is_better.get(column.id), "")
@@ -71,6 +76,51 @@ def dose_response(board: Leaderboard, column: Column, out: str | Path) -> Path |
     axes.set_xlabel("heads masked (K)")
     axes.set_ylabel(column.metric + direction)
     axes.set_title(f"{column.label}: dose-response")
+    axes.legend(fontsize="small")
+    axes.grid(alpha=0.3)
+    return save_figure(figure, out)
+
+
+# ------------------------------------------------------------------------------------------- KV budgets
+
+
+def kv_budget_curve(board: Leaderboard, column: Column, out: str | Path) -> Path | None:
+    """Score vs KV budget (share of key/value entries kept): the retrieval ranking against random rankings.
+
+    Each point sits at the budget the run measured, so rankings that keep different GQA groups whole are still
+    compared at the memory they really keep; ``streaming`` and ``full`` are the two ends. None without KV rows.
+    """
+    series: dict[str, list[tuple[float, float, float, float]]] = {"retrieval-kv": [], "random-kv": []}
+    ends: dict[str, tuple[float, float]] = {}
+    for row in board.rows:
+        cell = board.cell(row.name, column)
+        if cell is None or row.kv_budget is None:
+            continue
+        budget = 100 * row.kv_budget
+        if row.kind in series:
+            low, high = cell.interval if cell.interval else (cell.value, cell.value)
+            series[row.kind].append((budget, cell.value, low, high))
+        elif row.kind in ("full", "streaming"):
+            ends[row.kind] = (budget, cell.value)
+    if not series["retrieval-kv"] and not series["random-kv"]:
+        return None
+
+    figure = new_figure()
+    axes = figure.add_subplot()
+    styles = {"retrieval-kv": ("tab:red", "o", "top heads by retrieval score keep full KV"),
+              "random-kv": ("tab:blue", "s", "random heads keep full KV")}
+    for kind, points in series.items():
+        if not points:
+            continue
+        points = sorted([*([ends["streaming"] + (ends["streaming"][1],) * 2] if "streaming" in ends else []), *points,
+                         *([ends["full"] + (ends["full"][1],) * 2] if "full" in ends else [])])
+        _draw_series(axes, board, kind, points, *styles[kind], seeded=kind == "random-kv")
+    for kind, (budget, value) in ends.items():
+        axes.annotate(kind, (budget, value), textcoords="offset points", xytext=(4, 6), fontsize="small")
+    direction = {True: " (higher is better)", False: " (lower is better)"}.get(board.higher_is_better.get(column.id), "")
+    axes.set_xlabel("KV budget: % of key/value entries kept")
+    axes.set_ylabel(column.metric + direction)
+    axes.set_title(f"{column.label}: score vs KV budget")
     axes.legend(fontsize="small")
     axes.grid(alpha=0.3)
     return save_figure(figure, out)
@@ -182,9 +232,11 @@ def make_plots(
     out_dir = Path(out_dir)
     written: list[Path] = []
     for column in board.columns:
-        path = dose_response(board, column, out_dir / f"dose_{safe_name(column.task)}_{safe_name(column.metric)}_{safe_name(column.filter)}.png")
-        if path is not None:
-            written.append(path)
+        stem = f"{safe_name(column.task)}_{safe_name(column.metric)}_{safe_name(column.filter)}.png"
+        for plot, prefix in ((dose_response, "dose"), (kv_budget_curve, "kv_budget")):
+            path = plot(board, column, out_dir / f"{prefix}_{stem}")
+            if path is not None:
+                written.append(path)
     for cot, direct in cot_column_pairs(board):
         name = f"cot_vs_direct_{safe_name(direct.task)}_{safe_name(cot.metric)}_{safe_name(cot.filter)}.png"
         written.append(cot_vs_direct(board, cot, direct, out_dir / name))
