@@ -29,7 +29,6 @@ prompts (weights, libraries and activations) and its growth above the RSS before
 from __future__ import annotations
 
 import argparse
-import ctypes
 import inspect
 import json
 import os
@@ -39,7 +38,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import warnings
 from pathlib import Path
@@ -47,7 +45,6 @@ from pathlib import Path
 DEFAULT_HEADS = "18-6;17-3;20-6;18-7;17-4;23-2;23-7;22-7"  # the demo's retrieval@8 (README), fixed here
 MASKING = ("rh-hf", "nnsight", "transformer-lens")
 RECORDING = ("rh-hf record_scores", "eager output_attentions")
-_PAGE = 4096
 
 
 # --- pure helpers (tested in tests/test_peers.py without the peers installed) -----------------------------------
@@ -79,39 +76,6 @@ def ratio_summary(seconds: list[float], base: list[float]) -> dict[str, float]:
     ratios = [s / b for s, b in zip(seconds, base)]
     return {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios)}
 
-
-# --- memory ----------------------------------------------------------------------------------------------------
-
-def _rss() -> int:
-    with open("/proc/self/statm") as stream:
-        return int(stream.read().split()[1]) * _PAGE
-
-
-class PeakRSS:
-    """Peak resident set over a block, sampled every 5 ms by a thread (a CPU run has no allocator counters)."""
-
-    def __enter__(self) -> "PeakRSS":
-        self.base = self.peak = _rss()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
-        return self
-
-    def _sample(self) -> None:
-        while not self._stop.wait(0.005):
-            self.peak = max(self.peak, _rss())
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, _rss())
-
-
-def _return_freed_memory() -> None:
-    """glibc keeps freed pages and raises its mmap threshold; low fixed thresholds keep the RSS honest."""
-    libc = ctypes.CDLL("libc.so.6")
-    libc.mallopt(-3, 1 << 16)  # M_MMAP_THRESHOLD
-    libc.mallopt(-1, 1 << 16)  # M_TRIM_THRESHOLD
 
 
 # --- the workload and its contenders ---------------------------------------------------------------------------
@@ -339,12 +303,14 @@ def time_group(work: Workload, names: list[str], repeats: int) -> tuple[dict, di
 
 def memory_probe(args: argparse.Namespace) -> dict:
     """One contender alone in this process: peak RSS over one pass on every prompt, after a warm-up call."""
-    _return_freed_memory()
+    from rh_eval.bench.overhead import PeakMemory, return_freed_memory_at_once
+
+    return_freed_memory_at_once()
     work = Workload(args.model, args.heads, args.lengths, args.depths, args.new_tokens)
     try:
         contender = work.contender(args.probe)
         contender(min(work.docs, key=lambda d: d["n_tokens"]))
-        with PeakRSS() as rss:
+        with PeakMemory() as rss:
             for doc in work.docs:
                 contender(doc)
     finally:
