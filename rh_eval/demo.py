@@ -366,6 +366,19 @@ def cot_line(board: Leaderboard, cot_task: str, direct_task: str) -> str | None:
             f"change vs full -- " + "; ".join(parts))
 
 
+def kv_line(board: Leaderboard, task: str) -> str | None:
+    """At each KV budget, the retrieval ranking against random rankings on ``task`` (informational)."""
+    column = headline_column(board, task)
+    if column is None:
+        return None
+    parts = []
+    for row in (r for r in board.rows if r.kind in ("streaming", "retrieval-kv", "random-kv")):
+        cell = board.cell(row.name, column)
+        if cell is not None and row.kv_budget is not None:
+            parts.append(f"{row.name} {cell.value:.3f} at {100 * row.kv_budget:.1f} % of the KV cache")
+    return f"KV budgets ({column.id}): " + "; ".join(parts) if parts else None
+
+
 # ------------------------------------------------------------------------------------------------ summary
 
 
@@ -463,8 +476,10 @@ def demo(config: DemoConfig) -> int:
             engine = None
             get_eval_lm = lambda: get_lm().use_head_scores(scores)  # noqa: E731
         compare_started = time.perf_counter()
-        print(f"rh demo: {len(plan_conditions(list(comparison.ks), comparison.seeds))} conditions x "
-              f"{', '.join(comparison.tasks)} on the same model, only the mask swapped", file=terminal)
+        plans = plan_conditions(list(comparison.ks), comparison.seeds, list(comparison.kv_budgets))
+        swapped = "the mask or KV budget" if comparison.kv_budgets else "the mask"
+        print(f"rh demo: {len(plans)} conditions x {', '.join(comparison.tasks)} on the same model, only {swapped} "
+              "swapped", file=terminal)
         board, plots = compare(comparison, scores, get_lm=get_eval_lm, log="rh demo",
                                show_table=False, progress=terminal)
         plots.append(plot_heads(scores, out_dir / "plots" / HEADS_PLOT))
@@ -473,6 +488,9 @@ def demo(config: DemoConfig) -> int:
     lines = [check.line() for check in checks]
     if config.niah_task and not checks:
         lines.append(f"shape check: not computable (no {config.niah_task} score for full, retrieval@K and random@K)")
+    kv = kv_line(board, config.niah_task) if config.kv_budgets and config.niah_task else None
+    if kv:
+        lines.append(kv)
     cot = cot_line(board, config.cot_task, config.direct_task) if config.cot_task and config.direct_task else None
     if cot:
         lines.append(cot)

@@ -47,7 +47,7 @@ from rh_models.compat import (
 )
 from rh_models.errors import RHError
 from rh_models.heads import HeadSet
-from rh_models.kv_budget import LayerPlan, StreamingHeads, streaming_mask, visible_keys
+from rh_models.kv_budget import BLOCK, LayerPlan, StreamingHeads, StreamingLayout, streaming_mask, visible_keys
 from rh_models.shape import head_shape
 
 PREFIX = "rh_"
@@ -115,7 +115,7 @@ class HeadControl:
         self.rows: TopOneRows | None = None
         self.cascade: PrefixCascade | None = None  # set while a prompt continues a reused prefix cache
         self.kv: StreamingHeads | None = None  # a KV budget: which heads stream (sink + window)
-        self._streaming_masks: tuple[Any, tuple[int, ...], torch.Tensor] | None = None  # one per forward
+        self._streaming_masks: tuple[Any, tuple[int, ...], StreamingLayout | None] | None = None  # one per forward
 
     # ------------------------------------------------------------------ lifecycle
     @classmethod
@@ -239,16 +239,24 @@ class HeadControl:
         if key.shape[1] != self.kv.n_kv_heads:
             raise RHError(f"{type(module).__name__} has {key.shape[1]} KV heads, its config {self.kv.n_kv_heads}")
         batch, _, q_length, _ = query.shape
-        allowed = self._streaming_allowed(attention_mask, batch, q_length, key.shape[2], query.device)
-        if self.base == "eager":
-            stream_fn = base_fn
-            blocked = torch.finfo(query.dtype).min
-            stream_mask = torch.zeros(allowed.shape, dtype=query.dtype, device=query.device).masked_fill(~allowed, blocked)
-        else:  # sdpa takes a boolean mask; kernels that take none (flash) run their streaming heads on sdpa
-            stream_fn = base_fn if self.base == "sdpa" else ALL_ATTENTION_FUNCTIONS["sdpa"]
-            stream_mask = allowed
-        streamed, _ = stream_fn(module, query.index_select(1, plan.stream_q), key.index_select(1, plan.stream_kv),
-                                value.index_select(1, plan.stream_kv), stream_mask, **kwargs)
+        kv_length = key.shape[2]
+        stream_fn = base_fn if self.base in ("sdpa", "eager") else ALL_ATTENTION_FUNCTIONS["sdpa"]  # flash takes no mask
+        query_s = query.index_select(1, plan.stream_q)
+        key_s, value_s = key.index_select(1, plan.stream_kv), value.index_select(1, plan.stream_kv)
+        layout = self._streaming_layout(attention_mask, batch, q_length, kv_length, query.device)
+        if layout is None:  # an unusual mask: one call over every key, masked to what each query keeps
+            allowed = streaming_mask(visible_keys(attention_mask, batch, q_length, kv_length, query.device),
+                                     self.kv.sink, self.kv.window)[:, None]
+            streamed, _ = stream_fn(module, query_s, key_s, value_s, self._kernel_mask(allowed, query.dtype), **kwargs)
+        else:  # blocks of queries, each over only the sink and window keys it may keep
+            parts = []
+            for start in range(0, q_length, BLOCK):
+                end = min(q_length, start + BLOCK)
+                columns, allowed = layout.block(start, end, self.kv.sink, self.kv.window)
+                part, _ = stream_fn(module, query_s[:, :, start:end], key_s.index_select(2, columns),
+                                    value_s.index_select(2, columns), self._kernel_mask(allowed, query.dtype), **kwargs)
+                parts.append(part)
+            streamed = torch.cat(parts, dim=1)
         output = streamed.new_empty((batch, q_length, self.n_heads, streamed.shape[-1]))
         output[:, :, plan.stream_q] = streamed
         if len(plan.full_q):
@@ -258,16 +266,21 @@ class HeadControl:
             output[:, :, plan.full_q] = full
         return output
 
-    def _streaming_allowed(self, mask, batch: int, q_length: int, kv_length: int, device) -> torch.Tensor:
-        """``(batch, 1, q, kv)`` bool mask of a streaming head, built once per forward (its layers share the mask)."""
+    def _streaming_layout(self, mask, batch: int, q_length: int, kv_length: int, device) -> StreamingLayout | None:
+        """The mask's :class:`StreamingLayout`, read once per forward (its layers share one mask object)."""
         shape = (batch, q_length, kv_length)
         cached = self._streaming_masks
         if cached is not None and cached[1] == shape and (cached[0]() if cached[0] is not None else None) is mask:
             return cached[2]
-        visible = visible_keys(mask, batch, q_length, kv_length, device)
-        allowed = streaming_mask(visible, self.kv.sink, self.kv.window)[:, None]
-        self._streaming_masks = (weakref.ref(mask) if mask is not None else None, shape, allowed)
-        return allowed
+        layout = StreamingLayout.of(mask, batch, q_length, kv_length, device)
+        self._streaming_masks = (weakref.ref(mask) if mask is not None else None, shape, layout)
+        return layout
+
+    def _kernel_mask(self, allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """A boolean keep-mask in the form the base kernel takes: eager adds a float mask, sdpa takes booleans."""
+        if self.base != "eager":
+            return allowed
+        return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(~allowed, torch.finfo(dtype).min)
 
     def _record(self, layer, module, query, key, attention_mask, kwargs) -> None:
         batch, n_heads, _, head_dim = query.shape

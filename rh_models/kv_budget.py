@@ -235,6 +235,63 @@ def visible_keys(mask: torch.Tensor | None, batch: int, q_length: int, kv_length
     raise RHError(f"unsupported attention-mask layout {tuple(mask.shape)} for a KV budget")
 
 
+BLOCK = 256  # queries per streaming-attention call in prefill: each block needs only sink + window + BLOCK keys
+
+
+@dataclass
+class StreamingLayout:
+    """The usual shape of a mask, which lets a streaming head attend block by block to only the keys it keeps.
+
+    Every row's real keys are contiguous (left padding, a prefix cache laid out left-padded, or none) and each real
+    query sees exactly the real keys up to its own position (causal, aligned bottom-right). Then a query's window is
+    the ``window`` key indices up to itself and its sink the row's first ``sink`` real keys, so a block of queries
+    needs the sinks plus a band of keys, not the whole cache.
+    """
+
+    real: torch.Tensor  # (batch, kv) bool: a real key (not padding)
+    rank: torch.Tensor  # (batch, kv) int: 1-based rank among the row's real keys (0 for padding)
+    query_index: torch.Tensor  # (q,) key index of each query's own position
+    first: torch.Tensor  # (batch,) index of the row's first real key
+
+    @classmethod
+    def of(cls, mask: torch.Tensor | None, batch: int, q_length: int, kv_length: int,
+           device: torch.device) -> "StreamingLayout | None":
+        """The layout of this call's mask, or None when it has another shape (then the general path applies)."""
+        index = torch.arange(kv_length, device=device)
+        query_index = index[kv_length - q_length:]
+        if mask is None:
+            real = torch.ones(batch, kv_length, dtype=torch.bool, device=device)
+        else:
+            visible = visible_keys(mask, batch, q_length, kv_length, device)
+            real = visible[:, -1, :].clone()
+            expected = real[:, None, :] & (index[None, None, :] <= query_index[None, :, None])
+            queries_real = real[:, query_index]  # padding queries: whatever the model gave them is never read
+            if not torch.equal(visible[queries_real], expected[queries_real]):
+                return None
+        rank = real.to(torch.int32).cumsum(-1) * real
+        first = torch.where(real.any(-1), real.to(torch.int8).argmax(-1), torch.zeros_like(real[:, 0], dtype=torch.long))
+        span = (index[None, :] >= first[:, None]) & (index[None, :] < (first + real.sum(-1))[:, None])
+        if not torch.equal(span, real):  # real keys with a gap: a window in key indices would not be the last keys
+            return None
+        return cls(real, rank, query_index, first)
+
+    def block(self, start: int, end: int, sink: int, window: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Key columns and ``(batch, 1, end - start, columns)`` mask of queries ``start:end`` of a streaming head."""
+        device = self.real.device
+        low = max(0, int(self.query_index[start]) - window + 1)
+        high = int(self.query_index[end - 1]) + 1
+        sinks = (self.first[:, None] + torch.arange(sink, device=device)[None, :]).flatten()
+        columns = torch.unique(torch.cat([sinks[sinks < low], torch.arange(low, high, device=device)]))
+        columns = columns[columns < self.real.shape[1]]
+        queries = self.query_index[start:end]
+        key_rank = self.rank[:, columns]  # (batch, c)
+        query_rank = self.rank[:, queries]  # (batch, q)
+        sees = self.real[:, None, columns] & (columns[None, None, :] <= queries[None, :, None])
+        keeps = (key_rank[:, None, :] <= sink) | (query_rank[:, :, None] - key_rank[:, None, :] < window)
+        padding_query = ~self.real[:, queries]  # never read; attending everything keeps them finite
+        return columns, ((sees & keeps) | padding_query[:, :, None])[:, None]
+
+
 def streaming_mask(visible: torch.Tensor, sink: int, window: int) -> torch.Tensor:
     """Of the keys each query sees, keep the first ``sink`` and the last ``window`` (StreamingLLM's cache)."""
     counts = visible.to(torch.int32)

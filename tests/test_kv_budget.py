@@ -86,8 +86,21 @@ def _batch(pads: list[int], length: int = PROMPT, seed: int = 1):
     return ids, mask
 
 
+@pytest.fixture(params=["blocks", "one call"])
+def streaming_path(request, monkeypatch):
+    """Both ways a streaming head is computed: blocks of 8 queries over only their kept keys (the usual mask
+    shape), and one masked call over every key (any other mask)."""
+    import rh_models.attention
+
+    if request.param == "blocks":
+        monkeypatch.setattr(rh_models.attention, "BLOCK", 8)  # several blocks in a 40-token prompt
+    else:
+        monkeypatch.setattr(rh_models.attention.StreamingLayout, "of", classmethod(lambda cls, *a: None))
+    return request.param
+
+
 @pytest.mark.parametrize("arch", ARCHITECTURES)
-def test_streaming_heads_equal_the_explicit_reference_in_prefill_and_decoding(arch):
+def test_streaming_heads_equal_the_explicit_reference_in_prefill_and_decoding(arch, streaming_path):
     pads = [0, 6]
     ids, mask = _batch(pads)
     model = tiny_model(arch)
@@ -109,7 +122,7 @@ def test_streaming_heads_equal_the_explicit_reference_in_prefill_and_decoding(ar
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen3", "gpt2"])
-def test_eager_base_attention_streams_like_sdpa(arch):
+def test_eager_base_attention_streams_like_sdpa(arch, streaming_path):
     ids, mask = _batch([0, 4])
     outputs = []
     for implementation in ("sdpa", "eager"):
@@ -197,6 +210,24 @@ def test_kv_args_are_checked_before_a_model_loads():
 def _instances(docs: list[str]) -> list[Instance]:
     return [Instance("generate_until", {"i": i}, (doc, {"until": ["\n\n"], "max_gen_toks": 5}), i,
                      metadata=("t", i, 1)) for i, doc in enumerate(docs)]
+
+
+def test_layout_of_the_usual_masks_and_none_for_a_gap():
+    from rh_models.kv_budget import StreamingLayout
+
+    cpu = torch.device("cpu")
+    causal = torch.ones(10, 10, dtype=torch.bool).tril()
+    padded = causal.clone()[None, None].repeat(2, 1, 1, 1)
+    padded[1, :, :, :3] = False  # row 1: three left pads
+    layout = StreamingLayout.of(padded, 2, 10, 10, cpu)
+    assert layout.first.tolist() == [0, 3] and layout.rank[1].tolist() == [0, 0, 0, 1, 2, 3, 4, 5, 6, 7]
+    columns, allowed = layout.block(6, 10, sink=2, window=2)  # queries 6..9: sinks and keys 5..9
+    assert columns.tolist() == [0, 1, 3, 4, 5, 6, 7, 8, 9]
+    assert allowed[1, 0, 0].tolist() == [False, False, True, True, True, True, False, False, False]  # query 6 of row 1
+    gap = padded.clone()
+    gap[0, :, 5:, 2] = False  # a hole in the middle of row 0's keys
+    assert StreamingLayout.of(gap, 2, 10, 10, cpu) is None
+    assert StreamingLayout.of(None, 1, 1, 10, cpu).query_index.tolist() == [9]
 
 
 def test_rh_hf_budget_with_batches_and_prefix_reuse_equals_fresh_prefills(tiny_llama_dir):
