@@ -70,3 +70,11 @@ def test_bench_reuse_table_alone_and_nothing_to_measure(tmp_path, tiny_llama_dir
     assert main(["bench", "--model", str(tiny_llama_dir), "--lengths", "", "--detect-lengths", "150",
                  "--detect-contenders", "fast", "--output", str(out)]) == 2
     assert "unknown detection contender 'fast'" in capsys.readouterr().err
+
+
+def test_overhead_contenders_are_checked_before_anything_loads(capsys):
+    from rh_eval.bench.overhead import pick_overhead_contenders
+
+    assert pick_overhead_contenders("kv, mask") == ("kv", "mask")
+    assert main(["bench", "--contenders", "kv,flash", "--lengths", "100"]) == 2
+    assert "--contenders: unknown flash; choose from hf, none, mask, kv, record, naive" in capsys.readouterr().err

@@ -305,6 +305,29 @@ def check_compare_gemma3(result, ws):
     assert len(retrieval["heads"]) == 2 and run["settings"]["metadata"]["seed"] == 1
 
 
+def check_lm_kv(result, ws):
+    kv = _lm_results(ws, "kv10")["config"]["rh_kv"]
+    assert (kv["full_heads"], len(kv["selected_heads"]), kv["sink"], kv["window"]) == ("top:10%", 1, 4, 64)
+    assert len(kv["full_query_heads"]) == 2 and 0 < kv["kv_budget"] < 1  # one head of 8 keeps its GQA group of 2
+
+
+def check_demo_kv(result, ws):
+    rows = ["full", "retrieval@1", "random@1", "streaming", "retrieval-kv@25%", "random-kv@25%"]
+    board = _board(ws.dir / "demo-kv", rows, "rh_niah_paper/score,none")
+    budgets = {row["name"]: row["kv_budget"] for row in board["rows"]}
+    assert budgets["full"] == 1.0 and 0 < budgets["streaming"] < budgets["retrieval-kv@25%"] < 1
+    assert "KV budget" in (ws.dir / "demo-kv" / "summary.md").read_text() and "KV budgets (" in result.stdout
+    assert (ws.dir / "demo-kv" / "plots" / "kv_budget_rh_niah_paper_score_none.png").read_bytes()[:8] == PNG
+
+
+def check_compare_kv_gemma3(result, ws):
+    board = _board(ws.dir / "g3kv", ["full", "streaming", "retrieval-kv@25%", "random-kv@25%"], "rh_niah_paper/score,none")
+    streaming = next(row for row in board["rows"] if row["name"] == "streaming")
+    assert 0 < streaming["kv_budget"] < 1  # the global layer streams; the sliding layer keeps its own window
+    kv = _json(ws.dir / "g3kv" / "conditions" / "streaming" / "condition.json")["kv"]
+    assert list(kv["sliding_layers"]) == ["0"] and (ws.dir / "g3kv" / "head_scores.json").is_file()
+
+
 def check_lm_top(result, ws):
     data = _lm_results(ws, "top6")
     mask = data["config"]["rh_mask"]
@@ -366,6 +389,19 @@ COMMANDS: dict[str, Run | CheckedBy | ParseOnly] = {
         "lm_eval_random", (TINY_ARG, Sub("GRID", "--limit", "1"), _out("random6")), check_lm_random,
         needs=("detect",)),
     # after `rh compare ... --output-dir out`, so that out/ is that comparison's folder, with this score file added
+    "lm_eval --model rh-hf --model_args pretrained=smollm2-135m,head_scores=scores.json,kv_full_heads=top:10%,"
+    "kv_window=64 --tasks rh_niah": Run("lm_eval_kv", (TINY_ARG, NIAH_GRID, _out("kv10")), check_lm_kv, needs=("detect",)),
+    # KV budgets by head
+    "rh demo --output-dir demo-kv --kv-budgets 10%,25%,50% --seeds 2": Run(
+        "demo_kv", (TINY, *DEMO_GRID, Sub("GRID", "--kv-budgets", "25%")), check_demo_kv),
+    "rh compare --model gemma3-270m --tasks rh_niah_paper --detect-lengths 500,1000 --detect-depths 0,50,100 "
+    "--kv-budgets 3%,10% --seeds 2 --output-dir g3kv --batch-size 12 --metadata '{\"lengths\": [500, 1000], "
+    "\"depths\": [0, 50, 100], \"samples\": 2, \"seed\": 1}'": Run(
+        "compare_kv_gemma3", (TINY_GEMMA3, Sub("GRID", "--detect-lengths", "200"), Sub("GRID", "--detect-depths", "0,100"),
+                              Sub("GRID", "--detect-samples", "1"), Sub("GRID", "--kv-budgets", "25%"),
+                              Sub("GRID", "--seeds", "1"),
+                              Sub("GRID", "--metadata", '{{"lengths": [200], "depths": [0, 100], "samples": 1, "seed": 1}}')),
+        check_compare_kv_gemma3),
     "lm_eval --model rh-hf --model_args pretrained=smollm2-135m,record_scores=out/scores.json --tasks rh_niah": Run(
         "lm_eval_record", (TINY_ARG, NIAH_GRID), check_lm_record, needs=("compare",)),
     "lm_eval --model hf --model_args pretrained=$(rh models path smollm2-135m) --tasks rh_niah": Run(

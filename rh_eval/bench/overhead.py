@@ -254,17 +254,22 @@ def run_overhead(
     repeats: int,
     mask_heads: str,
     naive_limit_gb: float,
+    contenders: tuple[str, ...] = CONTENDERS,
 ) -> tuple[dict, "Workload"]:
-    """The first table (returned with its workload, whose loaded rh-hf model the detection table reuses)."""
+    """The first table (returned with its workload, whose loaded rh-hf model the detection table reuses).
+
+    ``contenders``: a subset to time (stock ``hf``, every ratio's reference, is always one of them).
+    """
+    chosen = tuple(key for key in CONTENDERS if key == "hf" or key in contenders)
     workload = Workload(model, lengths, new_tokens, mask_heads)
     runnable = {key: [n for n in lengths if key != "naive" or workload.naive_gb(n) <= naive_limit_gb]
-                for key in CONTENDERS}
-    runs: dict[str, dict[int, list[float]]] = {key: {n: [] for n in lengths} for key in CONTENDERS}
-    for key in CONTENDERS:  # warm-up on the shortest prompt: first calls pay one-time costs
+                for key in chosen}
+    runs: dict[str, dict[int, list[float]]] = {key: {n: [] for n in lengths} for key in chosen}
+    for key in chosen:  # warm-up on the shortest prompt: first calls pay one-time costs
         workload.call(key, min(lengths))()
     for repeat in range(repeats):
         for length in lengths:
-            keys = CONTENDERS[repeat % len(CONTENDERS):] + CONTENDERS[: repeat % len(CONTENDERS)]
+            keys = chosen[repeat % len(chosen):] + chosen[: repeat % len(chosen)]
             for key in (k for k in keys if length in runnable[k]):
                 start = time.perf_counter()
                 workload.call(key, length)()
@@ -272,15 +277,15 @@ def run_overhead(
                 print(f"repeat {repeat} length {length} {workload.label(key)}: {runs[key][length][-1]:.1f} s", flush=True)
     workload.cleanup()
 
-    memory: dict[str, dict[int, int]] = {key: {} for key in CONTENDERS}
+    memory: dict[str, dict[int, int]] = {key: {} for key in chosen}
     for length in lengths:  # one fresh process per contender and length, after every timing
-        for key in (k for k in CONTENDERS if length in runnable[k]):
+        for key in (k for k in chosen if length in runnable[k]):
             memory[key][length] = _probe_in_subprocess(model, lengths, new_tokens, mask_heads, key, length)
             print(f"memory length {length} {workload.label(key)}: {memory[key][length] / 1e6:.0f} MB", flush=True)
 
     weights = workload.weights_bytes()
     table = []
-    for key in CONTENDERS:
+    for key in chosen:
         for length in lengths:
             samples, base = runs[key][length], runs["hf"][length]
             if not samples:
@@ -301,7 +306,7 @@ def run_overhead(
             })
     # the issue's own yardstick for the naive way: how much slower than *our* recording, per length
     naive_vs_record = {length: statistics.median(runs["naive"][length]) / statistics.median(runs["record"][length])
-                       for length in lengths if runs["naive"][length] and runs["record"][length]}
+                       for length in lengths if runs.get("naive", {}).get(length) and runs.get("record", {}).get(length)}
     result = {"model": model, "new_tokens": new_tokens, "repeats": repeats, "mask_heads": workload.mask.spec(),
               "kv_full_heads": workload.kv_full_heads,
               "weights_mb": weights / 1e6, "overhead": table, "naive_vs_record": naive_vs_record}
@@ -342,6 +347,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--mask-heads", default="8-0;11-3;14-2;15-7;16-1;19-5")
+    parser.add_argument("--contenders", default=",".join(CONTENDERS),
+                        help=f"comma-separated subset of {','.join(CONTENDERS)} (hf, the reference, always runs)")
     parser.add_argument("--naive-limit-gb", type=float, default=12.0, help="skip naive eager above this map size")
     parser.add_argument("--detect-lengths", type=comma_ints, default=[1000, 2000], help="empty to skip the reuse table")
     parser.add_argument("--detect-depths", type=comma_ints, default=[0, 20, 40, 60, 80, 100])
@@ -352,17 +359,27 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="results JSON (default benchmarks/results/bench.json)")
 
 
+def pick_overhead_contenders(text: str) -> tuple[str, ...]:
+    """``--contenders``: known keys only, refused in one line before anything loads."""
+    keys = tuple(key.strip() for key in text.split(",") if key.strip())
+    unknown = [key for key in keys if key not in CONTENDERS]
+    if unknown or not keys:
+        raise RHError(f"--contenders: unknown {', '.join(unknown) or 'empty list'}; choose from {', '.join(CONTENDERS)}")
+    return keys
+
+
 def run(args: argparse.Namespace) -> int:
     if args.repeats < 1:
         raise RHError("--repeats must be at least 1")
     if not args.lengths and not args.detect_lengths:
         raise RHError("nothing to measure: --lengths and --detect-lengths are both empty")
     contenders = pick_contenders(args.detect_contenders)  # a typo fails before anything loads
+    pick_overhead_contenders(args.contenders)
     result: dict = {"model": args.model, "overhead": []}
     workload = None
     if args.lengths:
         result, workload = run_overhead(args.model, args.lengths, args.new_tokens, args.repeats, args.mask_heads,
-                                        args.naive_limit_gb)
+                                        args.naive_limit_gb, pick_overhead_contenders(args.contenders))
     if args.detect_lengths:
         from rh_models.lm import RHHFLM
 
