@@ -102,7 +102,7 @@ class ConditionPlan:
             return None
         if self.kind == "streaming":
             return "none"
-        return f"{'top' if self.kind == 'retrieval-kv' else 'random'}:{self.share:g}%"
+        return f"{'top' if self.kind == 'retrieval-kv' else 'random'}:{share_text(self.share)}"
 
 
 def plan_conditions(ks: list[int], seeds: int, kv_budgets: list[float] = ()) -> list[ConditionPlan]:
@@ -594,7 +594,9 @@ def compare(
                 record, output = run_condition(lm, plan, config, manager)
                 write_condition(folders[plan.name], record, output)
                 if plan.is_kv:
-                    tqdm.write(f"\n{plan.name} (KV budget {100 * record['kv_budget']:.1f} %, "
+                    budget = record["kv_budget"]
+                    tqdm.write(f"\n{plan.name} (KV budget "
+                               f"{'not measured' if budget is None else f'{100 * budget:.1f} %'}, "
                                f"{len(record['kv']['full_query_heads'])} query heads full)")
                 else:
                     tqdm.write(f"\n{plan.name} ({len(record['heads'])} heads masked, {record['method']}/{record['scope']})")

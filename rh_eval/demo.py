@@ -48,7 +48,7 @@ from rh_eval.compare import (
     plan_conditions,
 )
 from rh_eval.console import quiet_console
-from rh_eval.leaderboard import Leaderboard, headline_column
+from rh_eval.leaderboard import KV_KINDS, Leaderboard, headline_column
 from rh_eval.resume import clear_outputs, resume_record, save_record
 from rh_models.atomic import write_text_atomic
 from rh_models.errors import RHError
@@ -372,7 +372,7 @@ def kv_line(board: Leaderboard, task: str) -> str | None:
     if column is None:
         return None
     parts = []
-    for row in (r for r in board.rows if r.kind in ("streaming", "retrieval-kv", "random-kv")):
+    for row in (r for r in board.rows if r.kind in KV_KINDS):
         cell = board.cell(row.name, column)
         if cell is not None and row.kv_budget is not None:
             parts.append(f"{row.name} {cell.value:.3f} at {100 * row.kv_budget:.1f} % of the KV cache")

@@ -220,7 +220,7 @@ class Leaderboard:
         for row in self.rows:
             texts = [row.name, str(len(row.seeds)) if row.kind in SEEDED_KINDS else ""]
             if self.has_kv:
-                texts.append("–" if row.kv_budget is None else f"{100 * row.kv_budget:.1f} %")
+                texts.append(("-" if ascii else "–") if row.kv_budget is None else f"{100 * row.kv_budget:.1f} %")
             for column in self.columns:
                 text = _cell_text(self.cell(row.name, column), row.kind == "full")
                 texts.append(text.replace("±", "+/-").replace("−", "-").replace("–", "-") if ascii else text)
@@ -319,6 +319,8 @@ class Leaderboard:
             columns = [Column(c["task"], c["metric"], c["filter"]) for c in data["columns"]]
             rows = [Row(r["name"], r["kind"], int(r["k"]), list(r["conditions"]), list(r["seeds"]), r.get("share"),
                         r.get("kv_budget")) for r in data["rows"]]
+            if any(row.kv_budget is not None and not is_number(row.kv_budget) for row in rows):
+                raise RHError(f"{where}: a row's kv_budget is not a number")
             cells: dict[tuple[str, str], Cell] = {}
             for row in rows:
                 for column_id, value in data["values"].get(row.name, {}).items():

@@ -53,6 +53,7 @@ from rh_models.shape import head_shape
 PREFIX = "rh_"
 MASK_METHODS = ("zero", "uniform")
 MASK_SCOPES = ("all", "decode")
+KV_BASES = ("sdpa", "eager", "flash_attention_2", "flash_attention_3")  # streaming heads: sdpa or the eager function
 
 
 def check_mask_method(method: str, scope: str) -> None:
@@ -115,7 +116,7 @@ class HeadControl:
         self.rows: TopOneRows | None = None
         self.cascade: PrefixCascade | None = None  # set while a prompt continues a reused prefix cache
         self.kv: StreamingHeads | None = None  # a KV budget: which heads stream (sink + window)
-        self._streaming_masks: tuple[Any, tuple[int, ...], StreamingLayout | None] | None = None  # one per forward
+        self._streaming_masks: tuple[Any, tuple, StreamingLayout | None] | None = None  # one per forward
 
     # ------------------------------------------------------------------ lifecycle
     @classmethod
@@ -166,6 +167,8 @@ class HeadControl:
     # ------------------------------------------------------------------ KV budget
     def set_kv(self, streaming: StreamingHeads | None) -> None:
         """Give the heads outside ``streaming.selected`` a sink + window cache from now on (None: every head full)."""
+        if streaming is not None and self.base not in KV_BASES:
+            raise RHError(f"a KV budget by head needs {', '.join(KV_BASES)} attention, the model runs {self.base}")
         if streaming is not None and (streaming.n_layers, streaming.selected.n_heads) != (self.n_layers, self.n_heads):
             raise RHError(f"KV budget is for {streaming.n_layers} x {streaming.selected.n_heads} heads, the model has "
                           f"{self.n_layers} x {self.n_heads}")
@@ -233,9 +236,12 @@ class HeadControl:
 
     def _streaming(self, plan: LayerPlan, base_fn, module, query, key, value, attention_mask, kwargs) -> torch.Tensor:
         """Full heads as the model runs them; streaming heads with the sink + window mask; one output."""
-        if any(kwargs.get(name) is not None for name in ("position_bias", "s_aux", "sinks")):
-            raise RHError(f"{type(module).__name__} adds per-head attention terms; a KV budget by head is not "
-                          "supported for it")
+        if any(kwargs.get(name) is not None for name in ("position_bias", "s_aux", "sinks", "softcap")):
+            raise RHError(f"{type(module).__name__} adds per-head attention terms or a logit softcap; a KV budget by "
+                          "head is not supported for it")
+        if kwargs.get("sliding_window") is not None:  # a sliding layer that sliding_windows() did not see
+            raise RHError(f"layer {module._rh_layer} of {type(module).__name__} slides over a window the KV budget "
+                          "did not account for; refusing to mix the two")
         if key.shape[1] != self.kv.n_kv_heads:
             raise RHError(f"{type(module).__name__} has {key.shape[1]} KV heads, its config {self.kv.n_kv_heads}")
         batch, _, q_length, _ = query.shape
@@ -268,12 +274,14 @@ class HeadControl:
 
     def _streaming_layout(self, mask, batch: int, q_length: int, kv_length: int, device) -> StreamingLayout | None:
         """The mask's :class:`StreamingLayout`, read once per forward (its layers share one mask object)."""
-        shape = (batch, q_length, kv_length)
+        key = (batch, q_length, kv_length, str(device))
         cached = self._streaming_masks
-        if cached is not None and cached[1] == shape and (cached[0]() if cached[0] is not None else None) is mask:
-            return cached[2]
+        if cached is not None and cached[1] == key:
+            reference = cached[0]
+            if (mask is None and reference is None) or (mask is not None and reference is not None and reference() is mask):
+                return cached[2]
         layout = StreamingLayout.of(mask, batch, q_length, kv_length, device)
-        self._streaming_masks = (weakref.ref(mask) if mask is not None else None, shape, layout)
+        self._streaming_masks = (weakref.ref(mask) if mask is not None else None, key, layout)
         return layout
 
     def _kernel_mask(self, allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

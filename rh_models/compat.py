@@ -30,7 +30,7 @@ CHECKED_AGAINST = {"lm_eval": "0.4.13", "transformers": "5.24.0", "torch": "2.13
 
 # HFLM methods/attributes RHHFLM overrides, sets or reads (lm_eval/models/huggingface.py)
 HFLM_INTERNALS = ("_model_generate", "tok_batch_encode", "tok_decode", "batch_size_per_gpu", "think_end_token",
-                  "accelerator", "_rank", "_world_size", "pretrained")
+                  "accelerator", "_rank", "_world_size", "pretrained", "_model_call", "_detect_batch_size")
 # ConfigurableTask tables NIAHTask fills for its breakdown keys (lm_eval/api/task.py)
 TASK_INTERNALS = ("_metric_fn_list", "_metric_fn_kwargs", "_aggregation_list", "_higher_is_better")
 # what a DynamicLayer holds and does, read by PrefixCache and extended by PreallocatedLayer (transformers/cache_utils.py)

@@ -51,13 +51,20 @@ class KVArgs:
     window: int = DEFAULT_WINDOW
 
 
-def parse_kv_args(kv_full_heads: Any = None, kv_sink: Any = DEFAULT_SINK, kv_window: Any = DEFAULT_WINDOW,
+def parse_kv_args(kv_full_heads: Any = None, kv_sink: Any = None, kv_window: Any = None,
                   head_scores: Any = None) -> KVArgs:
-    """The strings lm-eval passes from ``--model_args``, as :class:`KVArgs`, or one clear line."""
-    sink = parse_int("kv_sink", kv_sink, minimum=0)
-    window = parse_int("kv_window", kv_window, minimum=1)
+    """The strings lm-eval passes from ``--model_args``, as :class:`KVArgs`, or one clear line.
+
+    ``kv_sink`` / ``kv_window`` without ``kv_full_heads`` would change nothing: refused, not ignored.
+    """
     if kv_full_heads is None:
-        return KVArgs(None, sink, window)
+        given = [name for name, value in (("kv_sink", kv_sink), ("kv_window", kv_window)) if value is not None]
+        if given:
+            raise RHError(f"{' and '.join(given)} without kv_full_heads changes nothing; give kv_full_heads (e.g. "
+                          "top:10%, or none for every head streaming)")
+        return KVArgs(None)
+    sink = parse_int("kv_sink", DEFAULT_SINK if kv_sink is None else kv_sink, minimum=0)
+    window = parse_int("kv_window", DEFAULT_WINDOW if kv_window is None else kv_window, minimum=1)
     spec = parse_head_spec(str(kv_full_heads))
     if spec.needs_scores and head_scores is None:
         raise RHError(f"kv_full_heads={kv_full_heads} needs head_scores=PATH (a score file from `rh detect`)")
@@ -74,13 +81,26 @@ def kv_heads_of(config: Any) -> int:
     return int(n_kv)
 
 
-def sliding_windows(modules: list[torch.nn.Module]) -> dict[int, int]:
-    """Layer -> its own sliding window, for the layers whose attention the model already limits to one."""
+def sliding_windows(modules: list[torch.nn.Module], config: Any) -> dict[int, int]:
+    """Layer -> its own sliding window, for the layers whose attention the model already limits to one.
+
+    Read from the module where it says (Gemma 2/3, Qwen 2/3 set ``sliding_window`` per layer) and otherwise from
+    the config (Mistral and Phi-3 pass ``config.sliding_window`` to every layer, or as ``layer_types`` says).
+    """
+    text = text_config(config)
+    window = getattr(text, "sliding_window", None)
+    layer_types = getattr(text, "layer_types", None)
     windows = {}
     for layer, module in enumerate(modules):
-        window = getattr(module, "sliding_window", None)
-        if isinstance(window, int) and window > 0:
-            windows[layer] = window
+        own = getattr(module, "sliding_window", None)
+        if hasattr(module, "sliding_window"):
+            slides = isinstance(own, int) and own > 0
+        elif layer_types is not None:
+            slides, own = layer_types[layer] == "sliding_attention", window
+        else:
+            slides, own = getattr(text, "use_sliding_window", True) is not False, window
+        if slides and isinstance(own, int) and own > 0:
+            windows[layer] = own
     return windows
 
 
@@ -187,6 +207,7 @@ class StreamingHeads:
     def info(self) -> dict[str, Any]:
         """What lands in lm-eval's results JSON as ``config.rh_kv``."""
         effective = self.full_query_heads()
+        selected = [head for head in self.selected if head[0] not in self.sliding]
         return {
             "full_heads": self.spec,
             "selected_heads": [list(h) for h in self.selected],
@@ -194,9 +215,10 @@ class StreamingHeads:
             "full_kv_heads": {str(layer): self.full_kv_heads(layer) for layer in self.compressed_layers()
                               if self.full_kv_heads(layer)},
             "gqa_group": self.group,
-            "gqa_note": None if self.group == 1 or len(effective) == len(self.selected) else
-            f"{len(self.selected)} query heads selected; their KV heads keep the full context for all "
-            f"{len(effective)} query heads of those groups",
+            "gqa_note": None if self.group == 1 or len(effective) == len(selected) else
+            f"{len(selected)} query heads selected in compressed layers; their KV heads keep the full context for "
+            f"all {len(effective)} query heads of those groups",
+            "selected_in_sliding_layers": [list(h) for h in self.selected if h[0] in self.sliding],
             "sink": self.sink,
             "window": self.window,
             "sliding_layers": {str(layer): window for layer, window in self.sliding.items()},
@@ -229,9 +251,11 @@ def visible_keys(mask: torch.Tensor | None, batch: int, q_length: int, kv_length
         rows = mask[:, 0, -q_length:, :kv_length]
         visible = rows if rows.dtype == torch.bool else rows > torch.finfo(rows.dtype).min / 2
         return visible.expand(batch, q_length, kv_length)
-    if mask.ndim == 2:  # flash: (batch, kv) padding mask, 1 = token; causal on top
+    if mask.ndim == 2:  # flash: (batch, kv) padding mask, 1 = token; causal on top, aligned bottom-right
         padding = mask[:, -kv_length:].bool()
-        return visible_keys(None, batch, q_length, kv_length, device) & padding[:, None, :]
+        positions = torch.arange(kv_length, device=device)
+        causal = positions[None, :] <= positions[kv_length - q_length:, None]
+        return causal[None] & padding[:, None, :]
     raise RHError(f"unsupported attention-mask layout {tuple(mask.shape)} for a KV budget")
 
 
@@ -282,7 +306,6 @@ class StreamingLayout:
         high = int(self.query_index[end - 1]) + 1
         sinks = (self.first[:, None] + torch.arange(sink, device=device)[None, :]).flatten()
         columns = torch.unique(torch.cat([sinks[sinks < low], torch.arange(low, high, device=device)]))
-        columns = columns[columns < self.real.shape[1]]
         queries = self.query_index[start:end]
         key_rank = self.rank[:, columns]  # (batch, c)
         query_rank = self.rank[:, queries]  # (batch, q)

@@ -76,8 +76,8 @@ class RHHFLM(MaskedLM, HFLM):
         record_overwrite: bool = False,
         prefix_reuse: bool = False,
         kv_full_heads: str | None = None,
-        kv_sink: int = DEFAULT_SINK,
-        kv_window: int = DEFAULT_WINDOW,
+        kv_sink: int | None = None,
+        kv_window: int | None = None,
         **kwargs: Any,
     ) -> None:
         mask = parse_mask_args(mask_heads, head_scores, mask_method, mask_scope, mask_seed, random_exclude, random_match)
@@ -113,8 +113,10 @@ class RHHFLM(MaskedLM, HFLM):
             else None
         )
         self.kv: StreamingHeads | None = None
-        if kv.spec is not None:
-            self.set_kv(kv.spec, kv.sink, kv.window, seed=mask.seed, random_exclude=mask.random_exclude)
+        self._counting_kv = True  # False while lm-eval probes batch sizes with dummy batches
+        if kv.spec is not None:  # random:P% draws from every head unless random_exclude says otherwise
+            self.set_kv(kv.spec, kv.sink, kv.window, seed=mask.seed,
+                        random_exclude=0 if mask.random_exclude is None else mask.random_exclude)
         self._writes_recorder = True  # False while a caller owns the recorder (see `settings`)
         self._batch_contexts: list[str] = []
         self.chat_template_applied = False  # set when lm-eval renders a prompt through apply_chat_template
@@ -227,12 +229,13 @@ class RHHFLM(MaskedLM, HFLM):
 
     # ------------------------------------------------------------------ KV budget
     def set_kv(self, full_heads: str | HeadSpec | HeadSet | None, sink: int = DEFAULT_SINK,
-               window: int = DEFAULT_WINDOW, seed: int = 0, random_exclude: int | None = None) -> StreamingHeads | None:
+               window: int = DEFAULT_WINDOW, seed: int = 0, random_exclude: int | None = 0) -> StreamingHeads | None:
         """From now on only ``full_heads`` keep the full context; every other head keeps ``sink`` + ``window``.
 
         ``None`` restores full attention for every head; ``"none"`` makes every head a streaming head. Selection is
-        the mask syntax (``top:K``, ``top:10%``, ``random:K`` with ``seed`` / ``random_exclude``, ``L-H;...``). The
-        budget's accounting starts afresh, and a probe proves that the streaming heads changed.
+        the mask syntax (``top:K``, ``top:10%``, ``random:K`` with ``seed`` / ``random_exclude``, ``L-H;...``); a
+        random draw is from every head by default (``random_exclude=0``): a random *ranking*, not a control that
+        avoids retrieval heads. The budget's accounting starts afresh, and a probe proves the streaming heads changed.
         """
         self.prefix.clear()  # cached keys/values were computed under the old budget
         if full_heads is None:
@@ -246,10 +249,15 @@ class RHHFLM(MaskedLM, HFLM):
         spec = heads.spec() if isinstance(full_heads, HeadSet) else (
             full_heads.text if isinstance(full_heads, HeadSpec) else str(full_heads))
         streaming = StreamingHeads(heads, sink, window, kv_heads_of(self.model.config),
-                                   sliding_windows(self.control.modules), spec=spec)
+                                   sliding_windows(self.control.modules, self.model.config), spec=spec)
         self.control.set_kv(streaming)
         self.kv = streaming
-        self.verify_kv()
+        try:
+            self.verify_kv()
+        except RHError:
+            self.kv = None
+            self.control.set_kv(None)
+            raise
         return streaming
 
     def verify_kv(self) -> None:
@@ -303,15 +311,25 @@ class RHHFLM(MaskedLM, HFLM):
         self._batch_contexts = list(strings)  # which prompts the next _model_generate call holds
         return super().tok_batch_encode(strings, *args, **kwargs)
 
+    def _detect_batch_size(self, requests=None, pos: int = 0):
+        """lm-eval's probe of the largest batch that fits: its dummy batches are not part of the run's KV budget."""
+        self._counting_kv = False
+        try:
+            return super()._detect_batch_size(requests, pos)
+        finally:
+            self._counting_kv = True
+
     def _model_call(self, inps, attn_mask=None, labels=None):
         logits = super()._model_call(inps, attn_mask, labels)
-        if self.kv is not None:  # loglikelihood rows: counted at the batch's padded width
+        if self.kv is not None and self._counting_kv:  # loglikelihood rows: at the batch's width (as it is cached)
             self.kv.count([inps.shape[1]] * inps.shape[0])
         return logits
 
     def _model_generate(self, context, max_length, stop, **generation_kwargs):
         output = self._generate_recorded(context, max_length, stop, **generation_kwargs)
-        if self.kv is not None:  # each row's own tokens: its prompt without padding, plus every generated step
+        if self.kv is not None and self._counting_kv:
+            # each row's prompt without its padding, plus every decoding step of the batch: a row that has stopped
+            # keeps growing its cache until the whole batch stops, as generate() runs it
             mask = generation_kwargs.get("attention_mask")
             prompt = mask.sum(dim=1) if mask is not None else torch.full((context.shape[0],), context.shape[1])
             self.kv.count((prompt + output.shape[1] - context.shape[1]).tolist())

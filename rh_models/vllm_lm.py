@@ -72,7 +72,7 @@ def hf_only_args() -> tuple[str, ...]:
 def refuse_engine_args(kwargs: dict[str, Any]) -> None:
     """What no weight edit can honour, refused before an engine is built (a 70B load costs minutes)."""
     given = [name for name in hf_only_args() if kwargs.get(name) not in _UNSET]
-    if any(name.startswith("kv_") for name in kwargs):  # kv_full_heads=none means "every head streams": never unset
+    if {"kv_full_heads", "kv_sink", "kv_window"} & set(kwargs):  # kv_full_heads=none: every head streams, not unset
         raise RHError("rh-vllm: a KV budget by head (kv_full_heads, kv_sink, kv_window) is rh-hf's: it is simulated "
                       "with per-head attention masks, which vLLM's paged kernels do not take; use --model rh-hf")
     if given:

@@ -61,7 +61,8 @@ def _selected(model) -> HeadSet:
 
 def _streaming(model, selected: HeadSet, sink=SINK, window=WINDOW) -> StreamingHeads:
     control = model._rh_control
-    return StreamingHeads(selected, sink, window, kv_heads_of(model.config), sliding_windows(control.modules))
+    return StreamingHeads(selected, sink, window, kv_heads_of(model.config),
+                          sliding_windows(control.modules, model.config))
 
 
 def _reference_model(arch: str, selected: HeadSet, pads: list[int]):
@@ -192,17 +193,49 @@ def test_a_model_whose_every_layer_slides_is_refused():
     HeadControl.attach(model)
     with pytest.raises(RHError, match="already keeps only a sliding window"):
         StreamingHeads(HeadSet((), 2, 4), 2, 8, 1, {0: 6, 1: 6})
+    import transformers
+
+    torch.manual_seed(0)  # Mistral v0.1 and Phi-3 pass config.sliding_window to every layer (no per-layer attribute)
+    for config in (transformers.MistralConfig(hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                                              num_attention_heads=4, num_key_value_heads=2, vocab_size=128,
+                                              sliding_window=8),
+                   transformers.Phi3Config(hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                                           num_attention_heads=4, num_key_value_heads=4, vocab_size=128,
+                                           pad_token_id=0, sliding_window=8)):
+        sliding = transformers.AutoModelForCausalLM.from_config(config)
+        control = HeadControl.attach(sliding)
+        assert sliding_windows(control.modules, sliding.config) == {0: 8, 1: 8}
+        with pytest.raises(RHError, match="already keeps only a sliding window"):
+            _streaming(sliding, HeadSet((), 2, 4))
+
+
+def test_an_unpadded_batch_after_a_padded_one_of_the_same_shape_gets_its_own_layout():
+    """The layout is cached per forward; a None mask must never reuse a freed padded mask's layout."""
+    model = tiny_model("llama")
+    control = HeadControl.attach(model)
+    control.set_kv(_streaming(model, HeadSet((), 2, 4), sink=2, window=4))
+    padded_ids, padded_mask = _batch([0, 5])
+    plain_ids, plain_mask = _batch([0, 0], seed=2)
+    with torch.no_grad():
+        model(padded_ids, attention_mask=padded_mask)
+        after_padded = model(plain_ids, attention_mask=plain_mask).logits
+        control._streaming_masks = None
+        fresh = model(plain_ids, attention_mask=plain_mask).logits
+    assert torch.equal(after_padded, fresh)
 
 
 def test_kv_args_are_checked_before_a_model_loads():
     assert parse_kv_args(None).spec is None
+    for orphan in (dict(kv_sink=2), dict(kv_window=16)):  # would change nothing: refused, not ignored
+        with pytest.raises(RHError, match="without kv_full_heads changes nothing"):
+            parse_kv_args(**orphan)
     assert parse_kv_args("none").spec.kind == "none"
     assert parse_kv_args("top:10%", head_scores="s.json").spec.share == 10
     for bad, message in [(dict(kv_full_heads="top:10%"), "needs head_scores"),
                          (dict(kv_full_heads="top:0%"), "percentage in"),
                          (dict(kv_full_heads="top:150%"), "percentage in"),
-                         (dict(kv_window=0), "kv_window"),
-                         (dict(kv_sink=-1), "kv_sink")]:
+                         (dict(kv_full_heads="none", kv_window=0), "kv_window"),
+                         (dict(kv_full_heads="none", kv_sink=-1), "kv_sink")]:
         with pytest.raises(RHError, match=message):
             parse_kv_args(**bad)
 

@@ -77,9 +77,9 @@ def test_every_rh_hf_only_argument_is_known_to_rh_vllm():
 
     assert set(hf_only_args()) == {"record_scores", "record_min_score", "record_count_repeats", "record_overwrite",
                                    "prefix_reuse", "kv_full_heads", "kv_sink", "kv_window"}
-    off = {"prefix_reuse": "false", "record_scores": None, "dtype": "float32"}
-    refuse_engine_args(off)  # given as off: accepted and not passed on to vLLM
-    assert off == {"dtype": "float32"}
+    off = {"prefix_reuse": "false", "record_scores": None, "dtype": "float32", "kv_cache_dtype": "fp8"}
+    refuse_engine_args(off)  # given as off: accepted and not passed on to vLLM; vLLM's own kv_* args pass through
+    assert off == {"dtype": "float32", "kv_cache_dtype": "fp8"}
 
 
 def test_rh_hf_and_rh_vllm_share_one_mask_api():

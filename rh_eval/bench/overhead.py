@@ -194,11 +194,11 @@ class Workload:
     def _streaming(self, ours):
         """The KV budget of the ``kv`` contender: ``kv_full_heads`` keep the full context, the rest sink 4 + window 64."""
         from rh_models.heads import select_heads
-        from rh_models.kv_budget import StreamingHeads, kv_heads_of, sliding_windows
+        from rh_models.kv_budget import DEFAULT_SINK, DEFAULT_WINDOW, StreamingHeads, kv_heads_of, sliding_windows
 
         heads = select_heads(self.kv_full_heads, ours.n_layers, ours.n_heads)
-        return StreamingHeads(heads, 4, 64, kv_heads_of(ours.model.config), sliding_windows(ours.control.modules),
-                              spec=self.kv_full_heads)
+        return StreamingHeads(heads, DEFAULT_SINK, DEFAULT_WINDOW, kv_heads_of(ours.model.config),
+                              sliding_windows(ours.control.modules, ours.model.config), spec=self.kv_full_heads)
 
     def _naive(self, doc: dict) -> list:
         import torch
@@ -374,12 +374,12 @@ def run(args: argparse.Namespace) -> int:
     if not args.lengths and not args.detect_lengths:
         raise RHError("nothing to measure: --lengths and --detect-lengths are both empty")
     contenders = pick_contenders(args.detect_contenders)  # a typo fails before anything loads
-    pick_overhead_contenders(args.contenders)
+    overhead_contenders = pick_overhead_contenders(args.contenders)
     result: dict = {"model": args.model, "overhead": []}
     workload = None
     if args.lengths:
         result, workload = run_overhead(args.model, args.lengths, args.new_tokens, args.repeats, args.mask_heads,
-                                        args.naive_limit_gb, pick_overhead_contenders(args.contenders))
+                                        args.naive_limit_gb, overhead_contenders)
     if args.detect_lengths:
         from rh_models.lm import RHHFLM
 
