@@ -47,6 +47,17 @@ def _draw_series(axes, board: Leaderboard, kind: str, points: list[tuple[float, 
     axes.plot(xs, means, color=color, marker=marker, label=label)
 
 
+def _fit_y(axes, board: Leaderboard, column: Column) -> None:
+    """Y axis over the scores themselves (means and every seed), so a wide interval of few seeds (Student-t with 2
+    seeds is +-12.7 standard errors) runs off the plot instead of flattening the curves."""
+    values = [value for row in board.rows if (cell := board.cell(row.name, column)) is not None
+              for value in (cell.value, *cell.per_seed.values())]
+    if values:
+        low, high = min(values), max(values)
+        pad = 0.08 * (high - low or 1.0)
+        axes.set_ylim(low - pad, high + pad)
+
+
 def dose_response(board: Leaderboard, column: Column, out: str | Path) -> Path | None:
     """Score vs K: the retrieval line and the random mean with its interval band; None without K > 0 rows."""
     full = next((board.cell(r.name, column) for r in board.rows if r.kind == "full"), None)
@@ -72,6 +83,7 @@ def dose_response(board: Leaderboard, column: Column, out: str | Path) -> Path |
     if full is not None:
         axes.axhline(full.value, color="gray", linestyle=":", linewidth=1, label="full (no mask)")
     direction = {True: " (higher is better)", False: " (lower is better)"}.get(board.higher_is_better.get(column.id), "")
+    _fit_y(axes, board, column)
     axes.set_xticks(sorted({0, *(k for points in series.values() for k, *_ in points)}))
     axes.set_xlabel("heads masked (K)")
     axes.set_ylabel(column.metric + direction)
@@ -118,6 +130,7 @@ def kv_budget_curve(board: Leaderboard, column: Column, out: str | Path) -> Path
     for kind, (budget, value) in ends.items():
         axes.annotate(kind, (budget, value), textcoords="offset points", xytext=(4, 6), fontsize="small")
     direction = {True: " (higher is better)", False: " (lower is better)"}.get(board.higher_is_better.get(column.id), "")
+    _fit_y(axes, board, column)
     axes.set_xlabel("KV budget: % of key/value entries kept")
     axes.set_ylabel(column.metric + direction)
     axes.set_title(f"{column.label}: score vs KV budget")
