@@ -79,6 +79,11 @@ def hflm_world_size(lm: Any) -> int:
     return lm._world_size
 
 
+def hflm_accelerator(lm: Any) -> Any:
+    """The ``accelerate.Accelerator`` HFLM keeps when launched with ``accelerate`` (None otherwise)."""
+    return getattr(lm, "accelerator", None)
+
+
 def model_commit(config: Any) -> str | None:
     """The Hub commit a model config was loaded from, where transformers records it (None on 5.24: not recorded)."""
     return getattr(config, "_commit_hash", None)

@@ -34,7 +34,7 @@ from rh_models.answers import ANSWERED_ABOVE
 from rh_models.arguments import parse_bool, parse_float
 from rh_models.attention import HeadControl
 from rh_models.cascade import PrefixCascade
-from rh_models.compat import cache_kwarg, hflm_world_size, model_commit, set_process_rank
+from rh_models.compat import cache_kwarg, hflm_accelerator, hflm_world_size, model_commit, set_process_rank
 from rh_models.errors import RHError
 from rh_models.heads import HeadSet, HeadSpec, select_heads
 from rh_models.kv_budget import (
@@ -97,7 +97,7 @@ class RHHFLM(MaskedLM, HFLM):
         if kwargs.get("device") in (None, "cuda") and not torch.cuda.is_available():
             kwargs["device"] = "cpu"
         super().__init__(pretrained=pretrained, **kwargs)
-        accelerator = getattr(self, "accelerator", None)
+        accelerator = hflm_accelerator(self)
         if accelerator is not None and accelerator.num_processes > 1 and hflm_world_size(self) == 1:
             # stock HFLM shards requests only across GPUs; shard CPU processes (gloo) the same way so that
             # `accelerate launch -m lm_eval --model rh-hf` splits the docs and records scores per rank
