@@ -58,6 +58,18 @@ def _fit_y(axes, board: Leaderboard, column: Column) -> None:
         axes.set_ylim(low - pad, high + pad)
 
 
+def _finish(figure, axes, board: Leaderboard, column: Column, xlabel: str, title: str, out: str | Path) -> Path:
+    """Axes labels (the metric and its direction), title, legend and grid of a score curve; then save it."""
+    direction = {True: " (higher is better)", False: " (lower is better)"}.get(board.higher_is_better.get(column.id), "")
+    _fit_y(axes, board, column)
+    axes.set_xlabel(xlabel)
+    axes.set_ylabel(column.metric + direction)
+    axes.set_title(f"{column.label}: {title}")
+    axes.legend(fontsize="small")
+    axes.grid(alpha=0.3)
+    return save_figure(figure, out)
+
+
 def dose_response(board: Leaderboard, column: Column, out: str | Path) -> Path | None:
     """Score vs K: the retrieval line and the random mean with its interval band; None without K > 0 rows."""
     full = next((board.cell(r.name, column) for r in board.rows if r.kind == "full"), None)
@@ -82,15 +94,8 @@ def dose_response(board: Leaderboard, column: Column, out: str | Path) -> Path |
         _draw_series(axes, board, kind, points, *styles[kind], seeded=kind == "random")
     if full is not None:
         axes.axhline(full.value, color="gray", linestyle=":", linewidth=1, label="full (no mask)")
-    direction = {True: " (higher is better)", False: " (lower is better)"}.get(board.higher_is_better.get(column.id), "")
-    _fit_y(axes, board, column)
     axes.set_xticks(sorted({0, *(k for points in series.values() for k, *_ in points)}))
-    axes.set_xlabel("heads masked (K)")
-    axes.set_ylabel(column.metric + direction)
-    axes.set_title(f"{column.label}: dose-response")
-    axes.legend(fontsize="small")
-    axes.grid(alpha=0.3)
-    return save_figure(figure, out)
+    return _finish(figure, axes, board, column, "heads masked (K)", "dose-response", out)
 
 
 # ------------------------------------------------------------------------------------------- KV budgets
@@ -129,14 +134,7 @@ def kv_budget_curve(board: Leaderboard, column: Column, out: str | Path) -> Path
         _draw_series(axes, board, kind, points, *styles[kind], seeded=kind == "random-kv")
     for kind, (budget, value) in ends.items():
         axes.annotate(kind, (budget, value), textcoords="offset points", xytext=(4, 6), fontsize="small")
-    direction = {True: " (higher is better)", False: " (lower is better)"}.get(board.higher_is_better.get(column.id), "")
-    _fit_y(axes, board, column)
-    axes.set_xlabel("KV budget: % of key/value entries kept")
-    axes.set_ylabel(column.metric + direction)
-    axes.set_title(f"{column.label}: score vs KV budget")
-    axes.legend(fontsize="small")
-    axes.grid(alpha=0.3)
-    return save_figure(figure, out)
+    return _finish(figure, axes, board, column, "KV budget: % of key/value entries kept", "score vs KV budget", out)
 
 
 # ----------------------------------------------------------------------------------------- CoT vs direct
