@@ -64,6 +64,24 @@ def smollm_dir() -> str:
     return resolve_pretrained("smollm2-135m")
 
 
+# The SmolLM2 tests whose point is what a detection found, not how it ran, share this one detection (the tests of
+# detection itself, its resume and its kills run their own).
+SMOLLM_DETECTION_GRID = dict(lengths=[500, 1000], depths=[0, 50, 100], samples=3, max_gen_toks=24)
+
+
+@pytest.fixture(scope="session")
+def smollm_paper_detection(tmp_path_factory) -> tuple[Path, dict]:
+    """(score file, summary) of `rh detect` on SmolLM2, paper needles, ``SMOLLM_DETECTION_GRID`` (18 tests):
+    test_recording checks it is sparse and agrees with a KV-needle detection, test_compare masks its top heads."""
+    from rh_eval.detect import detect
+    from rh_models.lm import RHHFLM
+
+    lm = RHHFLM(pretrained="smollm2-135m", device="cpu", batch_size=1)
+    out = tmp_path_factory.mktemp("smollm-detection") / "paper.json"
+    summary = detect(lm, out, needles="paper", progress=False, **SMOLLM_DETECTION_GRID)
+    return out, summary
+
+
 @pytest.fixture(scope="session")
 def tiny_llama_dir(tmp_path_factory, smollm_dir) -> Path:
     """A tiny random llama saved with SmolLM2's tokenizer, loadable by lm-eval's `pretrained=`."""

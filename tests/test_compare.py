@@ -340,17 +340,24 @@ def test_kv_budgets_end_to_end_tiny_llama(tmp_path, tiny_llama_dir, tiny_task_di
 
 
 @pytest.mark.smollm
-def test_smollm2_retrieval_heads_matter_more_than_random_ones(tmp_path):
-    """The paper's contrast on the embedded model: detection first (no --head-scores), then NIAH masked."""
+def test_smollm2_retrieval_heads_matter_more_than_random_ones(tmp_path, smollm_paper_detection):
+    """The paper's contrast on the embedded model: the top 8 heads of the session's SmolLM2 detection (conftest)
+    masked vs 8 random non-retrieval heads, NIAH. (rh compare's own detection-first path: on a real model in
+    test_gemma3, on a tiny Gemma-3 in test_readme_commands, with fakes above.)"""
+    from rh_models.heads import HeadScores
+
+    scores, _ = smollm_paper_detection
     out = tmp_path / "out"
-    grid = {"lengths": [500, 1000], "depths": [0, 50, 100], "samples": 1, "seed": 1}  # not detection's haystack
+    # not detection's haystack; 4 docs (on depths 0/50/100 too, every doc scored 1.0 full and random, <= 0.3 masked)
+    grid = {"lengths": [500, 1000], "depths": [0, 100], "samples": 1, "seed": 1}
     assert main(["compare", "--model", "smollm2-135m", "--tasks", "rh_niah_paper", "--k", "8", "--seeds", "2",
                  "--output-dir", str(out), "--metadata", json.dumps(grid), "--batch-size", "6", "--no-plots",
-                 "--detect-lengths", "500,1000", "--detect-depths", "0,50,100", "--detect-samples", "1"]) == 0
-    assert (out / "head_scores.json").is_file()
+                 "--head-scores", str(scores)]) == 0
     board = json.loads((out / "leaderboard.json").read_text())
+    assert sorted(tuple(h) for h in board["conditions"]["retrieval@8"]["heads"]) == sorted(HeadScores.load(scores).top(8))
     column = "rh_niah_paper/score,none"
     full, retrieval, random = (board["values"][name][column] for name in ("full", "retrieval@8", "random@8"))
+    print(f"\nSmolLM2 NIAH: full {full:.3f}, retrieval@8 {retrieval:.3f}, random@8 {random:.3f}")
     assert retrieval < full and retrieval < random, (full, retrieval, random)
 
 
