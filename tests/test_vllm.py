@@ -27,6 +27,7 @@ engine = pytest.mark.smollm  # tests that load SmolLM2 (an engine, rh-hf, or bot
 ENGINE_ARGS = {"dtype": "float32", "gpu_memory_utilization": 0.3, "enforce_eager": True, "max_model_len": 2048}
 ENGINE_ARG_TEXT = ",".join(f"{k}={v}" for k, v in ENGINE_ARGS.items())
 NIAH_GRID = {"lengths": [500, 1000], "depths": [0, 50, 100], "samples": 1, "seed": 3}  # 6 docs
+COMPARE_GRID = {**NIAH_GRID, "depths": [0, 100]}  # 4 docs, both lengths, in each of rh compare's 4 conditions x 2 backends
 VLLM_CLI_MEMORY_GB = 24  # vLLM maps large virtual ranges; the limit still catches a runaway process
 
 # Per-token log-probabilities: rh-vllm and rh-hf (both fp32) differ by at most 2.6e-5 on these prompts in every
@@ -400,17 +401,31 @@ def test_stock_cli_collapses_niah_with_the_top_heads(scores, tmp_path):
 
 
 @engine
-def test_rh_compare_with_the_vllm_backend_writes_the_hf_backends_leaderboard(scores, tmp_path):
-    """One engine, masks swapped per condition: same rows, columns, heads and (within 0.05) values as rh-hf."""
+def test_rh_compare_with_the_vllm_backend_writes_the_hf_backends_leaderboard(hf_lm, scores, tmp_path):
+    """One engine, masks swapped per condition: same rows, columns, heads and (within 0.05) values as rh-hf.
+
+    The vLLM side is the README's command in a process of its own; the rh-hf reference is the same ``rh compare``
+    run in this process on the module's loaded rh-hf model (what ``rh compare --backend hf --batch-size 10`` loads)."""
+    from rh_eval.cli import build_parser
+    from rh_eval.compare import compare, config_from_args
+
     boards, heads = {}, {}
     for backend in ("hf", "vllm"):
         out = tmp_path / backend
-        # neither enforce_eager nor gpu_memory_utilization: on CPU rh-vllm chooses both (the README's command)
-        extra = ["--model-args", "dtype=float32,max_model_len=2048"] if backend == "vllm" else ["--batch-size", "10"]
-        done = run_cli("rh", "compare", "--backend", backend, "--model", "smollm2-135m", "--head-scores", str(scores),
-                       "--tasks", "rh_niah_paper", "--metadata", json.dumps(NIAH_GRID), "--k", "8", "--seeds", "2",
-                       "--no-plots", "--output-dir", str(out), *extra, memory_gb=VLLM_CLI_MEMORY_GB, timeout=1200)
-        assert done.returncode == 0, done.stderr[-3000:]
+        args = ["compare", "--backend", backend, "--model", "smollm2-135m", "--head-scores", str(scores), "--tasks",
+                "rh_niah_paper", "--metadata", json.dumps(COMPARE_GRID), "--k", "8", "--seeds", "2", "--no-plots",
+                "--output-dir", str(out)]
+        if backend == "hf":
+            config = config_from_args(build_parser("compare").parse_args([*args, "--batch-size", "10"]))
+            assert hf_lm.batch_size == config.batch_size == 10
+            try:
+                compare(config, scores, get_lm=lambda: hf_lm.use_head_scores(scores))
+            finally:
+                hf_lm.set_mask("none")
+        else:  # neither enforce_eager nor gpu_memory_utilization: on CPU rh-vllm chooses both (the README's command)
+            done = run_cli("rh", *args, "--model-args", "dtype=float32,max_model_len=2048",
+                           memory_gb=VLLM_CLI_MEMORY_GB, timeout=1200)
+            assert done.returncode == 0, done.stderr[-3000:]
         boards[backend] = json.loads((out / "leaderboard.json").read_text())
         heads[backend] = {p.name: json.loads((p / "condition.json").read_text())["heads"]
                           for p in (out / "conditions").iterdir()}
@@ -425,5 +440,6 @@ def test_rh_compare_with_the_vllm_backend_writes_the_hf_backends_leaderboard(sco
         for column, value in values.items():
             if isinstance(value, (int, float)):
                 assert abs(vllm["values"][row][column] - value) <= 0.05, (row, column, value, vllm["values"][row])
-    niah = {row: vllm["values"][row]["rh_niah_paper/score,none"] for row in ("retrieval@8", "random@8")}
+    niah = {row: vllm["values"][row]["rh_niah_paper/score,none"] for row in ("full", "retrieval@8", "random@8")}
+    print(f"\nrh compare --backend vllm, NIAH: {niah}")
     assert niah["retrieval@8"] < 0.5 < niah["random@8"], niah
