@@ -316,17 +316,8 @@ def _is_decode_step(query: torch.Tensor, key: torch.Tensor) -> bool:
 
 
 def _last_row_visibility(mask: torch.Tensor | None, batch: int, kv_length: int) -> torch.Tensor | None:
-    """``(batch, kv)`` bool: which keys the last query row may attend, from any mask layout transformers uses."""
-    if mask is None:
-        return None  # no padding and causal: the last row sees the whole cache
-    if mask.ndim == 4:  # sdpa (bool, True = attend) or eager (additive float, very negative = blocked)
-        row = mask[:, 0, -1, :kv_length]
-        visible = row if row.dtype == torch.bool else row > torch.finfo(row.dtype).min / 2
-    elif mask.ndim == 2:  # flash: (batch, kv) padding mask, 1 = token
-        visible = mask[:, -kv_length:].bool()
-    else:
-        raise RHError(f"unsupported attention-mask layout {tuple(mask.shape)} for recording")
-    return visible.expand(batch, kv_length)
+    """``(batch, kv)`` bool: which keys the last query row may attend (None: no mask, it sees the whole cache)."""
+    return None if mask is None else visible_keys(mask, batch, 1, kv_length, mask.device)[:, -1]
 
 
 def attention_modules(model: torch.nn.Module, n_layers: int) -> list[torch.nn.Module]:

@@ -160,6 +160,13 @@ class HeadSpec:
         return self.kind == "top"
 
 
+def spec_text(value: "str | HeadSpec | HeadSet") -> str:
+    """How a head selection was asked for, as written (a resolved :class:`HeadSet` in ``L-H`` notation)."""
+    if isinstance(value, HeadSet):
+        return value.spec()
+    return value.text if isinstance(value, HeadSpec) else str(value)
+
+
 def parse_head_spec(spec: str | None) -> HeadSpec:
     """``none`` · ``L-H;L-H;...`` · ``top:K`` · ``random:K`` (K a count, or a share such as ``10%``) ->
     :class:`HeadSpec`, or one clear :class:`RHError`."""

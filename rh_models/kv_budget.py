@@ -35,7 +35,7 @@ import torch
 
 from rh_models.arguments import parse_int
 from rh_models.errors import RHError
-from rh_models.heads import Head, HeadSet, HeadSpec, format_heads, parse_head_spec
+from rh_models.heads import Head, HeadSet, HeadSpec, parse_head_spec
 from rh_models.shape import text_config
 
 DEFAULT_SINK = 4
@@ -227,9 +227,6 @@ class StreamingHeads:
             "simulated": "attention masks; no memory is freed",
         }
 
-    def describe(self) -> str:
-        return format_heads(self.selected) or "none"
-
 
 # ---------------------------------------------------------------------------------------------- masks
 
@@ -256,7 +253,7 @@ def visible_keys(mask: torch.Tensor | None, batch: int, q_length: int, kv_length
         positions = torch.arange(kv_length, device=device)
         causal = positions[None, :] <= positions[kv_length - q_length:, None]
         return causal[None] & padding[:, None, :]
-    raise RHError(f"unsupported attention-mask layout {tuple(mask.shape)} for a KV budget")
+    raise RHError(f"unsupported attention-mask layout {tuple(mask.shape)}: cannot tell which keys a query sees")
 
 
 BLOCK = 256  # queries per streaming-attention call in prefill: each block needs only sink + window + BLOCK keys

@@ -36,7 +36,7 @@ from rh_models.attention import HeadControl
 from rh_models.cascade import PrefixCascade
 from rh_models.compat import cache_kwarg, hflm_accelerator, hflm_world_size, model_commit, set_process_rank
 from rh_models.errors import RHError
-from rh_models.heads import HeadSet, HeadSpec, select_heads
+from rh_models.heads import HeadSet, HeadSpec, select_heads, spec_text
 from rh_models.kv_budget import (
     DEFAULT_SINK,
     DEFAULT_WINDOW,
@@ -246,10 +246,8 @@ class RHHFLM(MaskedLM, HFLM):
             raise RHError("recording retrieval scores cannot be combined with a KV budget")
         heads = full_heads if isinstance(full_heads, HeadSet) else select_heads(
             full_heads, self.n_layers, self.n_heads, scores=self.head_scores, seed=seed, random_exclude=random_exclude)
-        spec = heads.spec() if isinstance(full_heads, HeadSet) else (
-            full_heads.text if isinstance(full_heads, HeadSpec) else str(full_heads))
         streaming = StreamingHeads(heads, sink, window, kv_heads_of(self.model.config),
-                                   sliding_windows(self.control.modules, self.model.config), spec=spec)
+                                   sliding_windows(self.control.modules, self.model.config), spec=spec_text(full_heads))
         self.control.set_kv(streaming)
         self.kv = streaming
         try:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from rh_models.attention import check_mask_method
-from rh_models.heads import HeadScores, HeadSet, HeadSpec, select_heads
+from rh_models.heads import HeadScores, HeadSet, HeadSpec, select_heads, spec_text
 from rh_models.mask_args import MaskArgs
 from rh_models.shape import head_shape
 
@@ -61,8 +61,7 @@ class MaskedLM:
         self._apply_mask(heads, method, scope)
         self._mask = (heads, method, scope)
         self._mask_request = {
-            "spec": heads.spec() if isinstance(mask_heads, HeadSet)
-            else (mask_heads.text if isinstance(mask_heads, HeadSpec) else str(mask_heads)),
+            "spec": spec_text(mask_heads),
             "seed": seed,
             "random_exclude": random_exclude,
             "random_match": random_match,
