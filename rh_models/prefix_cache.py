@@ -21,8 +21,13 @@ transformers derives positions from the attention mask, so each cached token sit
 computed at. This is the same computation as prefilling every row in full (tested against that, generations and
 recorded top-1 positions alike), in a different order.
 
-Only plain growing cache layers can be cut back to a prefix: a sliding-window layer keeps just its window, so
-models that have one prefill from scratch (with a warning) instead of failing mid-run.
+Sliding-window layers (Gemma 2/3, Mistral v0.1, GPT-OSS, ...): transformers' own cache for them keeps only the
+last window of keys, which cannot be cut back to a prefix. Every cache built here holds every layer in full
+instead, and the model's sliding-window mask, built from positions, does the windowing: the keys a sliding layer
+attends are exactly those it would attend with its own windowed cache, so the cached prefix is exact for every
+layer type (tested on Gemma-3 and Mistral against fresh prefills). The cost is memory: a sliding layer's cache
+grows with the prompt, as a global layer's does. Caches with any other kind of layer (linear attention, offloaded
+or quantized caches) are not reused: those models prefill from scratch, with a warning.
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from transformers.cache_utils import DynamicLayer
+from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
 
 from rh_models.compat import (
     cache_layers,
@@ -51,6 +56,9 @@ WAVE_GAIN = 16  # tokens of shared prefix a row may forgo to be prefilled in a b
 
 # (rows of tokens, a DynamicCache holding the first few of each, one row per row) -> the cache extended to all
 Extend = Callable[[list[list[int]], Any], None]
+
+# cache layers whose keys a full layer can stand in for (the sliding mask then does the windowing)
+_REPLACEABLE_LAYERS = (DynamicLayer, DynamicSlidingWindowLayer)
 
 
 @dataclass
@@ -78,7 +86,8 @@ class PrefixCache:
         self.cached: list[_Cached] = []
         self.tokens_reused = 0
         layers = cache_layers(DynamicCache(config=config))
-        self._croppable = bool(layers) and all(type(layer) is DynamicLayer for layer in layers)  # fixed per model
+        self._n_layers = len(layers)
+        self._croppable = bool(layers) and all(type(layer) in _REPLACEABLE_LAYERS for layer in layers)  # per model
         self._warned = False
 
     def clear(self) -> None:
@@ -88,8 +97,8 @@ class PrefixCache:
     def supported(self, model_name: str) -> bool:
         """Can this model's cache be cut back to a prefix? Warns once when not (reuse is then skipped)."""
         if not self._croppable and not self._warned:
-            logger.warning("prefix_reuse: %s has sliding-window (or other non-growing) cache layers that cannot be "
-                           "rolled back; prefilling every prompt from scratch", model_name)
+            logger.warning("prefix_reuse: %s has cache layers other than full or sliding-window attention (linear "
+                           "attention, ...) that cannot be rolled back; prefilling every prompt from scratch", model_name)
             self._warned = True
         return self._croppable
 
@@ -99,14 +108,12 @@ class PrefixCache:
         Its layers are allocated for ``capacity`` positions (prompt + answer) up front: a growing cache would copy
         every row's keys and values at each decoding step, half the time of a step of 48 rows on a CPU.
         """
-        from transformers import DynamicCache
-
         width = context.shape[1]
         mask = torch.ones_like(context) if attention_mask is None else attention_mask
         rows = [row[keep.bool()].tolist() for row, keep in zip(context.cpu(), mask.cpu())]
         if min(map(len, rows)) <= MIN_RECOMPUTED:
             self.cached = []
-            return DynamicCache(config=self.config)
+            return self._full_cache([PreallocatedLayer(capacity) for _ in range(self._n_layers)])
         targets = [row[: len(row) - MIN_RECOMPUTED] for row in rows]
         done: dict[int, _Cached] = {}
         for wave in self._plan(targets):
@@ -114,8 +121,7 @@ class PrefixCache:
                 shared = min(tokens for _, tokens in members)
                 done.update(self._extend_group(source, shared, [b for b, _ in members], targets, done, extend))
         self.cached = []  # the previous batch's tensors can go once its rows are copied
-        cache = DynamicCache(config=self.config)
-        set_cache_layers(cache, [PreallocatedLayer(capacity) for _ in done[0].layers])
+        cache = self._full_cache([PreallocatedLayer(capacity) for _ in done[0].layers])
         slots = width - MIN_RECOMPUTED
         prefixes = [done[b].prefix(len(targets[b])) for b in range(len(rows))]
         for layer in range(len(done[0].layers)):
@@ -154,9 +160,7 @@ class PrefixCache:
     def _extend_group(self, source: tuple[str, int] | None, shared: int, members: list[int],
                       targets: list[list[int]], done: dict[int, _Cached], extend: Extend) -> dict[int, _Cached]:
         """Copy the source's first ``shared`` tokens for every member, prefill the rest of each in one forward."""
-        from transformers import DynamicCache
-
-        cache = DynamicCache(config=self.config)
+        cache = self._full_cache([DynamicLayer() for _ in range(self._n_layers)])
         if source is not None:
             origin = self.cached[source[1]] if source[0] == "cached" else done[source[1]]
             for layer, (keys, values) in enumerate(origin.prefix(shared)):
@@ -168,6 +172,14 @@ class PrefixCache:
             extend(rows, cache)
         layers = [layer_tensors(layer) for layer in cache_layers(cache)]
         return {b: _Cached(targets[b], layers, row=i) for i, b in enumerate(members)}
+
+    def _full_cache(self, layers: list[DynamicLayer]) -> Any:
+        """A cache of the model's kind whose every layer keeps all keys (a sliding layer's mask windows them)."""
+        from transformers import DynamicCache
+
+        cache = DynamicCache(config=self.config)
+        set_cache_layers(cache, layers)
+        return cache
 
     def keep(self, cache: Any, context: torch.Tensor, attention_mask: torch.Tensor | None) -> None:
         """After generation: the batch's prompts (all of their tokens now have keys) become the candidates."""

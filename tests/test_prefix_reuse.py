@@ -12,12 +12,43 @@ from lm_eval.api.instance import Instance
 from rh_models.prefix_cache import MIN_RECOMPUTED, WAVE_GAIN
 
 
-@pytest.fixture()
-def lm_and_cells(tiny_llama_dir, tmp_path):
+WINDOW = 24  # the tiny sliding-window models' window: far shorter than the 160-token prompts
+
+
+@pytest.fixture(scope="module")
+def tiny_sliding_dirs(tmp_path_factory, smollm_dir) -> dict[str, str]:
+    """Tiny random sliding-window models saved with SmolLM2's tokenizer: Gemma-3 (sliding and global layers,
+    one KV head) and Mistral v0.1 (every layer slides); what transformers' own cache keeps only a window of."""
+    import transformers
+
+    small = dict(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+                 vocab_size=49152, max_position_embeddings=2048, bos_token_id=1, eos_token_id=2, pad_token_id=2)
+    configs = {
+        "gemma3": transformers.Gemma3TextConfig(num_key_value_heads=1, head_dim=16, sliding_window=WINDOW,
+                                                layer_types=["sliding_attention", "full_attention"], **small),
+        "mistral": transformers.MistralConfig(num_key_value_heads=2, sliding_window=WINDOW, **small),
+    }
+    tokenizer = transformers.AutoTokenizer.from_pretrained(smollm_dir)
+    dirs = {}
+    for arch, config in configs.items():
+        path = tmp_path_factory.mktemp(f"tiny-{arch}")
+        torch.manual_seed(0)
+        transformers.AutoModelForCausalLM.from_config(config).save_pretrained(path)
+        tokenizer.save_pretrained(path)
+        dirs[arch] = str(path)
+    return dirs
+
+
+@pytest.fixture(params=["llama", "gemma3", "mistral"])
+def lm_and_cells(request, tiny_llama_dir, tmp_path):
     from rh_models.lm import RHHFLM
     from rh_tasks.niah_docs import build_docs
 
-    lm = RHHFLM(pretrained=str(tiny_llama_dir), device="cpu", batch_size=1)
+    if request.param == "llama":
+        pretrained = str(tiny_llama_dir)
+    else:
+        pretrained = request.getfixturevalue("tiny_sliding_dirs")[request.param]
+    lm = RHHFLM(pretrained=pretrained, device="cpu", batch_size=1)
     docs = build_docs(lm.tokenizer, lengths=[160], depths=[100, 50, 0], samples=3, max_length=lm.max_length)
     cells = [[d for d in docs if d["depth"] == depth] for depth in (100, 50, 0)]
     with lm.settings(recorder=lm.new_recorder(tmp_path / "s.json")):
@@ -46,7 +77,15 @@ def _run(lm, docs: list[dict], captured: dict) -> list[str]:
 
 
 def test_batched_cells_with_prefix_reuse_equal_single_fresh_prefills(lm_and_cells):
+    """On a full-attention model and on two sliding-window ones, whose fresh prefills run transformers' own windowed
+    cache while reuse keeps every key and lets the sliding mask window them: same answers, same top-1 positions."""
+    from transformers import DynamicCache
+
     lm, cells = lm_and_cells
+    sliding = DynamicCache(config=lm.model.config).is_sliding
+    assert (True in sliding) == (lm.model.config.model_type != "llama")
+    if True in sliding:  # the answers' steps attend past the window: its keys must be masked, not just kept
+        assert min(len(lm.tok_encode(d["prompt"])) for cell in cells for d in cell) > 4 * WINDOW
     fresh_top1: dict[str, torch.Tensor] = {}
     fresh = [_run(lm, [doc], fresh_top1) for cell in cells for doc in cell]
     lm.prefix_reuse = True
@@ -62,6 +101,7 @@ def test_batched_cells_with_prefix_reuse_equal_single_fresh_prefills(lm_and_cell
         assert torch.equal(reused_top1[context][:steps], positions[:steps])
 
 
+@pytest.mark.parametrize("lm_and_cells", ["llama"], indirect=True)
 def test_each_row_reuses_its_longest_prefix_shared_with_a_prompt_already_cached(lm_and_cells):
     """Every row copies (nearly) the longest prefix it shares with the previous batch's prompts or an earlier row."""
     lm, cells = lm_and_cells
