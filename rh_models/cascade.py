@@ -22,16 +22,17 @@ import torch
 from rh_models.compat import cpu_flash_attention
 
 _UNSUPPORTED_EXTRAS = ("position_bias", "softcap", "s_aux", "sinks")
+_MASKS_PER_FORWARD = 2  # a global (full attention) mask and a sliding-window one
 
 
 class PrefixCascade:
     """Decides per call whether the cascade applies, remembering the verdict for the mask of this forward."""
 
     def __init__(self) -> None:
-        # the mask last checked (one per forward, shared by its layers); weak, so a long prompt's N x (P+N) mask
-        # is not kept alive after its forward
-        self._mask: weakref.ref | None = None
-        self._mask_is_causal_continuation = False
+        # the masks last checked with their verdicts: one per forward and mask type (a model with sliding-window
+        # layers alternates a sliding and a global mask, layer by layer); weak, so a long prompt's N x (P+N) masks
+        # are not kept alive after their forward
+        self._verdicts: list[tuple[weakref.ref, bool]] = []
         self.calls = 0  # how many attention calls took the cascade (for tests and the benchmark)
 
     def applies(self, base: str, module, query, key, attention_mask, kwargs) -> bool:
@@ -47,8 +48,9 @@ class PrefixCascade:
         return attention_mask is None or self._is_causal_continuation(attention_mask, q_length, kv_length)
 
     def _is_causal_continuation(self, mask: torch.Tensor, q_length: int, kv_length: int) -> bool:
-        if self._mask is not None and self._mask() is mask:
-            return self._mask_is_causal_continuation
+        for reference, known in self._verdicts:
+            if reference() is mask:
+                return known
         cached = kv_length - q_length
         verdict = (
             mask.dtype == torch.bool
@@ -60,7 +62,7 @@ class PrefixCascade:
                 torch.ones(q_length, q_length, dtype=torch.bool, device=mask.device).tril().expand_as(mask[..., cached:]),
             )
         )
-        self._mask, self._mask_is_causal_continuation = weakref.ref(mask), verdict
+        self._verdicts = [*self._verdicts[-(_MASKS_PER_FORWARD - 1):], (weakref.ref(mask), verdict)]
         return verdict
 
     def __call__(self, module, query, key, value, scaling: float | None = None, **_) -> tuple[torch.Tensor, None]:

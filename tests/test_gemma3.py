@@ -45,6 +45,7 @@ def test_zoo_entry_is_converted_once_and_has_the_gemma3_shape(gemma_dir):
 # heads (11-2, 5-1) as 500/1000 tokens x 0/50/100 x 3 needles (18 tests), at a fraction of the cost. NIAH: 500 tokens
 # x depths 0/100 x both needles (4 docs). Measured on this grid: full 1.00, retrieval@2 0.16, random@2 0.84 (seeds
 # 0.98, 0.59, 0.96: the second draw masks heads 2-0 and 4-1, the README's low seed), as on 3 depths (0.17 vs 0.81).
+# With --prefix-reuse: its cached prefixes keep every key of Gemma's sliding layers (the sliding mask windows them).
 DETECT_GRID = {"lengths": [400], "depths": [0, 100], "samples": 2}
 NIAH_GRID = {"lengths": [500], "depths": [0, 100], "samples": 2, "seed": 1}  # not detection's haystack
 
@@ -56,7 +57,7 @@ def gemma_compare(gemma_dir, tmp_path_factory):
 
     out = tmp_path_factory.mktemp("gemma-compare") / "out"
     code = main(["compare", "--model", "gemma3-270m", "--tasks", "rh_niah_paper", "--k", "2", "--seeds", "3",
-                 "--output-dir", str(out), "--metadata", json.dumps(NIAH_GRID), "--batch-size", "6", "--no-plots",
+                 "--output-dir", str(out), "--metadata", json.dumps(NIAH_GRID), "--batch-size", "6", "--no-plots", "--prefix-reuse",
                  "--detect-lengths", ",".join(map(str, DETECT_GRID["lengths"])),
                  "--detect-depths", ",".join(map(str, DETECT_GRID["depths"])),
                  "--detect-samples", str(DETECT_GRID["samples"])])
