@@ -144,6 +144,22 @@ def test_rows_sharing_a_prefix_are_prefilled_in_one_batch():
     assert all(shared >= len(prefix) for _, shared in members)
 
 
+def test_caches_with_other_layer_kinds_are_not_reused_and_say_so(caplog):
+    """A linear-attention layer holds a running state, not per-token keys: it cannot be cut back to a prefix, so
+    reuse is refused for the model (with one warning), never applied to a cache it would corrupt."""
+    import transformers
+
+    from rh_models.prefix_cache import PrefixCache
+
+    hybrid = PrefixCache(transformers.LlamaConfig(num_hidden_layers=2, layer_types=["linear_attention", "full_attention"]))
+    with caplog.at_level("WARNING"):
+        assert not hybrid.supported("Hybrid") and not hybrid.supported("Hybrid")
+    assert caplog.text.count("cannot be rolled back") == 1
+    sliding = transformers.LlamaConfig(num_hidden_layers=2, layer_types=["sliding_attention", "full_attention"],
+                                       sliding_window=8)
+    assert PrefixCache(sliding).supported("Sliding")
+
+
 def test_preallocated_cache_layer_equals_the_growing_one():
     from transformers.cache_utils import DynamicLayer
 

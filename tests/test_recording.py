@@ -245,32 +245,6 @@ def test_prefix_reuse_gives_the_same_generations(tiny_llama_dir):
     assert reused == fresh and lm.prefix_tokens_reused > 0
 
 
-def test_prefix_reuse_falls_back_for_sliding_window_models(smollm_dir, tmp_path, caplog):
-    """A sliding layer keeps only its window, so its cache cannot be cropped back to the shared prefix."""
-    import transformers
-
-    from rh_models.lm import RHHFLM
-    from rh_tasks.niah_docs import build_docs
-
-    torch.manual_seed(0)
-    config = transformers.Gemma3TextConfig(
-        hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=1,
-        head_dim=16, sliding_window=16, layer_types=["sliding_attention", "full_attention"], vocab_size=49152,
-        max_position_embeddings=2048, bos_token_id=1, eos_token_id=2, pad_token_id=2,
-    )
-    transformers.AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path)
-    transformers.AutoTokenizer.from_pretrained(smollm_dir).save_pretrained(tmp_path)
-    lm = RHHFLM(pretrained=str(tmp_path), device="cpu", batch_size=1)
-    docs = build_docs(lm.tokenizer, lengths=[150], depths=[100, 50], samples=1, max_length=lm.max_length)
-    requests = [[Instance("generate_until", d, (d["prompt"], {"until": ["\n"], "max_gen_toks": 4}), 0)] for d in docs]
-    fresh = [lm.generate_until(r, disable_tqdm=True) for r in requests]
-    lm.prefix_reuse = True
-    with caplog.at_level("WARNING"):
-        reused = [lm.generate_until(r, disable_tqdm=True) for r in requests]
-    assert reused == fresh and lm.prefix_tokens_reused == 0
-    assert "sliding-window" in caplog.text
-
-
 @pytest.mark.smollm
 def test_smollm2_detection_is_sparse_and_stable_across_needle_sets(tmp_path, smollm_paper_detection):
     """The paper-needle detection is the session's shared one (conftest, same grid); the KV-needle one runs here."""
