@@ -5,6 +5,7 @@ Usage::
     rh models                      # list embedded model aliases
     rh models path smollm2-135m    # local folder usable by stock `lm_eval --model hf`
     rh detect --model smollm2-135m --output scores.json
+    rh means --model smollm2-135m --output means.json   # for mask_method=mean
     rh compare --model smollm2-135m --head-scores scores.json --tasks rh_niah --k 6,12 --seeds 3 --output-dir out
     rh check --results out/leaderboard.json --baseline baseline.json
     rh plot niah samples.jsonl --out heatmap.png
@@ -27,6 +28,7 @@ from rh_models.errors import RHError
 COMMANDS: dict[str, tuple[str, str]] = {
     "models": ("rh_eval.models_cli", "list embedded model aliases, or print the local folder of one"),
     "detect": ("rh_eval.detect", "run the paper's NIAH retrieval-head detection and write a score file"),
+    "means": ("rh_eval.means", "each head's mean output over a reference set, for mask_method=mean"),
     "heads": ("rh_eval.heads_cli", "inspect and compare head-score files"),
     "compare": ("rh_eval.compare", "full vs retrieval-masked vs random-masked leaderboard"),
     "check": ("rh_eval.check", "CI gate: compare results to a baseline within a tolerance"),

@@ -6,6 +6,8 @@ Usage::
         --k 6,12 --seeds 3 --output-dir out --limit 20
     rh compare --backend vllm --model-args tensor_parallel_size=2 ...   # one rh-vllm engine (weight edits)
     rh compare --head-scores scores.json --tasks rh_niah --kv-budgets 10%,25%,50% --seeds 3 --output-dir kv
+    rh compare --head-scores scores.json --head-means means.json --methods zero,uniform,mean --tasks rh_niah ...
+        # one retrieval@K and random@K rows per ablation method (means from `rh means`)
         # KV budgets by head: full, streaming, retrieval-kv@P%, random-kv@P% (see rh_models.kv_budget)
 
     from rh_eval.compare import CompareConfig, compare
@@ -78,6 +80,7 @@ class ConditionPlan:
     k: int = 0
     seed: int | None = None
     share: float | None = None  # KV kinds: percentage of heads that keep the full context
+    method: str | None = None  # with several --methods: this row's ablation method (named in the row)
 
     @property
     def is_kv(self) -> bool:
@@ -88,7 +91,8 @@ class ConditionPlan:
         if self.kind in ("full", "streaming"):
             return self.kind
         size = share_text(self.share) if self.is_kv else str(self.k)
-        return f"{self.kind}@{size}" + ("" if self.seed is None else f"-seed{self.seed}")
+        return (f"{self.kind}@{size}" + ("" if self.seed is None else f"-seed{self.seed}")
+                + ("" if self.method is None else f"-{self.method}"))
 
     @property
     def spec(self) -> str:
@@ -105,13 +109,16 @@ class ConditionPlan:
         return f"{'top' if self.kind == 'retrieval-kv' else 'random'}:{share_text(self.share)}"
 
 
-def plan_conditions(ks: list[int], seeds: int, kv_budgets: list[float] = ()) -> list[ConditionPlan]:
-    """``full``; per K: ``retrieval@K``, ``random@K-seed0..S-1``; with KV budgets: ``streaming``, then per share P:
-    ``retrieval-kv@P%``, ``random-kv@P%-seed0..S-1``."""
+def plan_conditions(ks: list[int], seeds: int, kv_budgets: list[float] = (),
+                    methods: tuple[str, ...] = ("zero",)) -> list[ConditionPlan]:
+    """``full``; per K (and per method, when there are several: ``retrieval@K-mean``, ...): ``retrieval@K``,
+    ``random@K-seed0..S-1``; with KV budgets: ``streaming``, then per share P: ``retrieval-kv@P%``,
+    ``random-kv@P%-seed0..S-1``. One method keeps the names without it (and earlier runs' folders)."""
     plans = [ConditionPlan("full")]
     for k in ks:
-        plans.append(ConditionPlan("retrieval", k))
-        plans.extend(ConditionPlan("random", k, seed) for seed in range(seeds))
+        for method in methods if len(methods) > 1 else (None,):
+            plans.append(ConditionPlan("retrieval", k, method=method))
+            plans.extend(ConditionPlan("random", k, seed, method=method) for seed in range(seeds))
     if kv_budgets:
         plans.append(ConditionPlan("streaming"))
     for share in kv_budgets:
@@ -135,7 +142,8 @@ class CompareConfig:
     head_scores: Path | None = None
     ks: tuple[int, ...] = (6,)
     seeds: int = 3
-    method: str = "zero"
+    methods: tuple[str, ...] = ("zero",)  # ablation methods; several give rows per method
+    head_means: Path | None = None  # mask_method=mean's file (from `rh means`)
     scope: str = "all"
     random_match: str | None = None
     limit: int | float | None = None
@@ -180,8 +188,20 @@ class CompareConfig:
             raise RHError("--num-fewshot must be 0 or more")
         if self.detect_samples < 1:
             raise RHError("--detect-samples must be at least 1")
-        if self.method not in MASK_METHODS or self.scope not in MASK_SCOPES:
-            raise RHError(f"mask method/scope {self.method}/{self.scope} is not supported")
+        unknown = [m for m in self.methods if m not in MASK_METHODS]
+        if not self.methods or unknown or len(set(self.methods)) != len(self.methods):
+            raise RHError(f"--methods takes distinct methods of {', '.join(MASK_METHODS)}, got "
+                          f"{','.join(self.methods) or 'nothing'}")
+        if self.scope not in MASK_SCOPES:
+            raise RHError(f"mask scope {self.scope} is not supported")
+        if "mean" in self.methods and self.head_means is None:
+            raise RHError("--methods mean needs --head-means FILE (the heads' mean outputs, from `rh means`)")
+        if self.head_means is not None and "mean" not in self.methods:
+            raise RHError("--head-means is read only by --methods mean")
+        if self.head_means is not None and not Path(self.head_means).is_file():
+            raise RHError(f"head-means file {self.head_means} does not exist")
+        if "mean" in self.methods and self.backend == "vllm":
+            raise RHError("--methods mean needs --backend hf: rh-vllm cannot carry a head's mean output")
         if self.head_scores is not None and not Path(self.head_scores).is_file():
             raise RHError(f"head-score file {self.head_scores} does not exist")
         if Path(self.output_dir).exists() and not Path(self.output_dir).is_dir():
@@ -292,7 +312,7 @@ def run_settings(config: CompareConfig, head_scores: Path | None) -> dict[str, A
         "limit": config.limit,
         "num_fewshot": config.num_fewshot,
         "apply_chat_template": bool(config.apply_chat_template),
-        "method": config.method,
+        "method": ",".join(config.methods),
         "scope": config.scope,
         "random_match": config.random_match,
         "include_path": [str(Path(p).resolve()) for p in config.include_path],
@@ -302,6 +322,8 @@ def run_settings(config: CompareConfig, head_scores: Path | None) -> dict[str, A
     }
     if config.kv_budgets:  # only then: folders made before KV budgets existed still resume
         settings["kv"] = {"sink": config.kv_sink, "window": config.kv_window}
+    if config.head_means is not None:  # only then: folders made before mean ablation existed still resume
+        settings["head_means_sha256"] = hashlib.sha256(Path(config.head_means).read_bytes()).hexdigest()
     if head_scores is not None:
         settings["head_scores_sha256"] = hashlib.sha256(head_scores.read_bytes()).hexdigest()
     return settings
@@ -389,7 +411,7 @@ def load_model(config: CompareConfig, head_scores: Path | None, backend: str | N
     return RHHFLM(pretrained=config.model, batch_size=config.batch_size, head_scores=scores, **config.model_args)
 
 
-def task_manager(config: CompareConfig, tasks: list[str]):
+def task_manager(tasks: list[str], model: str, metadata: dict[str, Any], include_path: tuple[str, ...] = ()):
     """lm-eval's TaskManager with the include paths and metadata; unknown tasks fail before the model loads.
 
     As the stock ``lm_eval`` CLI does with ``--model_args``, ``pretrained`` (the model) is merged under the
@@ -399,8 +421,8 @@ def task_manager(config: CompareConfig, tasks: list[str]):
     """
     from lm_eval.tasks import TaskManager
 
-    include = [str(p) for p in config.include_path] or None
-    metadata = {"pretrained": config.model, **config.metadata}
+    include = [str(p) for p in include_path] or None
+    metadata = {"pretrained": model, **metadata}
     manager = TaskManager(include_path=include, include_defaults=False, metadata=metadata)
     if any(t not in manager.all_tasks for t in tasks):
         manager = TaskManager(include_path=include, metadata=metadata)
@@ -436,7 +458,7 @@ def run_condition(lm: Any, plan: ConditionPlan, config: CompareConfig, manager: 
     """
     if config.kv_budgets:
         lm.set_kv(None)  # the mask's self-check runs on full attention
-    lm.set_mask(plan.spec, method=config.method, scope=config.scope, seed=plan.seed or 0,
+    lm.set_mask(plan.spec, method=plan.method or config.methods[0], scope=config.scope, seed=plan.seed or 0,
                 random_match=config.random_match)
     if plan.is_kv:
         lm.set_kv(plan.kv_spec, config.kv_sink, config.kv_window, seed=plan.seed or 0, random_exclude=0)
@@ -448,7 +470,8 @@ def run_condition(lm: Any, plan: ConditionPlan, config: CompareConfig, manager: 
         "k": plan.k,
         "seed": plan.seed,
         "heads": [list(h) for h in info["heads"]],
-        "method": info.get("method", config.method),
+        "method": info.get("method", plan.method or config.methods[0]),
+        "method_in_name": plan.method is not None,
         "scope": info.get("scope", config.scope),
         "spec": info.get("spec", plan.spec),
         "random_match": config.random_match if plan.kind == "random" else None,
@@ -498,7 +521,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help=f"with --kv-budgets: recent positions a streaming head keeps (default {DEFAULT_WINDOW})")
     parser.add_argument("--seeds", type=int, default=3, help="random-head draws per K: seeds 0..S-1 (default 3)")
     parser.add_argument("--output-dir", required=True, help="folder for conditions/, leaderboard.* and plots/")
-    parser.add_argument("--method", choices=MASK_METHODS, default="zero", help="how a masked head is silenced")
+    parser.add_argument("--method", "--methods", dest="methods", default="zero",
+                        help=f"how a masked head is silenced: {', '.join(MASK_METHODS)}, or several comma-separated "
+                             "(rows per method), e.g. zero,uniform,mean (default zero)")
+    parser.add_argument("--head-means", default=None, help="with --methods mean: the file from `rh means`")
     parser.add_argument("--scope", choices=MASK_SCOPES, default="all", help="mask on every forward or only while decoding")
     parser.add_argument("--random-match", choices=("layer",), default=None,
                         help="draw random heads from the same layers as the top-K retrieval heads")
@@ -530,7 +556,8 @@ def config_from_args(args: argparse.Namespace) -> CompareConfig:
         head_scores=Path(args.head_scores) if args.head_scores else None,
         ks=tuple(parse_ks(args.k)) if args.k is not None else (() if args.kv_budgets else (6,)),
         seeds=args.seeds,
-        method=args.method,
+        methods=tuple(parse_list(args.methods, "--methods")),
+        head_means=Path(args.head_means) if args.head_means else None,
         scope=args.scope,
         random_match=args.random_match,
         limit=parse_limit(args.limit),
@@ -574,7 +601,7 @@ def compare(
     out_dir.mkdir(parents=True, exist_ok=True)
     tasks = list(config.tasks)
     check_settings(out_dir, run_settings(config, head_scores))
-    plans = plan_conditions(sorted(config.ks), config.seeds, sorted(config.kv_budgets))
+    plans = plan_conditions(sorted(config.ks), config.seeds, sorted(config.kv_budgets), config.methods)
     folders = {plan.name: out_dir / "conditions" / plan.name for plan in plans}
     pending = [plan for plan in plans if not (folders[plan.name] / "results.json").is_file()]
     for plan in plans:
@@ -585,8 +612,10 @@ def compare(
         from lm_eval.utils import make_table
         from tqdm import tqdm
 
-        manager = task_manager(config, tasks)
+        manager = task_manager(tasks, config.model, config.metadata, config.include_path)
         lm = get_lm() if get_lm is not None else load_model(config, head_scores)
+        if config.head_means is not None:
+            lm.use_head_means(config.head_means)
         bar = tqdm(pending, desc="conditions", unit="condition", file=progress or sys.stderr)
         with lm.settings(prefix_reuse=True) if config.prefix_reuse else nullcontext():
             for plan in bar:

@@ -42,7 +42,8 @@ FORMAT_VERSION = 1
 MASK_KINDS = ("full", "retrieval", "random")
 KV_KINDS = ("streaming", "retrieval-kv", "random-kv")
 KINDS = MASK_KINDS + KV_KINDS
-SEEDED_KINDS = ("random", "random-kv")  # rows that average over random draws
+SEEDED_KINDS = ("random", "random-kv")
+METHODS = ("zero", "uniform", "mean")  # rows of one K, several ablation methods: in this order  # rows that average over random draws
 EXTENSIONS = ("md", "csv", "html", "tex", "json")
 _NOT_METRICS = {"alias", "name", "sample_len", "sample_count", "samples"}
 
@@ -137,7 +138,8 @@ class ConditionResult:
             return kind
         if kind in KV_KINDS:
             return f"{kind}@{share_text(self.record.get('share'))}"
-        return f"{kind}@{self.record['k']}"
+        method = f" ({self.record.get('method')})" if self.record.get("method_in_name") else ""
+        return f"{kind}@{self.record['k']}{method}"
 
     @classmethod
     def from_dir(cls, path: str | Path, root: str | Path | None = None) -> "ConditionResult":
@@ -184,6 +186,7 @@ class Row:
     seeds: list[int | None]
     share: float | None = None  # KV rows: percentage of heads asked to keep the full context
     kv_budget: float | None = None  # share of key/value entries kept (mean over seeds); None: not measured
+    method: str | None = None  # boards of several ablation methods: this row's (named in the row); else None
 
 
 @dataclass
@@ -318,7 +321,7 @@ class Leaderboard:
         try:
             columns = [Column(c["task"], c["metric"], c["filter"]) for c in data["columns"]]
             rows = [Row(r["name"], r["kind"], int(r["k"]), list(r["conditions"]), list(r["seeds"]), r.get("share"),
-                        r.get("kv_budget")) for r in data["rows"]]
+                        r.get("kv_budget"), r.get("method")) for r in data["rows"]]
             if any(row.kv_budget is not None and not is_number(row.kv_budget) for row in rows):
                 raise RHError(f"{where}: a row's kv_budget is not a number")
             cells: dict[tuple[str, str], Cell] = {}
@@ -356,11 +359,14 @@ def build_leaderboard(conditions: Iterable[ConditionResult], confidence: float =
         groups.setdefault(condition.row_name, []).append(condition)
     kind_order = {kind: i for i, kind in enumerate(KINDS)}
 
+    method_order = {method: i for i, method in enumerate(METHODS)}
+
     def order(group: list[ConditionResult]) -> tuple:
         record = group[0].record
         is_kv = record["kind"] in KV_KINDS
         size = float(record.get("share") or 0) if is_kv else int(record["k"])
-        return is_kv, size, kind_order[record["kind"]]
+        method = method_order.get(record.get("method"), len(METHODS)) if record.get("method_in_name") else -1
+        return is_kv, size, method, kind_order[record["kind"]]
 
     ordered = sorted(groups.values(), key=order)
 
@@ -383,7 +389,8 @@ def build_leaderboard(conditions: Iterable[ConditionResult], confidence: float =
         budgets = [c.record.get("kv_budget") for c in group]
         row = Row(group[0].row_name, first["kind"], int(first["k"]), [c.name for c in group],
                   [c.record.get("seed") for c in group], first.get("share"),
-                  sum(budgets) / len(budgets) if budgets and all(is_number(b) for b in budgets) else None)
+                  sum(budgets) / len(budgets) if budgets and all(is_number(b) for b in budgets) else None,
+                  first.get("method") if first.get("method_in_name") else None)
         rows.append(row)
         for column in columns:
             per_seed = {

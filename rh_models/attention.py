@@ -14,8 +14,10 @@ patching model files. The matching mask builder is registered under the same nam
 exactly the masks (and keeps exactly the fast paths) it would build for the stock implementation.
 
 * Masking acts on *query* heads in the attention output ``(batch, q_len, heads, head_dim)``, which is what
-  the output projection consumes: ``zero`` sets the head's slice to 0; ``uniform`` (the paper's method)
-  zeroes the head's query so softmax is uniform over exactly the positions the model's mask lets it see.
+  the output projection consumes: ``zero`` sets the head's slice to 0; ``mean`` sets it to the head's mean
+  output over a reference set (:mod:`rh_models.head_means`); ``uniform`` (the paper's method) zeroes the head's
+  query so softmax is uniform over exactly the positions the model's mask lets it see.
+* Means are taken at the same place: :meth:`HeadControl.summing_outputs` adds every position's head outputs up.
 * Recording computes ``q . K`` for the *last query row only* (the row that produces the next token) and
   keeps the arg-max position per head — no eager attention, no ``output_attentions``.
 * A KV budget (:mod:`rh_models.kv_budget`) splits a layer's heads into those that keep the full context and
@@ -46,12 +48,13 @@ from rh_models.compat import (
     routes_attention_through_interface,
 )
 from rh_models.errors import RHError
+from rh_models.head_means import HeadMeans
 from rh_models.heads import HeadSet
 from rh_models.kv_budget import BLOCK, LayerPlan, StreamingHeads, StreamingLayout, streaming_mask, visible_keys
 from rh_models.shape import head_shape
 
 PREFIX = "rh_"
-MASK_METHODS = ("zero", "uniform")
+MASK_METHODS = ("zero", "uniform", "mean")
 MASK_SCOPES = ("all", "decode")
 KV_BASES = ("sdpa", "eager", "flash_attention_2", "flash_attention_3")  # streaming heads: sdpa or the eager function
 
@@ -109,6 +112,9 @@ class HeadControl:
         self.n_layers = n_layers
         self.n_heads = n_heads
         self.mask_by_layer: dict[int, torch.Tensor] = {}
+        self.mean_by_layer: dict[int, torch.Tensor] = {}  # mask_method=mean: (masked heads, head_dim) per layer
+        self.summing = False  # inside summing_outputs(): every forward adds its head outputs to output_sums
+        self.output_sums: torch.Tensor | None = None  # (layers, heads, head_dim), float64
         self.method = "zero"
         self.scope = "all"
         self.heads = HeadSet((), n_layers, n_heads)
@@ -151,18 +157,49 @@ class HeadControl:
         return control
 
     # ------------------------------------------------------------------ masking
-    def set_mask(self, heads: HeadSet, method: str = "zero", scope: str = "all") -> None:
+    def set_mask(self, heads: HeadSet, method: str = "zero", scope: str = "all", means: HeadMeans | None = None) -> None:
+        """Mask ``heads`` from now on; ``method="mean"`` replaces their outputs with ``means``' vectors."""
         check_mask_method(method, scope)
         if (heads.n_layers, heads.n_heads) != (self.n_layers, self.n_heads):
             raise RHError(
                 f"head set is for {heads.n_layers} x {heads.n_heads} heads, the model has {self.n_layers} x {self.n_heads}"
             )
-        device = next(self.model.parameters()).device
+        if method == "mean" and means is None:
+            raise RHError("mask_method=mean needs head_means=FILE: the heads' mean outputs, written by `rh means`")
+        if method == "mean" and means.shape[:2] != (self.n_layers, self.n_heads):
+            raise RHError(f"head means are for {means.shape[0]} x {means.shape[1]} heads, the model has "
+                          f"{self.n_layers} x {self.n_heads}")
+        parameter = next(self.model.parameters())
         self.heads, self.method, self.scope = heads, method, scope
         self.mask_by_layer = {
-            layer: torch.tensor(query_heads, dtype=torch.long, device=device)
+            layer: torch.tensor(query_heads, dtype=torch.long, device=parameter.device)
             for layer, query_heads in heads.by_layer().items()
         }
+        self.mean_by_layer = {} if method != "mean" else {
+            layer: means.vectors(layer, query_heads, dtype=parameter.dtype, device=parameter.device)
+            for layer, query_heads in heads.by_layer().items()
+        }
+
+    # ------------------------------------------------------------------ means
+    @contextmanager
+    def summing_outputs(self) -> Iterator[Callable[[], torch.Tensor | None]]:
+        """Inside the block, every forward adds each position's head outputs to ``(layers, heads, head_dim)``
+        float64 sums, which the yielded function returns (None before any forward). Unpadded batches only: every
+        position counts, and the caller counts the positions."""
+        if self.mask_by_layer or self.kv is not None:
+            raise RHError("head means are taken on the unmasked model with full attention; clear the mask and KV "
+                          "budget first")
+        self.summing, self.output_sums = True, None
+        try:
+            yield lambda: self.output_sums
+        finally:
+            self.summing, self.output_sums = False, None
+
+    def _add_outputs(self, layer: int, output: torch.Tensor) -> None:
+        summed = output.detach().sum(dim=(0, 1), dtype=torch.float64)  # (heads, head_dim)
+        if self.output_sums is None:
+            self.output_sums = torch.zeros((self.n_layers, *summed.shape), dtype=torch.float64, device=summed.device)
+        self.output_sums[layer] += summed
 
     # ------------------------------------------------------------------ KV budget
     def set_kv(self, streaming: StreamingHeads | None) -> None:
@@ -222,10 +259,20 @@ class HeadControl:
             output, weights = self._streaming(plan, base_fn, module, query, key, value, attention_mask, kwargs), None
         else:
             output, weights = self._attend(base_fn, module, query, key, value, attention_mask, kwargs)
-        if masked is not None and self.method == "zero":
+        if self.summing or (masked is not None and self.method != "uniform"):
             if output.shape[2] != self.n_heads:
                 raise RHError(f"unexpected attention output layout {tuple(output.shape)} in {type(module).__name__}")
+        if self.summing:
+            self._add_outputs(layer, output)
+        if masked is not None and self.method == "zero":
             output = output.index_fill(2, masked, 0.0)
+        elif masked is not None and self.method == "mean":
+            mean = self.mean_by_layer[layer]
+            if mean.shape[-1] != output.shape[-1]:
+                raise RHError(f"head means hold {mean.shape[-1]}-dimensional outputs, layer {layer} of "
+                              f"{type(module).__name__} outputs {output.shape[-1]} per head")
+            batch, q_length = output.shape[:2]
+            output = output.index_copy(2, masked, mean.expand(batch, q_length, *mean.shape))
         return output, weights
 
     def _attend(self, base_fn, module, query, key, value, attention_mask, kwargs):

@@ -70,6 +70,7 @@ class RHHFLM(MaskedLM, HFLM):
         mask_seed: int = 0,
         random_exclude: int | None = None,
         random_match: str | None = None,
+        head_means: str | None = None,
         record_scores: str | None = None,
         record_min_score: float = ANSWERED_ABOVE,
         record_count_repeats: bool = False,
@@ -80,7 +81,8 @@ class RHHFLM(MaskedLM, HFLM):
         kv_window: int | None = None,
         **kwargs: Any,
     ) -> None:
-        mask = parse_mask_args(mask_heads, head_scores, mask_method, mask_scope, mask_seed, random_exclude, random_match)
+        mask = parse_mask_args(mask_heads, head_scores, mask_method, mask_scope, mask_seed, random_exclude, random_match,
+                               head_means)
         kv = parse_kv_args(kv_full_heads, kv_sink, kv_window, head_scores)
         if kv.spec is not None and record_scores:
             raise RHError("record_scores cannot be combined with kv_full_heads: a streaming head's top-1 would be "
@@ -159,12 +161,13 @@ class RHHFLM(MaskedLM, HFLM):
 
     # ------------------------------------------------------------------ masking (API: MaskedLM)
     def _apply_mask(self, heads: HeadSet, method: str, scope: str) -> None:
-        self.control.set_mask(heads, method=method, scope=scope)
+        self.control.set_mask(heads, method=method, scope=scope, means=self.head_means)
         self.prefix.clear()  # cached keys/values were computed under the old mask
         self.verify_mask()
 
     def verify_mask(self) -> None:
-        """One probe forward with and without the mask: every masked head's output must change.
+        """One probe forward with and without the mask: every masked head's output must change (and be 0, or
+        its stored mean, for ``zero`` / ``mean``).
 
         This is what makes "never a silent no-op" true: if a model bypassed our attention function, or the
         output layout were not what we assume, the check fails here instead of producing a plausible table.
@@ -185,8 +188,11 @@ class RHHFLM(MaskedLM, HFLM):
             with_it, without = self._probe_heads(heads.by_layer(), _PROBE_TOKENS, unmasked, restore)
         finally:
             restore()
+        method = self.control.method
         for (layer, head), after in with_it.items():
-            if torch.equal(after, without[layer, head]) or (self.control.method == "zero" and after.abs().max() != 0):
+            expected = (torch.zeros_like(after) if method == "zero" else self.head_means.vectors(
+                layer, [head], after.dtype, after.device).expand_as(after) if method == "mean" else None)
+            if torch.equal(after, without[layer, head]) or (expected is not None and not torch.equal(after, expected)):
                 raise RHError(
                     f"self-check failed: masking head {layer}-{head} did not change its output "
                     f"({type(self.model).__name__}, {self.control.base}); refusing to run a silent no-op"
@@ -267,7 +273,7 @@ class RHHFLM(MaskedLM, HFLM):
             raise RHError(f"kv_sink + kv_window = {streaming.sink + streaming.window} leaves no room below the "
                           f"model's {limit} positions: no streaming head would ever drop a key")
         full = set(streaming.full_query_heads())
-        if self.control.method == "zero":  # a zeroed head's output is 0 whatever it attends to
+        if self.control.method in ("zero", "mean"):  # a zeroed or mean head's output ignores what it attends to
             full |= set(self.control.heads)
         heads = {layer: [h for h in range(self.n_heads) if (layer, h) not in full]
                  for layer in streaming.compressed_layers()}

@@ -27,6 +27,7 @@ class MaskArgs:
     seed: int
     random_exclude: int | None
     random_match: str | None
+    head_means: str | None = None
 
     def selection(self) -> dict[str, Any]:
         """Keyword arguments of ``set_mask`` for this request."""
@@ -36,7 +37,7 @@ class MaskArgs:
 
 def parse_mask_args(mask_heads: Any = "none", head_scores: Any = None, mask_method: Any = "zero",
                     mask_scope: Any = "all", mask_seed: Any = 0, random_exclude: Any = None,
-                    random_match: Any = None) -> MaskArgs:
+                    random_match: Any = None, head_means: Any = None) -> MaskArgs:
     """The strings lm-eval passes from ``--model_args``, as a checked :class:`MaskArgs`."""
     method, scope = str(mask_method), str(mask_scope)
     check_mask_method(method, scope)
@@ -45,10 +46,18 @@ def parse_mask_args(mask_heads: Any = "none", head_scores: Any = None, mask_meth
         raise RHError(f"mask_heads={mask_heads} needs head_scores=PATH (a score file from `rh detect`)")
     if head_scores is not None and not Path(head_scores).is_file():
         raise RHError(f"head-score file {head_scores} does not exist")
+    if method == "mean" and head_means is None:
+        raise RHError("mask_method=mean needs head_means=PATH (the heads' mean outputs, from `rh means`)")
+    if head_means is not None and method != "mean":
+        raise RHError(f"head_means is read only by mask_method=mean (mask_method={method}); drop it or pass "
+                      "mask_method=mean")
+    if head_means is not None and not Path(head_means).is_file():
+        raise RHError(f"head-means file {head_means} does not exist")
     return MaskArgs(spec=spec, head_scores=None if head_scores is None else str(head_scores), method=method,
                     scope=scope, seed=optional_int("mask_seed", mask_seed) or 0,
                     random_exclude=optional_int("random_exclude", random_exclude),
-                    random_match=check_random_match(random_match))
+                    random_match=check_random_match(random_match),
+                    head_means=None if head_means is None else str(head_means))
 
 
 MASK_ARGS = tuple(inspect.signature(parse_mask_args).parameters)  # the model args both backends take for masks

@@ -19,9 +19,11 @@ from pathlib import Path
 from typing import Any
 
 from rh_models.attention import check_mask_method
+from rh_models.errors import RHError
+from rh_models.head_means import HeadMeans
 from rh_models.heads import HeadScores, HeadSet, HeadSpec, select_heads, spec_text
 from rh_models.mask_args import MaskArgs
-from rh_models.shape import head_shape
+from rh_models.shape import head_dim, head_shape
 
 
 class MaskedLM:
@@ -30,13 +32,17 @@ class MaskedLM:
     n_layers: int
     n_heads: int
     head_scores: HeadScores | None
+    head_means: HeadMeans | None = None  # mask_method=mean: each head's mean output (see rh_models.head_means)
     model_alias: str | None = None
     mask_attention = ""  # how the mask is applied, for mask_info (rh-hf: its base attention; rh-vllm: weight edits)
 
     def init_mask(self, config: Any, mask: MaskArgs) -> HeadSet:
         """Read the head shape from the model's config, load the score file, set the requested mask."""
         self.n_layers, self.n_heads = head_shape(config)
+        self.head_dim = head_dim(config)
         self.head_scores = HeadScores.load(mask.head_scores, self.n_layers, self.n_heads) if mask.head_scores else None
+        if mask.head_means:
+            self.use_head_means(mask.head_means)
         self._mask = (HeadSet((), self.n_layers, self.n_heads), "zero", "all")
         self._mask_request: dict[str, Any] = {}
         return self.set_mask(mask.spec, **mask.selection())
@@ -55,6 +61,9 @@ class MaskedLM:
     ) -> HeadSet:
         """Mask these heads from now on (replacing any previous mask) and prove that it took effect."""
         check_mask_method(method, scope)
+        if method == "mean" and self.head_means is None:
+            raise RHError("mask_method=mean needs head means: pass head_means=FILE (from `rh means`) or call "
+                          "use_head_means first")
         heads = mask_heads if isinstance(mask_heads, HeadSet) else select_heads(
             mask_heads, self.n_layers, self.n_heads, scores=self.head_scores, seed=seed,
             random_exclude=random_exclude, random_match=random_match)
@@ -77,9 +86,16 @@ class MaskedLM:
         self.head_scores = HeadScores.load(path, self.n_layers, self.n_heads)
         return self
 
+    def use_head_means(self, path: str | Path) -> "MaskedLM":
+        """Mean outputs for ``mask_method=mean`` from now on; the file must hold every head of this model's shape."""
+        self.head_means = HeadMeans.load(path, self.n_layers, self.n_heads, self.head_dim)
+        return self
+
     def mask_info(self) -> dict[str, Any]:
         """Everything needed to reproduce the current condition; lands in lm-eval's results JSON."""
         heads, method, scope = self._mask
+        means = ({"head_means": self.head_means.source, "head_means_sha256": self.head_means.sha256}
+                 if method == "mean" and self.head_means else {})
         return {
             **self._mask_request,
             "heads": [list(h) for h in heads],
@@ -89,6 +105,7 @@ class MaskedLM:
             "attention": self.mask_attention,
             "n_layers": self.n_layers,
             "n_heads": self.n_heads,
+            **means,
         }
 
     def mask_model_info(self) -> dict[str, Any]:

@@ -34,6 +34,15 @@ def head_shape(config: Any) -> tuple[int, int]:
     return int(n_layers), int(n_heads)
 
 
+def head_dim(config: Any) -> int:
+    """Width of one query head's output (its slice of the output projection's input)."""
+    text = text_config(config)
+    explicit = getattr(text, "head_dim", None)
+    if isinstance(explicit, int) and explicit > 0:
+        return explicit
+    return int(text.hidden_size) // head_shape(config)[1]
+
+
 def context_length(config: Any, tokenizer: Any = None) -> int:
     """The context length lm-eval's HFLM would use for this model when ``max_length`` is not given."""
     from lm_eval.models.utils import resolve_max_length

@@ -201,6 +201,12 @@ def generate_on_replica(model_args: dict, heads: list[list[int]], method: str, s
 
 
 # ---------------------------------------------------------------------------------------------- the model
+# Mean ablation as a weight edit is W_o[:, head] . mean added as the output projection's bias. The projections of
+# the models users run (Llama, Qwen, Gemma, ...) are built without a bias, and under tensor parallelism only rank 0
+# adds one while each rank holds its own heads' columns of W_o: not done yet, so refused rather than approximated.
+MEAN_REFUSAL = ("rh-vllm: mask_method=mean is not supported (it needs W_o . mean as an output-projection bias, "
+                "which vLLM builds these projections without); use --model rh-hf for it")
+
 @register_model("rh-vllm")
 class RHVLLM(MaskedLM, VLLM):
     """VLLM whose workers carry :class:`~rh_models.vllm_worker.RHWorkerExtension` (mask by weight edits); the
@@ -210,6 +216,8 @@ class RHVLLM(MaskedLM, VLLM):
 
     def __init__(self, pretrained: str = DEFAULT_MODEL, **kwargs: Any) -> None:
         mask = parse_mask_args(**{name: kwargs.pop(name) for name in MASK_ARGS if name in kwargs})
+        if mask.method == "mean":
+            raise RHError(MEAN_REFUSAL)
         if mask.scope != "all":
             raise RHError("rh-vllm: mask_scope=decode cannot be a weight edit (the same weights serve prefill and "
                           "decoding); use --model rh-hf for it")
@@ -232,6 +240,8 @@ class RHVLLM(MaskedLM, VLLM):
 
     # ------------------------------------------------------------------ masking (API: MaskedLM)
     def _apply_mask(self, heads: HeadSet, method: str, scope: str) -> None:
+        if method == "mean":
+            raise RHError(MEAN_REFUSAL)
         if scope != "all":
             raise RHError("rh-vllm: mask_scope=decode cannot be a weight edit; use --model rh-hf for it")
         if self.data_parallel_size <= 1:

@@ -253,6 +253,27 @@ def build_docs(
     return docs
 
 
+def unneedled_prompts(tokenizer: Any, lengths: Iterable[int], needles: str = "paper", haystack: str = "pg_essays",
+                      seed: int = 0, chat_template: bool = False, max_length: int | None = None) -> list[str]:
+    """The NIAH prompt of each length, exactly as :func:`build_docs` renders it, but with no needle in the hay.
+
+    Why: the default reference set of ``rh means``. A head's mean output should be taken over inputs like those it
+    is ablated on (the instruction, the essays, the question and answer prefix), yet not over the needle itself,
+    or the mean would carry part of the answer into a masked retrieval head.
+    """
+    docs = build_docs(tokenizer, lengths=lengths, depths=[50], needles=needles, haystack=haystack, seed=seed,
+                      max_length=max_length, chat_template=chat_template, samples=1)
+    hay = _tokenized_haystack(tokenizer, haystack, seed, KVOptions().value_type, "train", "text", max(lengths))
+    prompts = []
+    for doc in docs:
+        needle_set = next(n for n in make_needle_sets(needles, samples=1, seed=seed, haystack_text=hay.text)
+                          if n.needle_id == doc["needle_id"])
+        n_hay, _ = _size(tokenizer, hay, needle_set, doc["gen_prefix"], doc["length"], chat_template, False)
+        context = hay.text[: hay.char_end(hay.word_cut(n_hay))]
+        prompts.append(_render(tokenizer, needle_set, context, doc["gen_prefix"], chat_template)[1])
+    return prompts
+
+
 def _chat_overhead(tokenizer: Any, text: str, gen_prefix: str) -> int:
     """Tokens the chat template adds around the base prompt (0 if the template cannot render this chat)."""
     try:

@@ -185,3 +185,9 @@ class FakeMaskedLM:
 
         self.head_scores = HeadScores.load(path, self.n_layers, self.n_heads)
         return self
+
+    def use_head_means(self, path):
+        from rh_models.head_means import HeadMeans
+
+        self.head_means = HeadMeans.load(path, self.n_layers, self.n_heads)
+        return self

@@ -103,7 +103,7 @@ def fake_eval(monkeypatch):
 
     monkeypatch.setattr(compare, "load_model", load_model)
     monkeypatch.setattr(compare, "evaluate", evaluate)
-    monkeypatch.setattr(compare, "task_manager", lambda args, tasks: None)
+    monkeypatch.setattr(compare, "task_manager", lambda *args: None)
     return calls
 
 
@@ -164,6 +164,37 @@ def test_other_settings_in_the_same_folder_are_refused(tmp_path, scores, fake_ev
     assert "other settings" in capsys.readouterr().err
     scores.write_text(json.dumps({"0-0": [0.1]}))
     assert _compare(out, scores) == 2
+
+
+def test_several_methods_give_rows_per_method_and_resume_only_with_the_same_means(tmp_path, scores, fake_eval, capsys):
+    import torch
+
+    from rh_models.head_means import HeadMeans
+
+    means = HeadMeans(torch.zeros(2, 2, 4)).save(tmp_path / "means.json")
+    out = tmp_path / "out"
+    assert _compare(out, scores, "--methods", "zero,mean,uniform", "--head-means", str(means), "--seeds", "1") == 0
+    assert fake_eval["evaluate"] == ["none/0", "top:2/0", "random:2/0"] * 1 + ["top:2/0", "random:2/0"] * 2
+    board = json.loads((out / "leaderboard.json").read_text())
+    assert [r["name"] for r in board["rows"]] == ["full", "retrieval@2 (zero)", "random@2 (zero)",
+                                                  "retrieval@2 (uniform)", "random@2 (uniform)",
+                                                  "retrieval@2 (mean)", "random@2 (mean)"]
+    record = board["conditions"]["random@2-seed0-mean"]
+    assert record["method"] == "mean" and record["mask"]["method"] == "mean" and record["heads"] == [[1, 0], [1, 1]]
+    assert board["rows"][-1]["method"] == "mean" and board["rows"][0]["method"] is None
+    assert "| random@2 (mean) " in capsys.readouterr().out
+
+    means.write_text(means.read_text().replace("0.0", "0.5", 1))  # other means: another experiment
+    assert _compare(out, scores, "--methods", "zero,mean,uniform", "--head-means", str(means), "--seeds", "1") == 2
+    assert "head_means_sha256" in capsys.readouterr().err
+    for extra, message in ((("--methods", "zero,mean"), "--methods mean needs --head-means"),
+                           (("--head-means", str(means)), "--head-means is read only by --methods mean"),
+                           (("--methods", "zero,zero"), "--methods lists something twice"),
+                           (("--methods", "mean,ablate", "--head-means", str(means)), "--methods takes distinct"),
+                           (("--methods", "mean", "--head-means", str(means), "--backend", "vllm"),
+                            "--methods mean needs --backend hf")):
+        assert _compare(tmp_path / "other", scores, *extra) == 2
+        assert message in capsys.readouterr().err
 
 
 def test_bad_arguments_exit_2_before_any_work(tmp_path, scores, fake_eval, capsys):

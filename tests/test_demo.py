@@ -102,7 +102,7 @@ def fakes(monkeypatch):
     monkeypatch.setattr("rh_eval.detect.detect", detect)
     monkeypatch.setattr(demo, "ModelOnce", FakeModelOnce)
     monkeypatch.setattr(compare, "evaluate", evaluate)
-    monkeypatch.setattr(compare, "task_manager", lambda args, tasks: None)
+    monkeypatch.setattr(compare, "task_manager", lambda *args: None)
     return calls
 
 

@@ -20,7 +20,8 @@ Each entry says how its command is checked:
     tokenizer), wherever the command's point is the workflow (files, tables, masks, resume), not what a trained
     model answers. The real models' answers are tested in test_compare / test_gemma3 / test_recording.
   - GRID: a smaller grid or fewer examples (``--lengths``, ``--depths``, ``--metadata``, ``--limit``,
-    ``--seeds``, the demo's ``--detect-*`` / ``--niah-*``), or a skipped optional task of the demo.
+    ``--seeds``, the demo's ``--detect-*`` / ``--niah-*``), or fewer tasks (a skipped optional task of the demo,
+    ``--tasks`` without the CoT pair: a random model's chains of thought only ever stop at ``max_gen_toks``).
   - K: a ``--k`` above the tiny models' 8 heads becomes 2.
   - OUT: ``--output_path`` added to an ``lm_eval`` run, the only way to read its results JSON.
 
@@ -394,10 +395,11 @@ COMMANDS: dict[str, Run | CheckedBy | ParseOnly] = {
     # KV budgets by head
     "rh demo --output-dir demo-kv --kv-budgets 10%,25%,50% --seeds 2": Run(
         "demo_kv", (TINY, *DEMO_GRID, Sub("GRID", "--kv-budgets", "25%")), check_demo_kv),
-    "rh compare --model gemma3-270m --tasks rh_niah_paper --detect-lengths 500,1000 --detect-depths 0,50,100 "
-    "--kv-budgets 3%,10% --seeds 2 --output-dir g3kv --batch-size 12 --metadata '{\"lengths\": [500, 1000], "
-    "\"depths\": [0, 50, 100], \"samples\": 2, \"seed\": 1}'": Run(
-        "compare_kv_gemma3", (TINY_GEMMA3, Sub("GRID", "--detect-lengths", "200"), Sub("GRID", "--detect-depths", "0,100"),
+    "rh compare --model gemma3-270m --tasks rh_niah_paper,rh_factsum_cot,rh_factsum --detect-lengths 500,1000 "
+    "--detect-depths 0,50,100 --kv-budgets 3%,10% --seeds 2 --output-dir g3kv --batch-size 48 --limit 48 "
+    "--prefix-reuse --metadata '{\"lengths\": [500, 1000], \"depths\": [0, 50, 100], \"samples\": 2, \"seed\": 1}'": Run(
+        "compare_kv_gemma3", (TINY_GEMMA3, Sub("GRID", "--tasks", "rh_niah_paper"), Sub("GRID", "--detect-lengths", "200"),
+                              Sub("GRID", "--detect-depths", "0,100"),
                               Sub("GRID", "--detect-samples", "1"), Sub("GRID", "--kv-budgets", "25%"),
                               Sub("GRID", "--seeds", "1"),
                               Sub("GRID", "--metadata", '{{"lengths": [200], "depths": [0, 100], "samples": 1, "seed": 1}}')),

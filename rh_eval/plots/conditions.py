@@ -35,7 +35,7 @@ def safe_name(text: str) -> str:
 
 
 def _draw_series(axes, board: Leaderboard, kind: str, points: list[tuple[float, float, float, float]], color: str,
-                 marker: str, label: str, seeded: bool) -> None:
+                 marker: str, label: str, seeded: bool, linestyle: str = "-") -> None:
     """One line of (x, mean, low, high) points; a seeded kind also gets its seeds' interval as a band."""
     xs, means, lows, highs = zip(*points)
     if seeded:
@@ -44,7 +44,7 @@ def _draw_series(axes, board: Leaderboard, kind: str, points: list[tuple[float, 
         if any(h > l for l, h in zip(lows, highs)):
             axes.fill_between(xs, lows, highs, color=color, alpha=0.2, linewidth=0,
                               label=f"{round(board.confidence * 100)} % interval")
-    axes.plot(xs, means, color=color, marker=marker, label=label)
+    axes.plot(xs, means, color=color, marker=marker, label=label, linestyle=linestyle)
 
 
 def _fit_y(axes, board: Leaderboard, column: Column) -> None:
@@ -71,27 +71,29 @@ def _finish(figure, axes, board: Leaderboard, column: Column, xlabel: str, title
 
 
 def dose_response(board: Leaderboard, column: Column, out: str | Path) -> Path | None:
-    """Score vs K: the retrieval line and the random mean with its interval band; None without K > 0 rows."""
+    """Score vs K: the retrieval line and the random mean with its interval band (a pair of lines per ablation
+    method when the board has several); None without K > 0 rows."""
     full = next((board.cell(r.name, column) for r in board.rows if r.kind == "full"), None)
-    series: dict[str, list[tuple[int, float, float, float]]] = {"retrieval": [], "random": []}
+    series: dict[tuple[str, str | None], list[tuple[int, float, float, float]]] = {}
     for row in board.rows:
         cell = board.cell(row.name, column)
-        if row.kind in series and cell is not None:
+        if row.kind in ("retrieval", "random") and cell is not None:
             low, high = cell.interval if cell.interval else (cell.value, cell.value)
-            series[row.kind].append((row.k, cell.value, low, high))
-    if not series["retrieval"] and not series["random"]:
+            series.setdefault((row.kind, row.method), []).append((row.k, cell.value, low, high))
+    if not series:
         return None
 
     figure = new_figure()
     axes = figure.add_subplot()
     styles = {"retrieval": ("tab:red", "o", "retrieval heads masked"), "random": ("tab:blue", "s", "random heads masked")}
-    for kind, points in series.items():
-        if not points:
-            continue
+    linestyles = {None: "-", "zero": "-", "uniform": "--", "mean": ":"}
+    for (kind, method), points in series.items():
         if full is not None:
             points = [(0, full.value, full.value, full.value), *points]
         points.sort()
-        _draw_series(axes, board, kind, points, *styles[kind], seeded=kind == "random")
+        color, marker, label = styles[kind]
+        _draw_series(axes, board, kind, points, color, marker, label + (f" ({method})" if method else ""),
+                     seeded=kind == "random", linestyle=linestyles.get(method, "-."))
     if full is not None:
         axes.axhline(full.value, color="gray", linestyle=":", linewidth=1, label="full (no mask)")
     axes.set_xticks(sorted({0, *(k for points in series.values() for k, *_ in points)}))
