@@ -200,8 +200,7 @@ class CompareConfig:
             raise RHError("--head-means is read only by --methods mean")
         if self.head_means is not None and not Path(self.head_means).is_file():
             raise RHError(f"head-means file {self.head_means} does not exist")
-        if "mean" in self.methods and self.backend == "vllm":
-            raise RHError("--methods mean needs --backend hf: rh-vllm cannot carry a head's mean output")
+
         if self.head_scores is not None and not Path(self.head_scores).is_file():
             raise RHError(f"head-score file {self.head_scores} does not exist")
         if Path(self.output_dir).exists() and not Path(self.output_dir).is_dir():

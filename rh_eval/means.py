@@ -74,7 +74,7 @@ def reference_texts(lm: Any, args: argparse.Namespace) -> tuple[list[str], dict[
                                         "metadata": args.metadata, "chat_template": chat}
     from rh_tasks.niah_docs import unneedled_prompts
 
-    lengths = list(args.lengths or [n for n in DEFAULT_LENGTHS if n < lm.max_length] or [lm.max_length // 2])
+    lengths = list(args.lengths or [n for n in DEFAULT_LENGTHS if n + 64 <= lm.max_length] or [lm.max_length // 2])
     texts = unneedled_prompts(lm.tokenizer, lengths, chat_template=chat, max_length=lm.max_length)
     return texts, {"kind": "niah_haystack", "haystack": "pg_essays", "needles": "paper", "lengths": lengths,
                    "chat_template": chat}

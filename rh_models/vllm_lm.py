@@ -137,18 +137,36 @@ def probe_logprobs(llm: Any) -> list[float]:
     return [next(iter(p.values())).logprob for p in out[0].prompt_logprobs[1:]]
 
 
-def apply_mask(llm: Any, heads: list[list[int]], method: str) -> list[dict[str, Any]]:
+def apply_mask(llm: Any, heads: list[list[int]], method: str,
+               means: dict[str, list[float]] | None = None) -> list[dict[str, Any]]:
     """Set the mask on every worker of one engine; raise the first refusal as one line.
 
-    vLLM's prefix cache holds keys/values computed under the previous weights: a prompt seen before the change
-    would reuse them and silently mix two conditions, so the cache is emptied with every change.
+    ``mean``: the workers' ``W_o[:, head] @ mean`` sums, added up over tensor-parallel ranks, become the output
+    projections' bias (on rank 0, where vLLM adds it). vLLM's prefix cache holds keys/values computed under the
+    previous weights: a prompt seen before the change would reuse them and silently mix two conditions, so the
+    cache is emptied with every change.
     """
-    replies = llm.collective_rpc("rh_set_mask", args=(heads, method))
-    if not llm.reset_prefix_cache():
-        raise RHError("vLLM refused to reset its prefix cache after a mask change; refusing to mix conditions")
+    replies = llm.collective_rpc("rh_set_mask", args=(heads, method, means))
     for reply in replies:
         if "error" in reply:
+            llm.reset_prefix_cache()
             raise RHError(reply["error"])
+    if method == "mean" and heads:
+        bias: dict[int, list[float]] = {}
+        for reply in replies:
+            for layer, values in reply["bias"].items():
+                bias[int(layer)] = [a + b for a, b in zip(bias[int(layer)], values)] if int(layer) in bias else values
+        added = llm.collective_rpc("rh_add_output_bias", args=(bias,))
+        error = next((reply["error"] for reply in added if "error" in reply), None)
+        layers = {layer for reply in added for layer in reply.get("added", [])}
+        if error is None and layers != {layer for layer, _ in heads}:
+            error = f"the mean outputs of layers {sorted({l for l, _ in heads} - layers)} reached no output bias"
+        if error is not None:
+            llm.collective_rpc("rh_clear_mask")
+            llm.reset_prefix_cache()
+            raise RHError(error)
+    if not llm.reset_prefix_cache():
+        raise RHError("vLLM refused to reset its prefix cache after a mask change; refusing to mix conditions")
     edited = sorted({tuple(h) for reply in replies for h in reply["edited"]})
     if edited != sorted(tuple(h) for h in heads):
         missing = sorted(set(map(tuple, heads)) - set(edited))
@@ -156,13 +174,13 @@ def apply_mask(llm: Any, heads: list[list[int]], method: str) -> list[dict[str, 
     return replies
 
 
-def mask_engine(llm: Any, heads: list[list[int]], method: str) -> None:
+def mask_engine(llm: Any, heads: list[list[int]], method: str, means: dict[str, list[float]] | None = None) -> None:
     """Make ``heads`` the engine's mask and prove it: the probe's log-probabilities must differ from the unmasked
     engine's (each worker has also checked that every edited projection yields zeros for its head)."""
     llm.collective_rpc("rh_clear_mask")  # the reference is the unmasked model, not the previous mask
     llm.reset_prefix_cache()
     before = probe_logprobs(llm) if heads else None
-    apply_mask(llm, heads, method)
+    apply_mask(llm, heads, method, means)
     if before is not None and probe_logprobs(llm) == before:
         raise RHError(f"self-check failed: masking {format_heads(map(tuple, heads))} did not "
                       "change the model's output on a probe prompt; refusing to run a silent no-op")
@@ -180,14 +198,14 @@ def replica_engine(model_args: dict) -> Any:
 
 
 def run_on_replica(llm: Any, heads: list[list[int]], method: str, sampling_params: list, requests: list[list[int]],
-                   lora_request: Any) -> list | dict[str, str]:
+                   lora_request: Any, means: dict[str, list[float]] | None = None) -> list | dict[str, str]:
     """What each replica does before it generates: prepare, mask, both self-checks (see the module doc).
     A refusal comes back as ``{"error": ...}``, not as a Ray traceback."""
     from vllm import TokensPrompt
 
     try:
         prepare_engine(llm)
-        mask_engine(llm, heads, method)
+        mask_engine(llm, heads, method, means)
     except RHError as error:
         return {"error": f"data-parallel replica: {error}"}
     return llm.generate([TokensPrompt(prompt_token_ids=r) for r in requests], sampling_params=sampling_params,
@@ -195,18 +213,13 @@ def run_on_replica(llm: Any, heads: list[list[int]], method: str, sampling_param
 
 
 def generate_on_replica(model_args: dict, heads: list[list[int]], method: str, sampling_params: list,
-                        requests: list[list[int]], lora_request: Any) -> list | dict[str, str]:
+                        requests: list[list[int]], lora_request: Any,
+                        means: dict[str, list[float]] | None = None) -> list | dict[str, str]:
     """One data-parallel replica (a Ray task): its own engine, prepared and masked, then its share of requests."""
-    return run_on_replica(replica_engine(model_args), heads, method, sampling_params, requests, lora_request)
+    return run_on_replica(replica_engine(model_args), heads, method, sampling_params, requests, lora_request, means)
 
 
 # ---------------------------------------------------------------------------------------------- the model
-# Mean ablation as a weight edit is W_o[:, head] . mean added as the output projection's bias. The projections of
-# the models users run (Llama, Qwen, Gemma, ...) are built without a bias, and under tensor parallelism only rank 0
-# adds one while each rank holds its own heads' columns of W_o: not done yet, so refused rather than approximated.
-MEAN_REFUSAL = ("rh-vllm: mask_method=mean is not supported (it needs W_o . mean as an output-projection bias, "
-                "which vLLM builds these projections without); use --model rh-hf for it")
-
 @register_model("rh-vllm")
 class RHVLLM(MaskedLM, VLLM):
     """VLLM whose workers carry :class:`~rh_models.vllm_worker.RHWorkerExtension` (mask by weight edits); the
@@ -216,8 +229,6 @@ class RHVLLM(MaskedLM, VLLM):
 
     def __init__(self, pretrained: str = DEFAULT_MODEL, **kwargs: Any) -> None:
         mask = parse_mask_args(**{name: kwargs.pop(name) for name in MASK_ARGS if name in kwargs})
-        if mask.method == "mean":
-            raise RHError(MEAN_REFUSAL)
         if mask.scope != "all":
             raise RHError("rh-vllm: mask_scope=decode cannot be a weight edit (the same weights serve prefill and "
                           "decoding); use --model rh-hf for it")
@@ -240,13 +251,17 @@ class RHVLLM(MaskedLM, VLLM):
 
     # ------------------------------------------------------------------ masking (API: MaskedLM)
     def _apply_mask(self, heads: HeadSet, method: str, scope: str) -> None:
-        if method == "mean":
-            raise RHError(MEAN_REFUSAL)
         if scope != "all":
             raise RHError("rh-vllm: mask_scope=decode cannot be a weight edit; use --model rh-hf for it")
         if self.data_parallel_size <= 1:
-            mask_engine(self.model, [list(h) for h in heads], method)
+            mask_engine(self.model, [list(h) for h in heads], method, self._mean_vectors(heads, method))
         # data parallel: no engine here; every replica masks and checks itself (run_on_replica)
+
+    def _mean_vectors(self, heads: HeadSet, method: str) -> dict[str, list[float]] | None:
+        """``mean``: each masked head's stored mean output, as plain data for the workers; else None."""
+        if method != "mean":
+            return None
+        return {f"{layer}-{head}": self.head_means.vectors(layer, [head])[0].tolist() for layer, head in heads}
 
     @contextmanager
     def settings(self, recorder: Any = None, batch_size: int | None = None, prefix_reuse: bool | None = None,
@@ -293,7 +308,8 @@ class RHVLLM(MaskedLM, VLLM):
         params = [list(x) for x in distribute(self.data_parallel_size, sampling_params)]
         heads = [list(h) for h in self.masked_heads]
         method = self._mask[1]
-        refs = [replica.remote(self.model_args, heads, method, p, r, self.lora_request)
+        means = self._mean_vectors(self.masked_heads, method)
+        refs = [replica.remote(self.model_args, heads, method, p, r, self.lora_request, means)
                 for r, p in zip(parts, params, strict=True)]
         results = ray.get(refs)
         ray.shutdown()

@@ -11,6 +11,11 @@ linear weights for oneDNN and drops the plain matrices, reloads them as plain ma
 the same kernels on the same weights, and a mask can only be told apart from ``none`` by what it edits. GPUs keep
 plain weights, so nothing is reloaded there. The vLLM internals this needs live in :mod:`rh_models.vllm_internals`.
 
+Mean ablation (``rh_set_mask(..., "mean", means)``) zeroes the heads' output columns like ``zero`` and returns
+each rank's ``W_o[:, head] @ mean`` sums; the driver adds the ranks' sums up and hands them to
+``rh_add_output_bias``, which rank 0 adds to its output projections' bias (vLLM's row-parallel projection adds the
+bias on rank 0 only, before the all-reduce), creating a bias where the projection had none.
+
 This module imports vLLM lazily (through that module), so importing it (to name it) costs nothing.
 """
 
@@ -25,7 +30,7 @@ import torch
 
 from rh_models import vllm_internals as internals
 from rh_models.errors import RHError
-from rh_models.weight_masks import AttentionWeights, HeadSharding, WeightMask, mask_layer
+from rh_models.weight_masks import AttentionWeights, HeadSharding, WeightMask, mask_layer, mean_contribution
 
 EXTENSION_QUALNAME = "rh_models.vllm_worker.RHWorkerExtension"
 _LAYER_INDEX = re.compile(r"\.(\d+)\.")
@@ -130,8 +135,13 @@ class RHWorkerExtension:
                 "reloaded": reloaded, "architecture": type(self.get_model()).__name__}
 
     @_reply
-    def rh_set_mask(self, heads: list[list[int]], method: str) -> dict[str, Any]:
-        """Replace any previous mask by ``heads`` (global layer, query head); returns what this rank edited."""
+    def rh_set_mask(self, heads: list[list[int]], method: str, means: dict[str, list[float]] | None = None
+                    ) -> dict[str, Any]:
+        """Replace any previous mask by ``heads`` (global layer, query head); returns what this rank edited.
+
+        ``mean``: ``means`` maps ``"L-H"`` to each masked head's mean output; the reply's ``bias`` holds this rank's
+        ``W_o[:, head] @ mean`` sum per layer, for :meth:`rh_add_output_bias`.
+        """
         self.rh_clear_mask()
         if not getattr(self, "_rh_prepared", False):
             raise RHError("rh_set_mask before rh_prepare: the engine's weights are not on the masked path yet")
@@ -151,15 +161,53 @@ class RHWorkerExtension:
                 if reason:
                     raise RHError(f"mask_method=uniform cannot be a weight edit for {type(block).__name__}: {reason}; "
                                   "use mask_method=zero")
+        if method == "mean":
+            missing = [f"{layer}-{head}" for layer, head in heads if f"{layer}-{head}" not in (means or {})]
+            if missing:
+                raise RHError(f"mask_method=mean without the mean of head(s) {', '.join(missing)}")
         self._rh_mask = WeightMask()
         edited: list[list[int]] = []
+        bias: dict[int, list[float]] = {}
         for layer, layer_heads in sorted(by_layer.items()):
             _, qkv, out, _ = blocks[layer]
             weights = _weights(qkv, out)
             weights.check(layer)
+            if method == "mean":
+                if getattr(out, "skip_bias_add", False):
+                    raise RHError(f"layer {layer}: the output projection hands its bias to the caller (skip_bias_add); "
+                                  "rh-vllm cannot add a head's mean output to it")
+                vectors = {h: torch.tensor(means[f"{layer}-{h}"], dtype=torch.float64) for h in layer_heads}
+                part = mean_contribution(weights, vectors)  # from the columns before they are zeroed
+                if part is not None:
+                    bias[layer] = part.tolist()
             local = mask_layer(weights, layer_heads, method, self._rh_mask)
             edited += [[layer, h] for h in layer_heads if weights.sharding.local_index(h) in local]
-        return {"edited": edited, "checked": self._rh_probe(blocks, by_layer, method)}
+        return {"edited": edited, "checked": self._rh_probe(blocks, by_layer, method), "bias": bias}
+
+    @_reply
+    def rh_add_output_bias(self, bias: dict[int, list[float]]) -> dict[str, Any]:
+        """Rank 0: add ``bias[layer]`` (every rank's mean contributions, summed) to that layer's output projection
+        bias, creating one where there is none; ``rh_clear_mask`` puts back the bias (or its absence) exactly."""
+        if self._rh_mask is None:
+            raise RHError("rh_add_output_bias without a mean mask")
+        blocks = self._rh_blocks()
+        added = []
+        for layer, values in sorted((int(layer), values) for layer, values in bias.items()):
+            out = blocks[layer][2]
+            if getattr(out, "tp_rank", 0) != 0:
+                continue  # vLLM adds the bias of rank 0 only
+            vector = torch.tensor(values, dtype=torch.float64)
+            if vector.shape != (out.weight.shape[0],):
+                raise RHError(f"layer {layer}: a bias of {vector.numel()} values for an output of {out.weight.shape[0]}")
+            with torch.no_grad():
+                if out.bias is None:
+                    self._rh_biases.append((out, None))
+                    out.bias = torch.nn.Parameter(vector.to(out.weight.dtype).to(out.weight.device), requires_grad=False)
+                else:
+                    self._rh_biases.append((out, out.bias.detach().clone()))
+                    out.bias.copy_((out.bias.double() + vector.to(out.bias.device)).to(out.bias.dtype))
+            added.append(layer)
+        return {"added": added}
 
     def _rh_probe(self, blocks: dict[int, Block], by_layer: dict[int, list[int]], method: str) -> int:
         """Run each edited projection module as the model does: its masked head must now yield exact zeros."""
@@ -172,7 +220,7 @@ class RHWorkerExtension:
                     local = sharding.local_index(head)
                     if local is None:
                         continue
-                    if method == "zero":
+                    if method in ("zero", "mean"):  # mean: the bias is added later, the columns are zero
                         x = torch.zeros(1, sharding.output_width, dtype=out.weight.dtype, device=out.weight.device)
                         x[0, sharding.output_columns(local)] = 1.0
                         ok = bool((internals.projection_product(out, x) == 0).all())
@@ -193,16 +241,24 @@ class RHWorkerExtension:
         count = len(mask) if mask is not None else 0
         if mask is not None:
             mask.restore()
-        self._rh_mask = None
+        with torch.no_grad():
+            for out, original in reversed(getattr(self, "_rh_biases", [])):
+                if original is None:
+                    out.bias = None  # the projection had no bias: none again (not a zero one)
+                else:
+                    out.bias.copy_(original)
+        self._rh_mask, self._rh_biases = None, []
         return count
 
     def rh_weight_digest(self) -> dict[str, str]:
-        """SHA-256 of every matrix a mask may edit on this rank (``<layer>.qkv``, ``.qkv_bias``, ``.o``): tests
-        compare them before a mask and after restoring."""
+        """SHA-256 of every matrix a mask may edit on this rank (``<layer>.qkv``, ``.qkv_bias``, ``.o``,
+        ``.o_bias``): tests compare them before a mask and after restoring."""
         digests: dict[str, str] = {}
         for layer, (_, qkv, out, _) in sorted(self._rh_blocks().items()):
             weights = _weights(qkv, out)
-            for name, tensor in (("qkv", weights.qkv_weight), ("qkv_bias", weights.qkv_bias), ("o", weights.o_weight)):
+            o_bias = out.bias.data if getattr(out, "bias", None) is not None else None
+            for name, tensor in (("qkv", weights.qkv_weight), ("qkv_bias", weights.qkv_bias), ("o", weights.o_weight),
+                                 ("o_bias", o_bias)):
                 if tensor is not None:
                     data = tensor.detach().contiguous().cpu().view(torch.uint8).numpy()
                     digests[f"{layer}.{name}"] = hashlib.sha256(data.tobytes()).hexdigest()

@@ -8,6 +8,9 @@ graphs, ``torch.compile``, every attention backend and tensor parallelism, and n
 - ``uniform``: head h's query is zero  <=>  rows ``W_q[h*d:(h+1)*d, :]`` of the (fused) QKV projection and
   their bias are zero. After a per-head RMS norm and RoPE a zero query stays zero, every score is 0 and
   softmax is uniform over exactly the positions the model may see (what ``rh-hf`` does).
+- ``mean``: head h's slice of the output-projection input is its mean vector m  <=>  its columns are zero and
+  ``W_o[:, h*d:(h+1)*d] @ m`` is added to the output projection's bias (:func:`mean_contribution`; the engine
+  adds the bias, see :mod:`rh_models.vllm_worker`).
 
 Under tensor parallelism (Megatron sharding, what vLLM's ``QKVParallelLinear`` / ``RowParallelLinear`` do)
 rank r holds query heads ``[r*n, (r+1)*n)`` with ``n = total_heads / tp_size``; its fused QKV weight is
@@ -138,11 +141,30 @@ class WeightMask:
         return len(self.saved)
 
 
+def mean_contribution(weights: AttentionWeights, means: dict[int, torch.Tensor]) -> torch.Tensor | None:
+    """``sum_h W_o[:, h*d:(h+1)*d] @ mean_h`` over the heads in ``means`` (global head -> vector) this rank holds,
+    from the unedited columns, accumulated in float64; None when this rank holds none of them."""
+    total = None
+    for head, vector in means.items():
+        local = weights.sharding.local_index(head)
+        if local is None:
+            continue
+        if vector.shape != (weights.sharding.head_size,):
+            raise RHError(f"the mean of head {head} has shape {tuple(vector.shape)}, the heads output "
+                          f"{weights.sharding.head_size}")
+        columns = weights.o_weight[:, weights.sharding.output_columns(local)].double()
+        part = columns @ vector.double().to(columns.device)
+        total = part if total is None else total + part
+    return total
+
+
 def mask_layer(weights: AttentionWeights, heads: list[int], method: str, edits: WeightMask) -> list[int]:
-    """Apply ``method`` to the global query ``heads`` this rank holds; returns the local indices edited."""
+    """Apply ``method`` to the global query ``heads`` this rank holds; returns the local indices edited.
+
+    ``mean`` edits the weights as ``zero`` does; its bias (:func:`mean_contribution`) is the caller's to add."""
     local = [i for i in (weights.sharding.local_index(h) for h in heads) if i is not None]
     for index in local:
-        if method == "zero":
+        if method in ("zero", "mean"):
             edits.zero(weights.o_weight, (slice(None), weights.sharding.output_columns(index)))
         elif method == "uniform":
             rows = weights.sharding.query_rows(index)
@@ -150,5 +172,5 @@ def mask_layer(weights: AttentionWeights, heads: list[int], method: str, edits: 
             if weights.qkv_bias is not None:
                 edits.zero(weights.qkv_bias, (rows,))
         else:
-            raise RHError(f"mask_method={method} cannot be expressed as a weight edit (zero or uniform)")
+            raise RHError(f"mask_method={method} cannot be expressed as a weight edit (zero, uniform or mean)")
     return local

@@ -190,9 +190,7 @@ def test_several_methods_give_rows_per_method_and_resume_only_with_the_same_mean
     for extra, message in ((("--methods", "zero,mean"), "--methods mean needs --head-means"),
                            (("--head-means", str(means)), "--head-means is read only by --methods mean"),
                            (("--methods", "zero,zero"), "--methods lists something twice"),
-                           (("--methods", "mean,ablate", "--head-means", str(means)), "--methods takes distinct"),
-                           (("--methods", "mean", "--head-means", str(means), "--backend", "vllm"),
-                            "--methods mean needs --backend hf")):
+                           (("--methods", "mean,ablate", "--head-means", str(means)), "--methods takes distinct")):
         assert _compare(tmp_path / "other", scores, *extra) == 2
         assert message in capsys.readouterr().err
 

@@ -329,6 +329,39 @@ def check_compare_kv_gemma3(result, ws):
     assert list(kv["sliding_layers"]) == ["0"] and (ws.dir / "g3kv" / "head_scores.json").is_file()
 
 
+def _means_file(path: Path, chat: bool) -> dict:
+    from rh_models.head_means import HeadMeans
+
+    means = HeadMeans.load(path, 2, 4, 16)  # every head of the tiny llama, or an error
+    reference = means.provenance["reference"]
+    assert (reference["kind"], reference["chat_template"]) == ("niah_haystack", chat) and means.provenance["tokens"] > 0
+    return means.provenance
+
+
+def check_means(result, ws):
+    _means_file(ws.dir / "means.json", chat=False)
+    assert "2 x 4 heads, mean over" in result.stdout
+
+
+def check_means_chat(result, ws):
+    _means_file(ws.dir / "methods-means.json", chat=True)
+
+
+def check_compare_methods(result, ws):
+    rows = ["full", *(f"{kind}@2 ({method})" for method in ("zero", "uniform", "mean") for kind in ("retrieval", "random"))]
+    board = _board(ws.dir / "methods", rows, "rh_niah_paper/score,none")
+    record = board["conditions"]["retrieval@2-mean"]
+    assert record["mask"]["head_means"] == "methods-means.json" and record["heads"] == board["conditions"][
+        "retrieval@2-zero"]["heads"]
+    assert _json(ws.dir / "methods" / "run.json")["settings"]["method"] == "zero,uniform,mean"
+
+
+def check_lm_mean(result, ws):
+    mask = _lm_results(ws, "mean8")["config"]["rh_mask"]
+    assert (mask["spec"], mask["method"], len(mask["heads"]), mask["head_means"]) == (
+        "top:2", "mean", 2, "methods-means.json")
+
+
 def check_lm_top(result, ws):
     data = _lm_results(ws, "top6")
     mask = data["config"]["rh_mask"]
@@ -404,6 +437,22 @@ COMMANDS: dict[str, Run | CheckedBy | ParseOnly] = {
                               Sub("GRID", "--seeds", "1"),
                               Sub("GRID", "--metadata", '{{"lengths": [200], "depths": [0, 100], "samples": 1, "seed": 1}}')),
         check_compare_kv_gemma3),
+    # Mean ablation
+    "rh means --model smollm2-135m --output methods-means.json --apply-chat-template": Run(
+        "means_chat", (TINY, Sub("GRID", "--lengths", "150,250")), check_means_chat),
+    "rh compare --model smollm2-135m --tasks rh_niah_paper,rh_factsum_cot,rh_factsum --detect-lengths 500,1000 "
+    "--detect-depths 0,50,100 --methods zero,uniform,mean --head-means methods-means.json --k 8 --seeds 3 "
+    "--output-dir methods --batch-size 48 --limit 48 --prefix-reuse --apply-chat-template --metadata "
+    "'{\"lengths\": [500, 1000], \"depths\": [0, 50, 100], \"samples\": 2, \"seed\": 1}'": Run(
+        "compare_methods", (TINY, Sub("GRID", "--tasks", "rh_niah_paper"), Sub("GRID", "--detect-lengths", "200"),
+                            Sub("GRID", "--detect-depths", "0,100"), Sub("GRID", "--detect-samples", "1"),
+                            Sub("K", "--k", "2"), Sub("GRID", "--seeds", "1"),
+                            Sub("GRID", "--metadata", '{{"lengths": [200], "depths": [0, 100], "samples": 1, "seed": 1}}')),
+        check_compare_methods, needs=("means_chat",)),
+    "lm_eval --model rh-hf --model_args pretrained=smollm2-135m,head_scores=methods/head_scores.json,mask_heads=top:8,"
+    "mask_method=mean,head_means=methods-means.json --tasks rh_niah": Run(
+        "lm_eval_mean", (TINY_ARG, Sub("K", "mask_heads", "top:2"), NIAH_GRID, _out("mean8")), check_lm_mean,
+        needs=("compare_methods",)),
     "lm_eval --model rh-hf --model_args pretrained=smollm2-135m,record_scores=out/scores.json --tasks rh_niah": Run(
         "lm_eval_record", (TINY_ARG, NIAH_GRID), check_lm_record, needs=("compare",)),
     "lm_eval --model hf --model_args pretrained=$(rh models path smollm2-135m) --tasks rh_niah": Run(
@@ -435,6 +484,8 @@ COMMANDS: dict[str, Run | CheckedBy | ParseOnly] = {
     "--plot heads.png": Run(
         "detect", (TINY, Sub("GRID", "--lengths", "200"), Sub("GRID", "--depths", "0,100"),
                    Sub("GRID", "--samples", "1")), check_detect),
+    "rh means --model smollm2-135m --output means.json": Run(
+        "means", (TINY, Sub("GRID", "--lengths", "150")), check_means),
     "rh heads show scores.json": Run("heads_show", (), check_heads_show, needs=("detect",)),
     "rh heads compare a.json b.json --top 10": Run(
         "heads_compare", (), check_heads_compare, needs=("demo", "demo_gemma3"), prepare=prepare_ab),

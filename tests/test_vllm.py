@@ -30,8 +30,9 @@ NIAH_GRID = {"lengths": [500, 1000], "depths": [0, 50, 100], "samples": 1, "seed
 COMPARE_GRID = {**NIAH_GRID, "depths": [0, 100]}  # 4 docs, both lengths, in each of rh compare's 4 conditions x 2 backends
 VLLM_CLI_MEMORY_GB = 24  # vLLM maps large virtual ranges; the limit still catches a runaway process
 
-# Per-token log-probabilities: rh-vllm and rh-hf (both fp32) differ by at most 2.6e-5 on these prompts in every
-# condition (measured); masking a neighbouring head instead moves some token by 0.57 or more (measured: 0.57-3.05).
+# Per-token log-probabilities: rh-vllm and rh-hf (both fp32) differ by at most 2.8e-5 on these prompts in every
+# condition, mean ablation included (measured); masking a neighbouring head instead moves some token by 0.53 or more
+# (measured: 0.53-3.05).
 LOGPROB_TOLERANCE = 1e-4
 MASKED = [(3, 0), (3, 1), (3, 2), (11, 4), (18, 6), (24, 8)]  # 3-0..3-2: all query heads of one KV group
 PROMPTS = [
@@ -167,6 +168,14 @@ def scores(hf_lm, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
+def means(hf_lm, tmp_path_factory) -> Path:
+    """SmolLM2's head means over the test prompts (what `rh means --text-file` computes), for mask_method=mean."""
+    from rh_eval.means import head_means
+
+    return head_means(hf_lm, PROMPTS, {"kind": "test prompts"}).save(tmp_path_factory.mktemp("means") / "means.json")
+
+
+@pytest.fixture(scope="module")
 def vllm_lm():
     from rh_models.vllm_internals import shutdown_engine
     from rh_models.vllm_lm import RHVLLM, probe_logprobs
@@ -233,11 +242,15 @@ def test_every_condition_runs_on_the_weights_reloaded_when_the_engine_started(vl
 
 
 @engine
-def test_per_token_logprobs_equal_rh_hfs_far_closer_than_a_neighbouring_head_would_make_them(hf_lm, vllm_lm):
+def test_per_token_logprobs_equal_rh_hfs_far_closer_than_a_neighbouring_head_would_make_them(hf_lm, vllm_lm, means):
+    """mean: rh-hf puts the stored vector in the head's slice of the projection input; rh-vllm zeroes the head's
+    columns and adds W_o[:, head] . mean as the projection's bias (SmolLM2's has none: it is created)."""
     prompts = prompt_ids(vllm_lm)
     assert prompts == prompt_ids(hf_lm) and sum(map(len, prompts)) > 150
+    hf_lm.use_head_means(means)
+    vllm_lm.use_head_means(means)
     differences, moved = {}, {}
-    for method, heads in (("zero", []), ("zero", MASKED), ("uniform", MASKED)):
+    for method, heads in (("zero", []), ("zero", MASKED), ("uniform", MASKED), ("mean", MASKED)):
         hf_lm.set_mask(spec(heads), method=method)
         vllm_lm.set_mask(spec(heads), method=method)
         hf = per_token_logprobs(hf_lm, prompts)
@@ -252,6 +265,7 @@ def test_per_token_logprobs_equal_rh_hfs_far_closer_than_a_neighbouring_head_wou
         for other in neighbours(heads, vllm_lm.n_heads):  # what the comparison would see with the wrong head
             vllm_lm.set_mask(spec(other), method=method)
             moved[method, spec(other)] = max_difference(per_token_logprobs(vllm_lm, prompts), hf)
+    hf_lm.set_mask("none")
     vllm_lm.set_mask("none")
     worst, least_moved = max(differences.values()), min(moved.values())
     print(f"\nrh-vllm vs rh-hf, max |delta logprob| per condition: {differences}\n"
@@ -262,7 +276,7 @@ def test_per_token_logprobs_equal_rh_hfs_far_closer_than_a_neighbouring_head_wou
 
 
 @engine
-def test_restoring_a_mask_gives_back_every_edited_matrix_bit_for_bit(vllm_lm):
+def test_restoring_a_mask_gives_back_every_edited_matrix_bit_for_bit(vllm_lm, means):
     digest = lambda: vllm_lm.model.collective_rpc("rh_weight_digest")[0]  # noqa: E731
     changed = lambda now: {k for k, v in now.items() if before[k] != v}  # noqa: E731
     vllm_lm.set_mask("none")
@@ -272,8 +286,12 @@ def test_restoring_a_mask_gives_back_every_edited_matrix_bit_for_bit(vllm_lm):
     assert changed(digest()) == {"3.qkv", "17.qkv"}
     vllm_lm.set_mask("17-3;4-1", method="zero")  # replaces the previous mask: restored first, then edited
     assert changed(digest()) == {"4.o", "17.o"}
+    vllm_lm.use_head_means(means).set_mask("17-3;17-4;4-1", method="mean")
+    after = digest()
+    assert changed({k: v for k, v in after.items() if k in before}) == {"4.o", "17.o"}
+    assert set(after) - set(before) == {"4.o_bias", "17.o_bias"}  # a bias where SmolLM2's projections have none
     vllm_lm.set_mask("none")
-    assert digest() == before
+    assert digest() == before  # and none again afterwards, not a zero one
 
 
 @engine

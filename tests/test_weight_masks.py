@@ -10,7 +10,7 @@ import torch
 
 from rh_models.errors import RHError
 from rh_models.vllm_worker import attention_blocks, check_projection, uniform_obstacle
-from rh_models.weight_masks import AttentionWeights, HeadSharding, WeightMask, mask_layer
+from rh_models.weight_masks import AttentionWeights, HeadSharding, WeightMask, mask_layer, mean_contribution
 
 HIDDEN, HEAD_SIZE, TOKENS = 24, 4, 7
 
@@ -31,8 +31,10 @@ def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     return scores.softmax(-1) @ v
 
 
-def reference(w: dict, n_heads: int, n_kv: int, masked: set[int], method: str) -> torch.Tensor:
-    """The definition: per head, a zero query (uniform) or a zero head output (zero), then the output projection."""
+def reference(w: dict, n_heads: int, n_kv: int, masked: set[int], method: str,
+              means: dict[int, torch.Tensor] | None = None) -> torch.Tensor:
+    """The definition: per head, a zero query (uniform), a zero head output (zero) or its mean vector at every
+    position (mean), then the output projection."""
     q = w["x"] @ w["q"].T + w["bq"]
     k = w["x"] @ w["k"].T + w["bk"]
     v = w["x"] @ w["v"].T + w["bv"]
@@ -44,7 +46,11 @@ def reference(w: dict, n_heads: int, n_kv: int, masked: set[int], method: str) -
             qh = torch.zeros_like(qh)
         kv = slice((h // group) * HEAD_SIZE, (h // group + 1) * HEAD_SIZE)
         out = _attend(qh, k[:, kv], v[:, kv])
-        outputs.append(torch.zeros_like(out) if h in masked and method == "zero" else out)
+        if h in masked and method == "zero":
+            out = torch.zeros_like(out)
+        elif h in masked and method == "mean":
+            out = means[h].expand_as(out)
+        outputs.append(out)
     return torch.cat(outputs, -1) @ w["o"].T
 
 
@@ -79,21 +85,26 @@ def sharded_forward(parts: list[tuple[AttentionWeights, list[int]]], x: torch.Te
 
 
 @pytest.mark.parametrize("n_heads,n_kv,tp", [(6, 6, 1), (6, 2, 1), (6, 2, 2), (6, 1, 2), (8, 2, 2), (8, 4, 2)])
-@pytest.mark.parametrize("method", ["zero", "uniform"])
+@pytest.mark.parametrize("method", ["zero", "uniform", "mean"])
 def test_weight_edits_equal_the_per_head_definition(n_heads, n_kv, tp, method):
     w = _weights(n_heads, n_kv)
     masked = {1, n_heads - 1, n_heads // 2}
+    g = torch.Generator().manual_seed(5)
+    means = {h: torch.randn(HEAD_SIZE, generator=g, dtype=torch.float64) for h in masked}
     parts = [shard(w, n_heads, n_kv, rank, tp) for rank in range(tp)]
     for part, _ in parts:
         part.check(0)  # the exact (q + 2 kv) d x q d layout of every rank passes
     unmasked = sharded_forward(parts, w["x"], n_heads, n_kv)
     torch.testing.assert_close(unmasked, reference(w, n_heads, n_kv, set(), method), rtol=1e-10, atol=1e-10)
     originals = [(p.qkv_weight.clone(), p.qkv_bias.clone(), p.o_weight.clone()) for p, _ in parts]
+    # mean: each rank's W_o[:, head] @ mean from its columns before the edit; vLLM adds their sum as rank 0's bias
+    contributions = [mean_contribution(p, means) for p, _ in parts] if method == "mean" else []
+    assert all(c is not None for c in contributions)  # every rank of these layouts holds one of the masked heads
     edits = WeightMask()
     edited = [mask_layer(p, sorted(masked), method, edits) for p, _ in parts]
     assert sum(map(len, edited)) == len(masked)  # every head edited on exactly one rank
-    got = sharded_forward(parts, w["x"], n_heads, n_kv)
-    torch.testing.assert_close(got, reference(w, n_heads, n_kv, masked, method), rtol=1e-10, atol=1e-10)
+    got = sharded_forward(parts, w["x"], n_heads, n_kv) + sum(contributions, torch.zeros(HIDDEN, dtype=torch.float64))
+    torch.testing.assert_close(got, reference(w, n_heads, n_kv, masked, method, means), rtol=1e-10, atol=1e-10)
     assert not torch.allclose(got, unmasked)
     edits.restore()
     for (p, _), (qkv, bias, o) in zip(parts, originals):
