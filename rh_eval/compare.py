@@ -116,7 +116,7 @@ def plan_conditions(ks: list[int], seeds: int, kv_budgets: list[float] = (),
     ``random-kv@P%-seed0..S-1``. One method keeps the names without it (and earlier runs' folders)."""
     plans = [ConditionPlan("full")]
     for k in ks:
-        for method in methods if len(methods) > 1 else (None,):
+        for method in sorted(methods, key=MASK_METHODS.index) if len(methods) > 1 else (None,):
             plans.append(ConditionPlan("retrieval", k, method=method))
             plans.extend(ConditionPlan("random", k, seed, method=method) for seed in range(seeds))
     if kv_budgets:
@@ -189,7 +189,7 @@ class CompareConfig:
         if self.detect_samples < 1:
             raise RHError("--detect-samples must be at least 1")
         unknown = [m for m in self.methods if m not in MASK_METHODS]
-        if not self.methods or unknown or len(set(self.methods)) != len(self.methods):
+        if not self.methods or unknown:
             raise RHError(f"--methods takes distinct methods of {', '.join(MASK_METHODS)}, got "
                           f"{','.join(self.methods) or 'nothing'}")
         if self.scope not in MASK_SCOPES:
@@ -272,11 +272,14 @@ def parse_model_args(text: str | None) -> dict[str, Any]:
     """``k=v,k=v`` as lm-eval's ``--model_args`` parses it; the mask is ours to set, so mask args are refused."""
     from lm_eval.utils import simple_parse_args_string
 
+    from rh_models.kv_budget import KV_ARGS
+    from rh_models.mask_args import MASK_ARGS
+
     args = simple_parse_args_string(text) if text else {}
-    ours = sorted(set(args) & {"pretrained", "mask_heads", "head_scores", "mask_method", "mask_scope", "mask_seed",
-                               "kv_full_heads", "kv_sink", "kv_window"})
+    ours = sorted(set(args) & {"pretrained", "batch_size", *MASK_ARGS, *KV_ARGS})
     if ours:
-        raise RHError(f"--model-args may not set {', '.join(ours)}: rh compare sets them per condition")
+        raise RHError(f"--model-args may not set {', '.join(ours)}: rh sets them itself (per condition, or from "
+                      "its own options)")
     return args
 
 
@@ -311,7 +314,7 @@ def run_settings(config: CompareConfig, head_scores: Path | None) -> dict[str, A
         "limit": config.limit,
         "num_fewshot": config.num_fewshot,
         "apply_chat_template": bool(config.apply_chat_template),
-        "method": ",".join(config.methods),
+        "method": ",".join(sorted(config.methods, key=MASK_METHODS.index)),  # the order asked does not matter
         "scope": config.scope,
         "random_match": config.random_match,
         "include_path": [str(Path(p).resolve()) for p in config.include_path],

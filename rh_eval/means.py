@@ -53,25 +53,35 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--force", action="store_true", help="replace an existing --output")
 
 
-def reference_texts(lm: Any, args: argparse.Namespace) -> tuple[list[str], dict[str, Any]]:
+def check_request(args: argparse.Namespace) -> None:
+    """Everything about the reference set that can be refused before a model loads (minutes for a large one)."""
+    if args.tasks is None and (args.limit is not None or args.metadata or args.include_path):
+        raise RHError("--limit, --metadata and --include-path are for --tasks")
+    if args.text_file and args.apply_chat_template:
+        raise RHError("--apply-chat-template renders the NIAH or task prompts; a --text-file is read as it is")
+    for name in args.text_file or []:
+        if not Path(name).is_file():
+            raise RHError(f"--text-file {name} does not exist")
+
+
+def reference_texts(lm: Any, args: argparse.Namespace, manager: Any = None) -> tuple[list[str], dict[str, Any]]:
     """The reference sequences, and how they were chosen (for the file's provenance)."""
     chat = bool(args.apply_chat_template)
     if args.text_file:
         texts, files = [], []
         for name in args.text_file:
-            path = Path(name)
-            if not path.is_file():
-                raise RHError(f"--text-file {name} does not exist")
-            data = path.read_bytes()
+            data = Path(name).read_bytes()
             try:
                 texts.append(data.decode("utf-8"))
             except UnicodeDecodeError:
                 raise RHError(f"--text-file {name} is not UTF-8 text") from None
-            files.append({"path": str(path), "sha256": hashlib.sha256(data).hexdigest()})
+            files.append({"path": str(name), "sha256": hashlib.sha256(data).hexdigest()})
         return texts, {"kind": "text_files", "files": files}
     if args.tasks:
-        return task_prompts(lm, args), {"kind": "tasks", "tasks": args.tasks.split(","), "limit": args.limit,
-                                        "metadata": args.metadata, "chat_template": chat}
+        from rh_eval.compare import parse_list
+
+        return task_prompts(lm, args, manager), {"kind": "tasks", "tasks": parse_list(args.tasks, "--tasks"),
+                                                 "limit": args.limit, "metadata": args.metadata, "chat_template": chat}
     from rh_tasks.niah_docs import unneedled_prompts
 
     lengths = list(args.lengths or [n for n in DEFAULT_LENGTHS if n + 64 <= lm.max_length] or [lm.max_length // 2])
@@ -80,23 +90,21 @@ def reference_texts(lm: Any, args: argparse.Namespace) -> tuple[list[str], dict[
                    "chat_template": chat}
 
 
-def task_prompts(lm: Any, args: argparse.Namespace) -> list[str]:
-    """Every distinct context lm-eval would send the model for these tasks (few-shot exemplars included)."""
-    from lm_eval.api.task import Task
-    from lm_eval.tasks import get_task_dict
-
+def tasks_manager(args: argparse.Namespace) -> Any:
+    """lm-eval's TaskManager for ``--tasks`` (unknown tasks refused in one line), as ``rh compare`` builds it."""
     from rh_eval.compare import parse_list, parse_metadata, task_manager
 
-    tasks = parse_list(args.tasks, "--tasks")
-    manager = task_manager(tasks, args.model, parse_metadata(args.metadata), tuple(args.include_path))
+    return task_manager(parse_list(args.tasks, "--tasks"), args.model, parse_metadata(args.metadata),
+                        tuple(args.include_path))
 
-    def leaves(node: Any) -> list[Task]:
-        if isinstance(node, Task):
-            return [node]
-        return [task for value in (node.values() if isinstance(node, dict) else []) for task in leaves(value)]
 
-    contexts: dict[str, None] = {}
-    for task in leaves(get_task_dict(tasks, manager)):
+def task_prompts(lm: Any, args: argparse.Namespace, manager: Any = None) -> list[str]:
+    """Every distinct context lm-eval would send the model for these tasks (few-shot exemplars included)."""
+    from rh_eval.compare import parse_list
+
+    manager = manager or tasks_manager(args)
+    contexts: dict[str, None] = {}  # ordered, each context once (multiple-choice docs repeat theirs)
+    for task in manager.load(parse_list(args.tasks, "--tasks"))["tasks"].values():
         task.build_all_requests(limit=args.limit, apply_chat_template=bool(args.apply_chat_template),
                                 chat_template=lm.apply_chat_template if args.apply_chat_template else None)
         contexts.update((instance.args[0], None) for instance in task.instances)
@@ -150,17 +158,18 @@ def head_means(lm: Any, texts: list[str], reference: dict[str, Any]):
 
 def run(args: argparse.Namespace) -> int:
     output = Path(args.output)
-    if output.exists() and not args.force:
-        raise RHError(f"{output} exists; pass --force to replace it")
     if output.is_dir():
         raise RHError(f"--output {output} is a folder")
-    if args.limit is not None and not args.tasks:
-        raise RHError("--limit is for --tasks")
+    if output.exists() and not args.force:
+        raise RHError(f"{output} exists; pass --force to replace it")
+    check_request(args)
     from rh_eval.compare import parse_model_args
     from rh_models.lm import RHHFLM
 
-    lm = RHHFLM(pretrained=args.model, batch_size=1, **parse_model_args(args.model_args))
-    texts, reference = reference_texts(lm, args)
+    model_args = parse_model_args(args.model_args)
+    manager = tasks_manager(args) if args.tasks else None
+    lm = RHHFLM(pretrained=args.model, batch_size=1, **model_args)
+    texts, reference = reference_texts(lm, args, manager)
     means = head_means(lm, texts, reference)
     means.save(output)
     print(f"rh means: {lm.n_layers} x {lm.n_heads} heads, mean over {means.provenance['tokens']} tokens of "

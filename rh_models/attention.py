@@ -267,7 +267,7 @@ class HeadControl:
         if masked is not None and self.method == "zero":
             output = output.index_fill(2, masked, 0.0)
         elif masked is not None and self.method == "mean":
-            mean = self.mean_by_layer[layer]
+            mean = self.mean_by_layer[layer].to(dtype=output.dtype, device=output.device)  # no-op unless sharded
             if mean.shape[-1] != output.shape[-1]:
                 raise RHError(f"head means hold {mean.shape[-1]}-dimensional outputs, layer {layer} of "
                               f"{type(module).__name__} outputs {output.shape[-1]} per head")

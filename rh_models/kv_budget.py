@@ -51,6 +51,9 @@ class KVArgs:
     window: int = DEFAULT_WINDOW
 
 
+KV_ARGS = ("kv_full_heads", "kv_sink", "kv_window")  # the model args of a KV budget (rh-hf only)
+
+
 def parse_kv_args(kv_full_heads: Any = None, kv_sink: Any = None, kv_window: Any = None,
                   head_scores: Any = None) -> KVArgs:
     """The strings lm-eval passes from ``--model_args``, as :class:`KVArgs`, or one clear line.

@@ -192,7 +192,11 @@ class RHHFLM(MaskedLM, HFLM):
         for (layer, head), after in with_it.items():
             expected = (torch.zeros_like(after) if method == "zero" else self.head_means.vectors(
                 layer, [head], after.dtype, after.device).expand_as(after) if method == "mean" else None)
-            if torch.equal(after, without[layer, head]) or (expected is not None and not torch.equal(after, expected)):
+            if expected is not None and not torch.equal(after, expected):
+                raise RHError(f"self-check failed: masked head {layer}-{head} does not output its "
+                              f"{'zeros' if method == 'zero' else 'stored mean'} ({type(self.model).__name__}, "
+                              f"{self.control.base}); refusing to run")
+            if torch.equal(after, without[layer, head]):
                 raise RHError(
                     f"self-check failed: masking head {layer}-{head} did not change its output "
                     f"({type(self.model).__name__}, {self.control.base}); refusing to run a silent no-op"

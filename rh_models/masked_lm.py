@@ -23,7 +23,7 @@ from rh_models.errors import RHError
 from rh_models.head_means import HeadMeans
 from rh_models.heads import HeadScores, HeadSet, HeadSpec, select_heads, spec_text
 from rh_models.mask_args import MaskArgs
-from rh_models.shape import head_dim, head_shape
+from rh_models.shape import config_sha256, head_dim, head_shape
 
 
 class MaskedLM:
@@ -40,6 +40,7 @@ class MaskedLM:
         """Read the head shape from the model's config, load the score file, set the requested mask."""
         self.n_layers, self.n_heads = head_shape(config)
         self.head_dim = head_dim(config)
+        self.config_sha256 = config_sha256(config)
         self.head_scores = HeadScores.load(mask.head_scores, self.n_layers, self.n_heads) if mask.head_scores else None
         if mask.head_means:
             self.use_head_means(mask.head_means)
@@ -87,8 +88,17 @@ class MaskedLM:
         return self
 
     def use_head_means(self, path: str | Path) -> "MaskedLM":
-        """Mean outputs for ``mask_method=mean`` from now on; the file must hold every head of this model's shape."""
-        self.head_means = HeadMeans.load(path, self.n_layers, self.n_heads, self.head_dim)
+        """Mean outputs for ``mask_method=mean`` from now on; the file must hold every head of this model's shape
+        and come from a model with this config. A mean mask already set is re-applied with the new means."""
+        means = HeadMeans.load(path, self.n_layers, self.n_heads, self.head_dim)
+        made_by = means.provenance.get("model_config_sha256")
+        if made_by is not None and made_by != self.config_sha256:
+            raise RHError(f"head-means file {path} was made on a model with another config (model "
+                          f"{means.provenance.get('model')!r}); write one for this model with `rh means`")
+        self.head_means = means
+        mask = getattr(self, "_mask", None)
+        if mask is not None and mask[1] == "mean" and len(mask[0]):
+            self._apply_mask(*mask)
         return self
 
     def mask_info(self) -> dict[str, Any]:

@@ -45,6 +45,7 @@ from rh_models import vllm_internals
 from rh_models.arguments import parse_bool
 from rh_models.errors import RHError
 from rh_models.heads import HeadSet, format_heads
+from rh_models.kv_budget import KV_ARGS
 from rh_models.mask_args import MASK_ARGS, parse_mask_args
 from rh_models.masked_lm import MaskedLM
 from rh_models.vllm_worker import EXTENSION_QUALNAME
@@ -72,7 +73,7 @@ def hf_only_args() -> tuple[str, ...]:
 def refuse_engine_args(kwargs: dict[str, Any]) -> None:
     """What no weight edit can honour, refused before an engine is built (a 70B load costs minutes)."""
     given = [name for name in hf_only_args() if kwargs.get(name) not in _UNSET]
-    if {"kv_full_heads", "kv_sink", "kv_window"} & set(kwargs):  # kv_full_heads=none: every head streams, not unset
+    if set(KV_ARGS) & set(kwargs):  # kv_full_heads=none: every head streams, not unset
         raise RHError("rh-vllm: a KV budget by head (kv_full_heads, kv_sink, kv_window) is rh-hf's: it is simulated "
                       "with per-head attention masks, which vLLM's paged kernels do not take; use --model rh-hf")
     if given:
@@ -113,6 +114,14 @@ def cpu_engine_args(kwargs: dict[str, Any]) -> dict[str, Any]:
         logger.warning("rh-vllm on vLLM's CPU backend: %s chosen (gpu_memory_utilization is the share of the CPU "
                        "memory reserved; pass it to change)", ", ".join(f"{k}={v}" for k, v in chosen.items()))
     return {**kwargs, **chosen}
+
+
+def check_mean_is_eager(enforce_eager: bool) -> None:
+    """``mean`` adds an output-projection bias (creating one where the model has none): a graph compiled or a CUDA
+    graph captured without it would never read it, and the run would silently be ``zero``. Eager engines only."""
+    if not enforce_eager:
+        raise RHError("rh-vllm: mask_method=mean needs enforce_eager=True (it adds an output-projection bias, which "
+                      "a compiled graph or captured CUDA graph built without one would not read)")
 
 
 # ---------------------------------------------------------------------------------------------- engines
@@ -235,6 +244,9 @@ class RHVLLM(MaskedLM, VLLM):
         refuse_engine_args(kwargs)
         vllm_internals.check_vllm()
         kwargs = cpu_engine_args({**kwargs, "worker_extension_cls": EXTENSION_QUALNAME})
+        self.enforce_eager = parse_bool("enforce_eager", kwargs.get("enforce_eager", False))
+        if mask.method == "mean":
+            check_mean_is_eager(self.enforce_eager)
 
         self.model_alias = pretrained if is_alias(pretrained) else None
         pretrained = resolve_pretrained(pretrained)
@@ -253,6 +265,8 @@ class RHVLLM(MaskedLM, VLLM):
     def _apply_mask(self, heads: HeadSet, method: str, scope: str) -> None:
         if scope != "all":
             raise RHError("rh-vllm: mask_scope=decode cannot be a weight edit; use --model rh-hf for it")
+        if method == "mean":
+            check_mean_is_eager(self.enforce_eager)
         if self.data_parallel_size <= 1:
             mask_engine(self.model, [list(h) for h in heads], method, self._mean_vectors(heads, method))
         # data parallel: no engine here; every replica masks and checks itself (run_on_replica)

@@ -83,7 +83,7 @@ class FakeLM(FakeMaskedLM):
 
 @pytest.fixture
 def fake_eval(monkeypatch):
-    calls = {"evaluate": [], "load": 0}
+    calls = {"evaluate": [], "load": 0, "methods": []}
     monkeypatch.setattr("rh_models.shape.model_config_sha256", lambda model, *rest: f"config-of-{model}")
 
     def load_model(args, head_scores):
@@ -93,6 +93,7 @@ def fake_eval(monkeypatch):
     def evaluate(lm, tasks, args, manager):
         info = lm.mask_info()
         calls["evaluate"].append(info["spec"] + f"/{info['seed']}")
+        calls["methods"].append(info["method"])
         score = {"none": 1.0}.get(info["spec"], 0.25 if info["spec"].startswith("top") else 0.75 + 0.05 * info["seed"])
         docs = [{"doc_id": i, "doc": {"q": i}, "target": 1, "arguments": [("ctx", {"until": ["\n"]})],
                  "resps": [["a"]], "filtered_resps": ["a"], "filter": "none", "metrics": ["acc"],
@@ -187,6 +188,7 @@ def test_several_methods_give_rows_per_method_and_resume_only_with_the_same_mean
     means.write_text(means.read_text().replace("0.0", "0.5", 1))  # other means: another experiment
     assert _compare(out, scores, "--methods", "zero,mean,uniform", "--head-means", str(means), "--seeds", "1") == 2
     assert "head_means_sha256" in capsys.readouterr().err
+    assert fake_eval["methods"] == ["zero"] * 3 + ["uniform"] * 2 + ["mean"] * 2  # each row masked its own way
     for extra, message in ((("--methods", "zero,mean"), "--methods mean needs --head-means"),
                            (("--head-means", str(means)), "--head-means is read only by --methods mean"),
                            (("--methods", "zero,zero"), "--methods lists something twice"),

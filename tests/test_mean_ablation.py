@@ -193,10 +193,20 @@ def test_rh_means_equals_the_mean_projection_input_of_the_stock_model(tiny_llama
     HeadMeans(torch.zeros(3, 4, 16)).save(tmp_path / "other.json")
     with pytest.raises(RHError, match="is for a model with 3 layers x 4 heads, but this model has 2 x 4"):
         lm.use_head_means(tmp_path / "other.json")
-    lm.set_mask("none")
+    lm.set_mask("0-1", method="mean")
     with pytest.raises(RHError, match="head means are taken on the unmasked model"):
-        lm.set_mask("0-1", method="mean")
         head_means(lm, chosen, reference)
+
+    # new means for the mask in force: applied at once (mask_info never names a file the model does not use)
+    doubled = HeadMeans(means.means * 2, dict(means.provenance)).save(tmp_path / "doubled.json")
+    lm.use_head_means(doubled)
+    assert torch.equal(lm.control.mean_by_layer[0], 2 * means.means[0, [1]])
+    assert lm.mask_info()["head_means"] == str(doubled)
+    # a file made on another model of the same shape (another config) is refused
+    HeadMeans(means.means, {**means.provenance, "model_config_sha256": "0" * 64, "model": "other"}).save(
+        tmp_path / "foreign.json")
+    with pytest.raises(RHError, match="was made on a model with another config"):
+        lm.use_head_means(tmp_path / "foreign.json")
 
 
 def test_rh_means_default_reference_is_the_niah_prompt_without_its_needle(tiny_llama_dir):
@@ -239,3 +249,38 @@ def test_rh_means_and_mask_method_mean_through_the_clis(tiny_llama_dir, tiny_tas
                           "--include_path", str(tiny_task_dir))
         assert refused.returncode != 0 and "Loading weights" not in refused.stderr  # before the model loads
         assert [message in line for line in rh_error_lines(refused.stderr)] == [True], refused.stderr[-1500:]
+
+
+def test_rh_means_refuses_a_bad_request_before_the_model_loads(tmp_path, monkeypatch):
+    from rh_eval import means as module
+    from rh_models import lm
+
+    monkeypatch.setattr(lm.RHHFLM, "__init__", lambda *a, **k: pytest.fail("the model was loaded"))
+    (tmp_path / "there.json").write_text("{}")
+    cases = [
+        (dict(output=str(tmp_path / "there.json")), "exists; pass --force"),
+        (dict(output=str(tmp_path)), "is a folder"),
+        (dict(text_file=[str(tmp_path / "missing.txt")]), "--text-file .* does not exist"),
+        (dict(limit=3), "are for --tasks"),
+        (dict(text_file=[str(tmp_path / "there.json")], apply_chat_template=True), "a --text-file is read as it is"),
+        (dict(model_args="batch_size=4"), "--model-args may not set batch_size"),
+        (dict(tasks="no_such_task_anywhere"), "unknown task"),
+    ]
+    for overrides, message in cases:
+        args = _means_args(**{"model": "smollm2-135m", "output": str(tmp_path / "m.json"), **overrides})
+        with pytest.raises(RHError, match=message):
+            module.run(args)
+
+
+def test_rh_means_over_an_lm_eval_tasks_prompts(tiny_llama_dir, tiny_task_dir):
+    """``--tasks``: the contexts lm-eval itself builds for the task (here its two docs), each once."""
+    from rh_eval.means import reference_texts
+    from rh_models.lm import RHHFLM
+
+    lm = RHHFLM(pretrained=str(tiny_llama_dir), device="cpu", dtype="float32", batch_size=1)
+    args = _means_args(model=str(tiny_llama_dir), tasks="tiny_local", include_path=[str(tiny_task_dir)])
+    texts, reference = reference_texts(lm, args)
+    assert texts == ["The sky is", "Two plus two is"]
+    assert (reference["kind"], reference["tasks"], reference["limit"]) == ("tasks", ["tiny_local"], None)
+    texts, _ = reference_texts(lm, _means_args(**{**vars(args), "limit": 1}))
+    assert texts == ["The sky is"]

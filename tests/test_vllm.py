@@ -74,6 +74,40 @@ def test_what_no_weight_edit_can_honour_is_refused_before_an_engine_starts(monke
         RHVLLM(pretrained="smollm2-135m", **args)
 
 
+def test_mean_needs_an_eager_engine_and_sums_every_ranks_bias_onto_rank_0(monkeypatch):
+    """A compiled graph (or captured CUDA graph) built without a bias would never read the one mean adds: refused.
+    Under tensor parallelism each rank returns W_o[:, head] . mean for its own heads; the driver adds them up and
+    every rank gets the sum (rank 0 adds it, where vLLM's row-parallel projection adds its bias)."""
+    from rh_models import vllm_lm
+    from rh_models.heads import HeadSet
+
+    lm = vllm_lm.RHVLLM.__new__(vllm_lm.RHVLLM)
+    lm.enforce_eager, lm.data_parallel_size = False, 1
+    monkeypatch.setattr(vllm_lm, "mask_engine", lambda *a: pytest.fail("a compiled engine was masked"))
+    with pytest.raises(RHError, match="mask_method=mean needs enforce_eager=True"):
+        lm._apply_mask(HeadSet(((0, 1),), 2, 4), "mean", "all")
+
+    class TwoRanks:
+        def __init__(self):
+            self.calls = []
+
+        def collective_rpc(self, name, args=()):
+            self.calls.append((name, args))
+            if name == "rh_set_mask":
+                return [{"edited": [[0, 1]], "checked": 1, "bias": {0: [1.0, 2.0]}},
+                        {"edited": [[0, 3], [1, 2]], "checked": 2, "bias": {0: [0.5, 0.25], 1: [4.0, 4.0]}}]
+            return [{"added": [0, 1]}, {"added": []}]  # rank 0 adds, rank 1 holds no bias
+
+        def reset_prefix_cache(self):
+            return True
+
+    llm = TwoRanks()
+    means = {"0-1": [0.0] * 4, "0-3": [0.0] * 4, "1-2": [0.0] * 4}
+    vllm_lm.apply_mask(llm, [[0, 1], [0, 3], [1, 2]], "mean", means)
+    assert llm.calls == [("rh_set_mask", ([[0, 1], [0, 3], [1, 2]], "mean", means)),
+                         ("rh_add_output_bias", ({0: [1.5, 2.25], 1: [4.0, 4.0]},))]
+
+
 def test_every_rh_hf_only_argument_is_known_to_rh_vllm():
     from rh_models.vllm_lm import hf_only_args, refuse_engine_args
 

@@ -42,8 +42,9 @@ def _draw_series(axes, board: Leaderboard, kind: str, points: list[tuple[float, 
         seeds = max((len(r.seeds) for r in board.rows if r.kind == kind), default=0)
         label += f" (mean of {seeds} seeds)" if seeds > 1 else ""
         if any(h > l for l, h in zip(lows, highs)):
+            band = f"{round(board.confidence * 100)} % interval"
             axes.fill_between(xs, lows, highs, color=color, alpha=0.2, linewidth=0,
-                              label=f"{round(board.confidence * 100)} % interval")
+                              label=None if band in axes.get_legend_handles_labels()[1] else band)
     axes.plot(xs, means, color=color, marker=marker, label=label, linestyle=linestyle)
 
 
@@ -86,14 +87,14 @@ def dose_response(board: Leaderboard, column: Column, out: str | Path) -> Path |
     figure = new_figure()
     axes = figure.add_subplot()
     styles = {"retrieval": ("tab:red", "o", "retrieval heads masked"), "random": ("tab:blue", "s", "random heads masked")}
-    linestyles = {None: "-", "zero": "-", "uniform": "--", "mean": ":"}
+    linestyles = {None: "-", "zero": "-", "uniform": "--", "mean": "-."}  # ":" is the unmasked line
     for (kind, method), points in series.items():
         if full is not None:
             points = [(0, full.value, full.value, full.value), *points]
         points.sort()
         color, marker, label = styles[kind]
         _draw_series(axes, board, kind, points, color, marker, label + (f" ({method})" if method else ""),
-                     seeded=kind == "random", linestyle=linestyles.get(method, "-."))
+                     seeded=kind == "random", linestyle=linestyles.get(method, (0, (1, 3))))
     if full is not None:
         axes.axhline(full.value, color="gray", linestyle=":", linewidth=1, label="full (no mask)")
     axes.set_xticks(sorted({0, *(k for points in series.values() for k, *_ in points)}))
