@@ -65,7 +65,7 @@ def _finish(figure, axes, board: Leaderboard, column: Column, xlabel: str, title
     _fit_y(axes, board, column)
     axes.set_xlabel(xlabel)
     axes.set_ylabel(column.metric + direction)
-    axes.set_title(f"{column.label}: {title}")
+    axes.set_title(f"{column.label}:\n{title}", fontsize="medium")  # two lines: long labels fit the figure
     axes.legend(fontsize="small")
     axes.grid(alpha=0.3)
     return save_figure(figure, out)
