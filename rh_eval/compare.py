@@ -116,7 +116,7 @@ def plan_conditions(ks: list[int], seeds: int, kv_budgets: list[float] = (),
     ``random-kv@P%-seed0..S-1``. One method keeps the names without it (and earlier runs' folders)."""
     plans = [ConditionPlan("full")]
     for k in ks:
-        for method in sorted(methods, key=MASK_METHODS.index) if len(methods) > 1 else (None,):
+        for method in canonical_methods(list(methods)) if len(methods) > 1 else (None,):
             plans.append(ConditionPlan("retrieval", k, method=method))
             plans.extend(ConditionPlan("random", k, seed, method=method) for seed in range(seeds))
     if kv_budgets:
@@ -189,7 +189,7 @@ class CompareConfig:
         if self.detect_samples < 1:
             raise RHError("--detect-samples must be at least 1")
         unknown = [m for m in self.methods if m not in MASK_METHODS]
-        if not self.methods or unknown:
+        if not self.methods or unknown or len(set(self.methods)) != len(self.methods):
             raise RHError(f"--methods takes distinct methods of {', '.join(MASK_METHODS)}, got "
                           f"{','.join(self.methods) or 'nothing'}")
         if self.scope not in MASK_SCOPES:
@@ -205,6 +205,11 @@ class CompareConfig:
             raise RHError(f"head-score file {self.head_scores} does not exist")
         if Path(self.output_dir).exists() and not Path(self.output_dir).is_dir():
             raise RHError(f"--output-dir {self.output_dir} is a file")
+
+
+def canonical_methods(methods: list[str]) -> tuple[str, ...]:
+    """Ablation methods in one order (zero, uniform, mean): the order typed changes neither rows nor settings."""
+    return tuple(sorted(methods, key=lambda m: MASK_METHODS.index(m) if m in MASK_METHODS else len(MASK_METHODS)))
 
 
 def parse_list(text: str, what: str) -> list[str]:
@@ -314,7 +319,7 @@ def run_settings(config: CompareConfig, head_scores: Path | None) -> dict[str, A
         "limit": config.limit,
         "num_fewshot": config.num_fewshot,
         "apply_chat_template": bool(config.apply_chat_template),
-        "method": ",".join(sorted(config.methods, key=MASK_METHODS.index)),  # the order asked does not matter
+        "method": ",".join(canonical_methods(list(config.methods))),  # the order asked does not matter
         "scope": config.scope,
         "random_match": config.random_match,
         "include_path": [str(Path(p).resolve()) for p in config.include_path],
@@ -460,7 +465,7 @@ def run_condition(lm: Any, plan: ConditionPlan, config: CompareConfig, manager: 
     """
     if config.kv_budgets:
         lm.set_kv(None)  # the mask's self-check runs on full attention
-    lm.set_mask(plan.spec, method=plan.method or config.methods[0], scope=config.scope, seed=plan.seed or 0,
+    lm.set_mask(plan.spec, method=plan.method or canonical_methods(list(config.methods))[0], scope=config.scope, seed=plan.seed or 0,
                 random_match=config.random_match)
     if plan.is_kv:
         lm.set_kv(plan.kv_spec, config.kv_sink, config.kv_window, seed=plan.seed or 0, random_exclude=0)
@@ -472,7 +477,7 @@ def run_condition(lm: Any, plan: ConditionPlan, config: CompareConfig, manager: 
         "k": plan.k,
         "seed": plan.seed,
         "heads": [list(h) for h in info["heads"]],
-        "method": info.get("method", plan.method or config.methods[0]),
+        "method": info.get("method", plan.method or canonical_methods(list(config.methods))[0]),
         "method_in_name": plan.method is not None,
         "scope": info.get("scope", config.scope),
         "spec": info.get("spec", plan.spec),
@@ -558,7 +563,7 @@ def config_from_args(args: argparse.Namespace) -> CompareConfig:
         head_scores=Path(args.head_scores) if args.head_scores else None,
         ks=tuple(parse_ks(args.k)) if args.k is not None else (() if args.kv_budgets else (6,)),
         seeds=args.seeds,
-        methods=tuple(parse_list(args.methods, "--methods")),
+        methods=canonical_methods(parse_list(args.methods, "--methods")),
         head_means=Path(args.head_means) if args.head_means else None,
         scope=args.scope,
         random_match=args.random_match,

@@ -43,7 +43,7 @@ MASK_KINDS = ("full", "retrieval", "random")
 KV_KINDS = ("streaming", "retrieval-kv", "random-kv")
 KINDS = MASK_KINDS + KV_KINDS
 SEEDED_KINDS = ("random", "random-kv")  # rows that average over random draws
-METHODS = ("zero", "uniform", "mean")  # rows of one K, several ablation methods: in this order  # rows that average over random draws
+METHODS = ("zero", "uniform", "mean")  # rows of one K, several ablation methods: in this order
 EXTENSIONS = ("md", "csv", "html", "tex", "json")
 _NOT_METRICS = {"alias", "name", "sample_len", "sample_count", "samples"}
 

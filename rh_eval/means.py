@@ -57,6 +57,12 @@ def check_request(args: argparse.Namespace) -> None:
     """Everything about the reference set that can be refused before a model loads (minutes for a large one)."""
     if args.tasks is None and (args.limit is not None or args.metadata or args.include_path):
         raise RHError("--limit, --metadata and --include-path are for --tasks")
+    if args.tasks is not None:
+        from rh_eval.compare import parse_list
+
+        parse_list(args.tasks, "--tasks")  # empty or repeated: one line
+    if args.limit is not None and args.limit < 1:
+        raise RHError(f"--limit must be at least 1, got {args.limit}")
     if args.text_file and args.apply_chat_template:
         raise RHError("--apply-chat-template renders the NIAH or task prompts; a --text-file is read as it is")
     for name in args.text_file or []:
@@ -75,9 +81,11 @@ def reference_texts(lm: Any, args: argparse.Namespace, manager: Any = None) -> t
                 texts.append(data.decode("utf-8"))
             except UnicodeDecodeError:
                 raise RHError(f"--text-file {name} is not UTF-8 text") from None
+            if not texts[-1].strip():
+                raise RHError(f"--text-file {name} is empty")
             files.append({"path": str(name), "sha256": hashlib.sha256(data).hexdigest()})
         return texts, {"kind": "text_files", "files": files}
-    if args.tasks:
+    if args.tasks is not None:
         from rh_eval.compare import parse_list
 
         return task_prompts(lm, args, manager), {"kind": "tasks", "tasks": parse_list(args.tasks, "--tasks"),
@@ -128,6 +136,8 @@ def head_means(lm: Any, texts: list[str], reference: dict[str, Any]):
     with torch.no_grad(), lm.control.summing_outputs() as output_sums:
         for index, text in enumerate(tqdm(texts, desc="head means", unit="sequence")):
             ids = lm.tok_encode(text)
+            if not ids:
+                raise RHError(f"reference sequence {index + 1} has no tokens")
             if len(ids) > lm.max_length:
                 raise RHError(f"reference sequence {index + 1} has {len(ids)} tokens, more than the model's "
                               f"{lm.max_length}; shorten or split it")
@@ -167,7 +177,7 @@ def run(args: argparse.Namespace) -> int:
     from rh_models.lm import RHHFLM
 
     model_args = parse_model_args(args.model_args)
-    manager = tasks_manager(args) if args.tasks else None
+    manager = tasks_manager(args) if args.tasks is not None else None
     lm = RHHFLM(pretrained=args.model, batch_size=1, **model_args)
     texts, reference = reference_texts(lm, args, manager)
     means = head_means(lm, texts, reference)

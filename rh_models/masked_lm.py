@@ -95,10 +95,16 @@ class MaskedLM:
         if made_by is not None and made_by != self.config_sha256:
             raise RHError(f"head-means file {path} was made on a model with another config (model "
                           f"{means.provenance.get('model')!r}); write one for this model with `rh means`")
-        self.head_means = means
+        previous, self.head_means = getattr(self, "head_means", None), means
         mask = getattr(self, "_mask", None)
         if mask is not None and mask[1] == "mean" and len(mask[0]):
-            self._apply_mask(*mask)
+            try:
+                self._apply_mask(*mask)
+            except BaseException:  # the model may be half-masked: say "no mask", which _apply_mask then makes true
+                self.head_means = previous
+                self._mask, self._mask_request = (HeadSet((), self.n_layers, self.n_heads), "zero", "all"), {}
+                self._apply_mask(*self._mask)
+                raise
         return self
 
     def mask_info(self) -> dict[str, Any]:

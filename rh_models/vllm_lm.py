@@ -157,7 +157,8 @@ def apply_mask(llm: Any, heads: list[list[int]], method: str,
     """
     replies = llm.collective_rpc("rh_set_mask", args=(heads, method, means))
     for reply in replies:
-        if "error" in reply:
+        if "error" in reply:  # that rank cleared itself; the others may hold their part of the mask
+            llm.collective_rpc("rh_clear_mask")
             llm.reset_prefix_cache()
             raise RHError(reply["error"])
     if method == "mean" and heads:
@@ -244,7 +245,8 @@ class RHVLLM(MaskedLM, VLLM):
         refuse_engine_args(kwargs)
         vllm_internals.check_vllm()
         kwargs = cpu_engine_args({**kwargs, "worker_extension_cls": EXTENSION_QUALNAME})
-        self.enforce_eager = parse_bool("enforce_eager", kwargs.get("enforce_eager", False))
+        eager = kwargs.get("enforce_eager")
+        self.enforce_eager = False if eager in _UNSET else parse_bool("enforce_eager", eager)
         if mask.method == "mean":
             check_mean_is_eager(self.enforce_eager)
 
@@ -270,6 +272,11 @@ class RHVLLM(MaskedLM, VLLM):
         if self.data_parallel_size <= 1:
             mask_engine(self.model, [list(h) for h in heads], method, self._mean_vectors(heads, method))
         # data parallel: no engine here; every replica masks and checks itself (run_on_replica)
+
+    def use_head_means(self, path: Any) -> "RHVLLM":
+        """As rh-hf's, and refused at once on an engine that is not eager (before any condition runs)."""
+        check_mean_is_eager(self.enforce_eager)
+        return super().use_head_means(path)
 
     def _mean_vectors(self, heads: HeadSet, method: str) -> dict[str, list[float]] | None:
         """``mean``: each masked head's stored mean output, as plain data for the workers; else None."""

@@ -268,6 +268,8 @@ def test_rh_means_refuses_a_bad_request_before_the_model_loads(tmp_path, monkeyp
         (dict(limit=3), "are for --tasks"),
         (dict(text_file=[str(tmp_path / "there.json")], apply_chat_template=True), "a --text-file is read as it is"),
         (dict(model_args="batch_size=4"), "--model-args may not set batch_size"),
+        (dict(tasks="", limit=2), "--tasks is empty"),
+        (dict(tasks="tiny_local", limit=0), "--limit must be at least 1"),
         (dict(tasks="no_such_task_anywhere"), "unknown task"),
     ]
     for overrides, message in cases:

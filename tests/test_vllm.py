@@ -107,6 +107,16 @@ def test_mean_needs_an_eager_engine_and_sums_every_ranks_bias_onto_rank_0(monkey
     assert llm.calls == [("rh_set_mask", ([[0, 1], [0, 3], [1, 2]], "mean", means)),
                          ("rh_add_output_bias", ({0: [1.5, 2.25], 1: [4.0, 4.0]},))]
 
+    class OneRankRefuses(TwoRanks):
+        def collective_rpc(self, name, args=()):
+            replies = super().collective_rpc(name, args)
+            return [replies[0], {"error": "layer 1: the output projection is quantized"}] if name == "rh_set_mask" else replies
+
+    llm = OneRankRefuses()
+    with pytest.raises(RHError, match="quantized"):
+        vllm_lm.apply_mask(llm, [[0, 1], [1, 2]], "mean", means)
+    assert [name for name, _ in llm.calls] == ["rh_set_mask", "rh_clear_mask"]  # every rank unmasked, not just one
+
 
 def test_every_rh_hf_only_argument_is_known_to_rh_vllm():
     from rh_models.vllm_lm import hf_only_args, refuse_engine_args
