@@ -116,7 +116,7 @@ def plan_conditions(ks: list[int], seeds: int, kv_budgets: list[float] = (),
     ``random-kv@P%-seed0..S-1``. One method keeps the names without it (and earlier runs' folders)."""
     plans = [ConditionPlan("full")]
     for k in ks:
-        for method in canonical_methods(list(methods)) if len(methods) > 1 else (None,):
+        for method in methods if len(methods) > 1 else (None,):
             plans.append(ConditionPlan("retrieval", k, method=method))
             plans.extend(ConditionPlan("random", k, seed, method=method) for seed in range(seeds))
     if kv_budgets:
@@ -162,6 +162,10 @@ class CompareConfig:
     kv_budgets: tuple[float, ...] = ()  # percentages of heads that keep the full context (KV conditions)
     kv_sink: int = DEFAULT_SINK
     kv_window: int = DEFAULT_WINDOW
+
+    def __post_init__(self) -> None:
+        # one order (zero, uniform, mean) from here on: the order typed changes neither rows nor settings
+        object.__setattr__(self, "methods", canonical_methods(list(self.methods)))
 
     def check(self) -> None:
         if self.backend not in BACKENDS:
@@ -319,7 +323,7 @@ def run_settings(config: CompareConfig, head_scores: Path | None) -> dict[str, A
         "limit": config.limit,
         "num_fewshot": config.num_fewshot,
         "apply_chat_template": bool(config.apply_chat_template),
-        "method": ",".join(canonical_methods(list(config.methods))),  # the order asked does not matter
+        "method": ",".join(config.methods),  # canonical order (CompareConfig)
         "scope": config.scope,
         "random_match": config.random_match,
         "include_path": [str(Path(p).resolve()) for p in config.include_path],
@@ -465,8 +469,8 @@ def run_condition(lm: Any, plan: ConditionPlan, config: CompareConfig, manager: 
     """
     if config.kv_budgets:
         lm.set_kv(None)  # the mask's self-check runs on full attention
-    lm.set_mask(plan.spec, method=plan.method or canonical_methods(list(config.methods))[0], scope=config.scope, seed=plan.seed or 0,
-                random_match=config.random_match)
+    method = plan.method or config.methods[0]  # full and KV rows: the first method (masking nothing)
+    lm.set_mask(plan.spec, method=method, scope=config.scope, seed=plan.seed or 0, random_match=config.random_match)
     if plan.is_kv:
         lm.set_kv(plan.kv_spec, config.kv_sink, config.kv_window, seed=plan.seed or 0, random_exclude=0)
     info = lm.mask_info()
@@ -477,7 +481,7 @@ def run_condition(lm: Any, plan: ConditionPlan, config: CompareConfig, manager: 
         "k": plan.k,
         "seed": plan.seed,
         "heads": [list(h) for h in info["heads"]],
-        "method": info.get("method", plan.method or canonical_methods(list(config.methods))[0]),
+        "method": info.get("method", method),
         "method_in_name": plan.method is not None,
         "scope": info.get("scope", config.scope),
         "spec": info.get("spec", plan.spec),
@@ -563,7 +567,7 @@ def config_from_args(args: argparse.Namespace) -> CompareConfig:
         head_scores=Path(args.head_scores) if args.head_scores else None,
         ks=tuple(parse_ks(args.k)) if args.k is not None else (() if args.kv_budgets else (6,)),
         seeds=args.seeds,
-        methods=canonical_methods(parse_list(args.methods, "--methods")),
+        methods=tuple(parse_list(args.methods, "--methods")),
         head_means=Path(args.head_means) if args.head_means else None,
         scope=args.scope,
         random_match=args.random_match,

@@ -95,7 +95,7 @@ class MaskedLM:
         if made_by is not None and made_by != self.config_sha256:
             raise RHError(f"head-means file {path} was made on a model with another config (model "
                           f"{means.provenance.get('model')!r}); write one for this model with `rh means`")
-        previous, self.head_means = getattr(self, "head_means", None), means
+        previous, self.head_means = self.head_means, means
         mask = getattr(self, "_mask", None)
         if mask is not None and mask[1] == "mean" and len(mask[0]):
             try:

@@ -155,12 +155,16 @@ def apply_mask(llm: Any, heads: list[list[int]], method: str,
     previous weights: a prompt seen before the change would reuse them and silently mix two conditions, so the
     cache is emptied with every change.
     """
+    def refuse(error: str) -> None:
+        """A refusal leaves no rank masked (a refusing rank cleared itself; the others may hold their part)."""
+        llm.collective_rpc("rh_clear_mask")
+        llm.reset_prefix_cache()
+        raise RHError(error)
+
     replies = llm.collective_rpc("rh_set_mask", args=(heads, method, means))
     for reply in replies:
-        if "error" in reply:  # that rank cleared itself; the others may hold their part of the mask
-            llm.collective_rpc("rh_clear_mask")
-            llm.reset_prefix_cache()
-            raise RHError(reply["error"])
+        if "error" in reply:
+            refuse(reply["error"])
     if method == "mean" and heads:
         bias: dict[int, list[float]] = {}
         for reply in replies:
@@ -172,9 +176,7 @@ def apply_mask(llm: Any, heads: list[list[int]], method: str,
         if error is None and layers != {layer for layer, _ in heads}:
             error = f"the mean outputs of layers {sorted({l for l, _ in heads} - layers)} reached no output bias"
         if error is not None:
-            llm.collective_rpc("rh_clear_mask")
-            llm.reset_prefix_cache()
-            raise RHError(error)
+            refuse(error)
     if not llm.reset_prefix_cache():
         raise RHError("vLLM refused to reset its prefix cache after a mask change; refusing to mix conditions")
     edited = sorted({tuple(h) for reply in replies for h in reply["edited"]})

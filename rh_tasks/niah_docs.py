@@ -261,13 +261,14 @@ def unneedled_prompts(tokenizer: Any, lengths: Iterable[int], needles: str = "pa
     is ablated on (the instruction, the essays, the question and answer prefix), yet not over the needle itself,
     or the mean would carry part of the answer into a masked retrieval head.
     """
+    lengths, _ = validate_grid(lengths, [50])
     docs = build_docs(tokenizer, lengths=lengths, depths=[50], needles=needles, haystack=haystack, seed=seed,
                       max_length=max_length, chat_template=chat_template, samples=1)
-    hay = _tokenized_haystack(tokenizer, haystack, seed, KVOptions().value_type, "train", "text", max(lengths))
+    # build_docs' own haystack and needle set (the same cached call, the same seed): sized again without the needle
+    hay = _tokenized_haystack(tokenizer, haystack, seed, KVOptions().value_type, "train", "text", lengths[-1])
+    [needle_set] = make_needle_sets(needles, samples=1, seed=seed, haystack_text=hay.text)
     prompts = []
     for doc in docs:
-        needle_set = next(n for n in make_needle_sets(needles, samples=1, seed=seed, haystack_text=hay.text)
-                          if n.needle_id == doc["needle_id"])
         n_hay, _ = _size(tokenizer, hay, needle_set, doc["gen_prefix"], doc["length"], chat_template, False)
         context = hay.text[: hay.char_end(hay.word_cut(n_hay))]
         prompts.append(_render(tokenizer, needle_set, context, doc["gen_prefix"], chat_template)[1])
