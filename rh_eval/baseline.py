@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from rh_eval.check_inputs import PLAIN_ROW, SampleSource, load_scores, sidecar_dir
+from rh_eval.doc_scores import is_other_cells_placeholder
 from rh_eval.leaderboard import is_number
 from rh_eval.run_files import read_jsonl, samples_by_task, samples_name
 from rh_models.atomic import write_text_atomic
@@ -76,8 +77,12 @@ def _copy_samples(source: SampleSource, dest: Path) -> bool:
 
 
 def _compact_sample(sample: dict[str, Any]) -> dict[str, Any]:
-    keep = {key: sample[key] for key in ("doc_id", "filter", "doc_hash", "metrics") if key in sample}
-    for metric in sample.get("metrics") or []:
+    """Ids, hash and the document's own metric values (a NIAH doc's placeholders for other cells left out)."""
+    keep = {key: sample[key] for key in ("doc_id", "filter", "doc_hash") if key in sample}
+    own = [m for m in sample.get("metrics") or [] if not is_other_cells_placeholder(sample.get("doc"), m)]
+    if "metrics" in sample:
+        keep["metrics"] = own
+    for metric in own:
         value = sample.get(metric)
         if isinstance(value, bool) or is_number(value):
             keep[metric] = value

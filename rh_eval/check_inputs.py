@@ -5,7 +5,7 @@ Usage::
     scores = load_scores("out/leaderboard.json")          # or an lm-eval results_<date>.json, or a folder
     scores.values[("full", "rh_niah/score,none")]         # one metric of one row
     scores.samples["full"][0].path("rh_niah")             # that row's per-sample file of a task, or None
-    read_sample_scores(path, Column.parse("rh_niah/score,none"))   # {doc_id: (score, doc_hash)} or None
+    row_doc_means(scores, "random@8", Column.parse("rh_niah/score,none"))   # {doc_id: DocScore} (seeds averaged)
 
 Both sides of a check come through here: our ``leaderboard.json`` (one row per condition, each condition with a
 folder of ``samples_<task>.jsonl``) and a plain ``lm_eval --output_path`` results file (one row, ``lm-eval``,
@@ -18,10 +18,12 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from rh_eval.leaderboard import FORMAT, Column, Leaderboard, higher_is_better, is_number, metric_values
+from rh_eval.doc_scores import DocScore, DocScores, sample_scores, seed_table
+from rh_eval.leaderboard import FORMAT, Column, Leaderboard, higher_is_better, metric_values, random_counterpart
 from rh_eval.run_files import RESULTS_NAME, read_json, read_jsonl, results_files, run_samples
 from rh_models.errors import RHError
 
@@ -50,6 +52,8 @@ class RunScores:
     higher_is_better: dict[str, bool | None]
     samples: dict[str, list[SampleSource]] = field(default_factory=dict)  # row -> its conditions' sources
     raw: dict[str, Any] = field(default_factory=dict)
+    full_row: str | None = None  # the unmasked row: "full" of a leaderboard, the only row of an lm-eval file
+    counterparts: dict[str, str] = field(default_factory=dict)  # retrieval row -> its random control's row
 
     @property
     def rows(self) -> list[str]:
@@ -85,12 +89,15 @@ def load_scores(path: str | Path, what: str = "results") -> RunScores:
             row.name: [_leaderboard_source(path, name, board.conditions.get(name, {})) for name in row.conditions]
             for row in board.rows
         }
-        scores = RunScores(path, "leaderboard", values, dict(board.higher_is_better), samples, data)
+        full = next((row.name for row in board.rows if row.kind == "full"), None)
+        counterparts = {row.name: other.name for row in board.rows
+                        if (other := random_counterpart(row, board.rows)) is not None}
+        scores = RunScores(path, "leaderboard", values, dict(board.higher_is_better), samples, data, full, counterparts)
     elif isinstance(data, dict) and isinstance(data.get("results"), dict):
         values = {(PLAIN_ROW, column.id): value for column, value in metric_values(data["results"]).items()}
         flags = data.get("higher_is_better")
         higher = {column_id: higher_is_better(flags, Column.parse(column_id)) for _, column_id in values}
-        scores = RunScores(path, "lm-eval", values, higher, {PLAIN_ROW: [_plain_source(path)]}, data)
+        scores = RunScores(path, "lm-eval", values, higher, {PLAIN_ROW: [_plain_source(path)]}, data, PLAIN_ROW)
     else:
         raise RHError(f"{what} {path} is neither an rh-eval leaderboard.json nor an lm-eval results JSON")
     if not scores.values:
@@ -117,19 +124,30 @@ def sidecar_dir(baseline: Path) -> Path:
     return baseline.with_name(f"{baseline.stem}.samples")
 
 
-def read_sample_scores(path: Path, column: Column) -> dict[int, tuple[float, str | None]] | None:
-    """{doc_id: (score, doc_hash)} of one metric/filter from an lm-eval samples JSONL; None if not per-sample."""
-    scores: dict[int, tuple[float, str | None]] = {}
-    try:
-        for sample in read_jsonl(path):
-            if sample.get("filter", "none") != column.filter or column.metric not in sample:
-                continue
-            value = sample[column.metric]
-            if isinstance(value, bool):
-                value = float(value)
-            if not is_number(value):
-                return None  # e.g. corpus-level metrics log (prediction, reference) pairs
-            scores[int(sample["doc_id"])] = (float(value), sample.get("doc_hash"))
-    except (RHError, KeyError, TypeError, ValueError):
+@lru_cache(maxsize=256)
+def _task_scores(path: Path, task: str, modified: float) -> dict[str, DocScores]:
+    """One samples file's per-document scores (cached: a check reads each file once per metric it compares)."""
+    return sample_scores(read_jsonl(path), task)
+
+
+def row_doc_means(scores: RunScores, row: str, column: Column) -> dict[int, DocScore] | None:
+    """A row's per-document scores of one metric, a document's seeds averaged; None without per-sample files."""
+    per_seed: list[DocScores] = []
+    for source in scores.samples.get(row, []):
+        path = source.path(column.task)
+        if path is None:
+            return None
+        try:
+            found = _task_scores(path, column.task, path.stat().st_mtime).get(column.id)
+        except RHError:
+            return None
+        if not found:
+            return None
+        per_seed.append(found)
+    if not per_seed:
         return None
-    return scores or None
+    try:
+        table, docs = seed_table(per_seed, f"{row} {column.id}")
+    except RHError:
+        return None
+    return {doc: DocScore(float(mean), per_seed[0][doc].doc_hash) for doc, mean in zip(docs, table.mean(axis=0))}

@@ -31,6 +31,10 @@ refused instead of silently mixing two experiments in one table.
 KV budgets (``--kv-budgets``) ask the compression question with the same machinery: ``streaming`` (no head keeps
 the full context), ``retrieval-kv@P%`` (the top P % of heads by retrieval score keep it) and ``random-kv@P%``
 (P % drawn uniformly from all heads, per seed), each with the share of key/value entries it kept.
+
+Rankings stop where the scores stop: a score file in which no head scored above 0 is refused, and so is a K or a
+share P % asking for more heads than scored above 0, before the first condition, unless ``--tie-break random``
+draws the rest at random from the unscored heads (recorded per condition as ``tie_break`` and ``unscored_heads``).
 """
 
 from __future__ import annotations
@@ -54,17 +58,20 @@ from rh_eval.leaderboard import (
     share_text,
     write_leaderboard,
 )
-from rh_eval.resume import clear_outputs, resume_record, save_record
+from rh_eval.fingerprint import numerics, versions
+from rh_eval.resume import clear_outputs, resume_record, save_record, settle
 from rh_eval.run_files import samples_name
 from rh_models.arguments import parse_int_list
 from rh_models.atomic import write_text_atomic
 from rh_models.attention import MASK_METHODS, MASK_SCOPES
 from rh_models.compat import as_logged_sample
 from rh_models.errors import RHError
+from rh_models.heads import TIE_BREAKS, HeadScores, check_ranking, parse_head_spec
 from rh_models.kv_budget import DEFAULT_SINK, DEFAULT_WINDOW
 from rh_models.zoo import DEFAULT_MODEL
 
 RUN_FILE = "run.json"
+NUMERICS = "numerics"  # the settings only a loaded model knows (dtype, device, attention): run.json records them then
 BACKENDS = ("hf", "vllm")
 DETECTED_SCORES = "head_scores.json"  # where a detection run by `rh compare` itself lands, in the output folder
 
@@ -162,6 +169,7 @@ class CompareConfig:
     kv_budgets: tuple[float, ...] = ()  # percentages of heads that keep the full context (KV conditions)
     kv_sink: int = DEFAULT_SINK
     kv_window: int = DEFAULT_WINDOW
+    tie_break: str = "none"  # random: top:K past the heads that scored above 0 draws the rest (none: refused)
 
     def __post_init__(self) -> None:
         # one order (zero, uniform, mean) from here on: the order typed changes neither rows nor settings
@@ -209,6 +217,19 @@ class CompareConfig:
             raise RHError(f"head-score file {self.head_scores} does not exist")
         if Path(self.output_dir).exists() and not Path(self.output_dir).is_dir():
             raise RHError(f"--output-dir {self.output_dir} is a file")
+        if self.tie_break not in TIE_BREAKS:
+            raise RHError(f"--tie-break {self.tie_break} is not one of {', '.join(TIE_BREAKS)}")
+        if self.head_scores is not None:
+            self.check_ranking(HeadScores.load(self.head_scores))
+
+    def check_ranking(self, scores: HeadScores) -> None:
+        """Every ranking the conditions will read, checked on the score file before the first condition: a file
+        that ranks no head, or a K / KV share past the heads that scored above 0 without ``--tie-break random``."""
+        for plan in plan_conditions(list(self.ks), min(self.seeds, 1), list(self.kv_budgets)):
+            if plan.spec != "none":
+                check_ranking(parse_head_spec(plan.spec), scores, self.tie_break, random_match=self.random_match)
+            if plan.kv_spec not in (None, "none"):  # random-kv draws from every head (random_exclude=0)
+                check_ranking(parse_head_spec(plan.kv_spec), scores, self.tie_break, random_exclude=0)
 
 
 def canonical_methods(methods: list[str]) -> tuple[str, ...]:
@@ -327,12 +348,19 @@ def run_settings(config: CompareConfig, head_scores: Path | None) -> dict[str, A
         "scope": config.scope,
         "random_match": config.random_match,
         "include_path": [str(Path(p).resolve()) for p in config.include_path],
+        # batching pads prompts to one width (other matmul shapes: other bf16 numerics, another KV budget count);
+        # prefix reuse prefills in other chunks: both change results, so both are settings
+        "batch_size": config.batch_size,
+        "prefix_reuse": config.prefix_reuse,
+        "versions": versions(config.backend),  # the rest of the fingerprint (dtype, device, attention) once loaded
         # detection run by rh compare itself (no --head-scores): its grid, since its score file is re-used as is
         "detection": None if config.head_scores is not None else
         [list(config.detect_lengths or []), list(config.detect_depths or []), config.detect_samples],
     }
     if config.kv_budgets:  # only then: folders made before KV budgets existed still resume
         settings["kv"] = {"sink": config.kv_sink, "window": config.kv_window}
+    if config.tie_break != "none":  # only then: folders made before --tie-break existed still resume
+        settings["tie_break"] = config.tie_break
     if config.head_means is not None:  # only then: folders made before mean ablation existed still resume
         settings["head_means_sha256"] = hashlib.sha256(Path(config.head_means).read_bytes()).hexdigest()
     if head_scores is not None:
@@ -374,9 +402,9 @@ def check_settings(out_dir: Path, settings: dict[str, Any]) -> bool:
                       f"pass --force to start over, or use another --output-dir")
     if "head_scores_sha256" not in settings:  # detection still to run: check, save once its file exists
         if resuming:
-            resume_record(path, settings, "rh compare", not_yet_known=("head_scores_sha256",))
+            resume_record(path, settings, "rh compare", not_yet_known=("head_scores_sha256", NUMERICS))
         return resuming
-    record = resume_record(path, settings, "rh compare")
+    record = resume_record(path, settings, "rh compare", not_yet_known=(NUMERICS,))  # checked once loaded (settle)
     if not resuming:
         save_record(path, record)
     return resuming
@@ -470,9 +498,11 @@ def run_condition(lm: Any, plan: ConditionPlan, config: CompareConfig, manager: 
     if config.kv_budgets:
         lm.set_kv(None)  # the mask's self-check runs on full attention
     method = plan.method or config.methods[0]  # full and KV rows: the first method (masking nothing)
-    lm.set_mask(plan.spec, method=method, scope=config.scope, seed=plan.seed or 0, random_match=config.random_match)
+    lm.set_mask(plan.spec, method=method, scope=config.scope, seed=plan.seed or 0, random_match=config.random_match,
+                tie_break=config.tie_break)
     if plan.is_kv:
-        lm.set_kv(plan.kv_spec, config.kv_sink, config.kv_window, seed=plan.seed or 0, random_exclude=0)
+        lm.set_kv(plan.kv_spec, config.kv_sink, config.kv_window, seed=plan.seed or 0, random_exclude=0,
+                  tie_break=config.tie_break)
     info = lm.mask_info()
     output = evaluate(lm, list(config.tasks), config, manager)
     record = {
@@ -486,6 +516,8 @@ def run_condition(lm: Any, plan: ConditionPlan, config: CompareConfig, manager: 
         "scope": info.get("scope", config.scope),
         "spec": info.get("spec", plan.spec),
         "random_match": config.random_match if plan.kind == "random" else None,
+        "tie_break": config.tie_break,
+        "unscored_heads": info.get("unscored_heads"),  # top:K's places the tie rule filled (KV rows: from kv)
         "mask": info,
     }
     if plan.kind in ("retrieval", "random") and len(record["heads"]) != plan.k:
@@ -493,6 +525,8 @@ def run_condition(lm: Any, plan: ConditionPlan, config: CompareConfig, manager: 
     if config.kv_budgets:
         kv = lm.kv_info() if plan.is_kv else None
         record.update(share=plan.share, kv=kv, kv_budget=kv["kv_budget"] if kv else 1.0)
+        if kv:
+            record["unscored_heads"] = kv.get("unscored_heads")
     return record, output
 
 
@@ -539,6 +573,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scope", choices=MASK_SCOPES, default="all", help="mask on every forward or only while decoding")
     parser.add_argument("--random-match", choices=("layer",), default=None,
                         help="draw random heads from the same layers as the top-K retrieval heads")
+    parser.add_argument("--tie-break", choices=TIE_BREAKS, default="none",
+                        help="when --k or a --kv-budgets share asks for more heads than scored above 0: none refuses "
+                             "(default); random draws the rest from the unscored heads with the condition's seed "
+                             "(recorded as tie_break and unscored_heads)")
     parser.add_argument("--limit", help="examples per task (a fraction if < 1); for quick runs")
     parser.add_argument("--metadata", help="JSON object passed to the tasks, e.g. '{\"max_seq_lengths\": [1024]}'")
     parser.add_argument("--batch-size", default="1", help="lm-eval batch size (default 1)")
@@ -587,6 +625,7 @@ def config_from_args(args: argparse.Namespace) -> CompareConfig:
         kv_budgets=parse_kv_budgets(args.kv_budgets),
         kv_sink=args.kv_sink,
         kv_window=args.kv_window,
+        tie_break=args.tie_break,
     )
     config.check()
     return config
@@ -608,6 +647,7 @@ def compare(
     leaves printing the table to the caller; ``progress`` is where the conditions bar is drawn (stderr by default).
     """
     config.check()
+    config.check_ranking(HeadScores.load(head_scores))  # a detection made here or by rh demo: checked before any use
     out_dir = Path(config.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     tasks = list(config.tasks)
@@ -625,6 +665,7 @@ def compare(
 
         manager = task_manager(tasks, config.model, config.metadata, config.include_path)
         lm = get_lm() if get_lm is not None else load_model(config, head_scores)
+        settle(out_dir / RUN_FILE, NUMERICS, numerics(lm), "rh compare")
         if config.head_means is not None:
             lm.use_head_means(config.head_means)
         bar = tqdm(pending, desc="conditions", unit="condition", file=progress or sys.stderr)

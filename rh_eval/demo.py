@@ -48,10 +48,11 @@ from rh_eval.compare import (
     plan_conditions,
 )
 from rh_eval.console import quiet_console
-from rh_eval.leaderboard import KV_KINDS, Leaderboard, headline_column
+from rh_eval.leaderboard import KV_KINDS, Leaderboard, PairedTest, headline_column
 from rh_eval.resume import clear_outputs, resume_record, save_record
 from rh_models.atomic import write_text_atomic
 from rh_models.errors import RHError
+from rh_models.heads import TIE_BREAKS
 from rh_models.kv_budget import DEFAULT_SINK, DEFAULT_WINDOW
 from rh_models.zoo import DEFAULT_MODEL
 
@@ -105,6 +106,7 @@ class DemoConfig:
     kv_budgets: tuple[float, ...] = ()  # adds rh compare's KV-budget rows (streaming, retrieval-kv@P%, random-kv@P%)
     kv_sink: int = DEFAULT_SINK
     kv_window: int = DEFAULT_WINDOW
+    tie_break: str = "none"  # rh compare's --tie-break: random lets K or a KV share reach past the scored heads
 
     @property
     def tasks(self) -> list[str]:
@@ -118,6 +120,7 @@ class DemoConfig:
 
     def detection_settings(self) -> dict[str, Any]:
         """What makes a detection run: a resumed demo must match it (the comparison guards the rest itself)."""
+        from rh_eval.fingerprint import versions
         from rh_models.shape import model_config_sha256
 
         return {
@@ -129,6 +132,7 @@ class DemoConfig:
             "needles": "paper",
             "haystack": "pg_essays",
             "seed": 0,
+            "versions": versions("hf"),  # detection runs on rh-hf; its journal holds the whole fingerprint
         }
 
     def check(self) -> None:
@@ -144,9 +148,10 @@ class DemoConfig:
                 raise RHError(f"--{name.replace('_', '-')} is empty")
         if self.backend not in BACKENDS:
             raise RHError(f"--backend {self.backend} is not one of {', '.join(BACKENDS)}")
-        if self.kv_budgets:  # the comparison's own rules, before detection rather than after it
+        if self.kv_budgets or self.tie_break != "none":  # the comparison's own rules, before detection, not after
             replace(CompareConfig(tasks=("t",), output_dir=self.output_dir), backend=self.backend, ks=self.ks or (1,),
-                    kv_budgets=self.kv_budgets, kv_sink=self.kv_sink, kv_window=self.kv_window).check()
+                    kv_budgets=self.kv_budgets, kv_sink=self.kv_sink, kv_window=self.kv_window,
+                    tie_break=self.tie_break).check()
         if self.model_args and self.backend != "vllm":
             raise RHError("--model-args are rh-vllm engine args: use them with --backend vllm")
         if self.chat_template not in ("auto", "yes", "no"):
@@ -205,6 +210,7 @@ def compare_config(config: DemoConfig, head_scores: Path) -> CompareConfig:
         model_args={**VLLM_ENGINE_ARGS, **config.model_args} if config.backend == "vllm" else {},
         batch_size=config.batch_size if config.backend == "hf" else "auto",  # vLLM schedules all prompts itself
         kv_budgets=tuple(config.kv_budgets), kv_sink=config.kv_sink, kv_window=config.kv_window,
+        tie_break=config.tie_break,
     )
 
 
@@ -318,6 +324,7 @@ class ShapeCheck:
     retrieval: float
     random_mean: float
     random_seeds: dict[str, float]
+    test: PairedTest | None = None  # retrieval@K vs random@K on the same documents
 
     @property
     def holds(self) -> bool:
@@ -326,8 +333,11 @@ class ShapeCheck:
     def line(self) -> str:
         seeds = ", ".join(f"{value:.3f}" for value in self.random_seeds.values())
         verdict = "expected shape holds" if self.holds else "expected shape does NOT hold"
+        tested = "" if self.test is None else (
+            f"; retrieval@{self.k} vs random@{self.k}: {self.test.effect:+.3f}, {self.test.test} "
+            f"p={self.test.p_value:.3g} on {self.test.n_docs} documents")
         return (f"shape check ({self.column}): retrieval@{self.k} {self.retrieval:.3f} vs full {self.full:.3f} and "
-                f"random@{self.k} mean {self.random_mean:.3f} (seeds: {seeds}) -> {verdict}")
+                f"random@{self.k} mean {self.random_mean:.3f} (seeds: {seeds}) -> {verdict}{tested}")
 
 
 def shape_checks(board: Leaderboard, task: str) -> list[ShapeCheck]:
@@ -341,7 +351,10 @@ def shape_checks(board: Leaderboard, task: str) -> list[ShapeCheck]:
         retrieval = board.cell(f"retrieval@{k}", column)
         random = board.cell(f"random@{k}", column)
         if retrieval is not None and random is not None:
-            checks.append(ShapeCheck(column.id, k, full.value, retrieval.value, random.value, dict(random.per_seed)))
+            test = next((t for t in board.tests if (t.row, t.against, t.column)
+                         == (f"retrieval@{k}", f"random@{k}", column.id)), None)
+            checks.append(ShapeCheck(column.id, k, full.value, retrieval.value, random.value, dict(random.per_seed),
+                                     test))
     return checks
 
 
@@ -429,6 +442,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
                              "rows (as rh compare --kv-budgets)")
     parser.add_argument("--kv-sink", type=int, default=DEFAULT_SINK, help="with --kv-budgets: sink positions")
     parser.add_argument("--kv-window", type=int, default=DEFAULT_WINDOW, help="with --kv-budgets: recent positions")
+    parser.add_argument("--tie-break", choices=TIE_BREAKS, default=d.tie_break,
+                        help="when K or a --kv-budgets share asks for more heads than the detection scored above 0: "
+                             "none refuses (default); random draws the rest at random (as rh compare --tie-break)")
     parser.add_argument("--force", action="store_true",
                         help="start over: remove an earlier demo's outputs in --output-dir instead of resuming")
 
@@ -447,6 +463,7 @@ def config_from_args(args: argparse.Namespace) -> DemoConfig:
         include_path=tuple(str(p) for p in args.include_path or []), prefix_reuse=not args.no_prefix_reuse,
         backend=args.backend, model_args=parse_model_args(args.model_args),
         kv_budgets=parse_kv_budgets(args.kv_budgets), kv_sink=args.kv_sink, kv_window=args.kv_window,
+        tie_break=args.tie_break,
     )
     config.check()
     return config

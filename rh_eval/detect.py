@@ -133,7 +133,8 @@ def detect(
 
     settings = detection_settings(lm, docs, lengths=lengths, depths=depths, needles=needles, haystack=haystack,
                                   samples=samples, seed=seed, max_gen_toks=max_gen_toks, chat_template=chat_template,
-                                  min_score=min_score, count_repeats=count_repeats)
+                                  min_score=min_score, count_repeats=count_repeats, batch_by=batch_by,
+                                  prefix_reuse=prefix_reuse)
     work.parent.mkdir(parents=True, exist_ok=True)
     journal = Journal(work, settings, "rh detect")
     recorder = lm.new_recorder(output, min_score, count_repeats)
@@ -177,20 +178,23 @@ def detect(
 def detection_settings(lm: Any, docs: list[dict], **grid: Any) -> dict[str, Any]:
     """What defines a detection's result, in the order a refusal names differences (fingerprints last).
 
-    Batching and prefix reuse are left out on purpose: they give the same scores (tested), so a run may be
-    resumed with other ones. ``prompts_sha256`` covers what the readable fields cannot (a haystack folder
-    edited in place, a tokenizer that splits differently).
+    Batching and prefix reuse are in it: padding a batch changes the matmuls' shapes, which moves low-precision
+    (bf16) logits, so a run resumed with another batching could mix two numerics. ``prompts_sha256`` covers what
+    the readable fields cannot (a haystack folder edited in place, a tokenizer that splits differently); the
+    settings fingerprint (:mod:`rh_eval.fingerprint`) the dtype, device, attention kernel and software versions.
     """
+    from rh_eval.fingerprint import fingerprint
+
     provenance = lm.provenance()
     prompts = json.dumps([[_test_key(d), d["prompt"], d["rh_answers"]] for d in docs])
     mask = lm.mask_info()
     return {
         "model": provenance["model"],
         "model_config_sha256": provenance["model_config_sha256"],
-        "dtype": str(lm.model.dtype),
         "mask": {"heads": mask["heads"], "method": mask["method"], "scope": mask["scope"]},
         **{name: sorted(set(value)) if name in ("lengths", "depths") else value for name, value in grid.items()},
         "prompts_sha256": hashlib.sha256(prompts.encode()).hexdigest(),
+        "fingerprint": fingerprint(lm, "hf"),
     }
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from rh_eval.leaderboard import Leaderboard, headline_column
+from rh_eval.leaderboard import Leaderboard, headline_column, interval_text
 from rh_eval.run_files import read_json
 from rh_models.errors import RHError
 from rh_models.heads import DEFAULT_RETRIEVAL_THRESHOLD, HeadScores, format_heads
@@ -80,10 +80,10 @@ def niah_contrast(folder: Path) -> dict[str, str]:
         cell = board.cell(row.name, column) if row else None
         if cell is None:
             continue
-        text = f"{cell.value:.2f}"
+        spread = interval_text(cell)
+        text = f"{cell.value:.2f}" + (f" {spread}" if spread else "")
         if kind == "random":
-            spread = f" ± {(cell.interval[1] - cell.interval[0]) / 2:.2f}" if cell.interval else ""
-            text += f"{spread} ({len(cell.per_seed)} seeds)"
+            text += f" ({len(cell.per_seed)} seeds)"
         out[kind] = text + (f" (K={row.k})" if kind == "retrieval" else "")
     return out
 

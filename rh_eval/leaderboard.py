@@ -1,4 +1,4 @@
-"""Leaderboard of masking conditions: full vs retrieval@K vs random@K, with drops and seed intervals.
+"""Leaderboard of masking conditions: full vs retrieval@K vs random@K, with intervals, changes and paired tests.
 
 Usage::
 
@@ -9,10 +9,12 @@ Usage::
     print(board.markdown())
 
 Why: the paper's claim is comparative. Masking the top-K retrieval heads should hurt far more than masking K
-random heads, and random draws vary a lot, so one random seed proves nothing. Each random@K row is
-therefore the mean over seeds with a 95 % Student-t interval, and every cell also shows how far it moved
-from the unmasked model. The JSON twin keeps everything a gate or a later analysis needs: per-seed
-values, intervals, and the exact heads of every condition.
+random heads, and random draws vary a lot, so one random seed proves nothing. Every cell rests on N documents
+(random@K rows also on S seeds) and gets a 95 % interval that resamples both (:mod:`rh_eval.statistics`); every
+cell shows how far it moved from the unmasked model; and rows are compared on the same documents by paired
+tests (each row against ``full``, each retrieval row against its random control). The JSON twin keeps
+everything a gate or a later analysis needs: per-seed values, intervals, tests and the exact heads of every
+condition.
 
 A *condition* is one lm-eval run with one mask: its record (``name``, ``kind`` = full/retrieval/random,
 ``k``, ``seed``, ``heads``, ``method``, ``scope``) plus the ``results`` mapping of ``simple_evaluate``.
@@ -31,14 +33,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from scipy import stats
+import numpy as np
 
+from rh_eval.doc_scores import DocScores, paired_documents, read_doc_scores, seed_table
 from rh_eval.run_files import read_json
+from rh_eval.statistics import BINOMIAL, CONFIDENCE, CONSTANT, Interval, paired_test, score_interval
 from rh_models.atomic import write_text_atomic
 from rh_models.errors import RHError
 
 FORMAT = "rh-eval-leaderboard"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: intervals over documents (and seeds) with their method, paired tests
 MASK_KINDS = ("full", "retrieval", "random")
 KV_KINDS = ("streaming", "retrieval-kv", "random-kv")
 KINDS = MASK_KINDS + KV_KINDS
@@ -53,20 +57,6 @@ _NOT_METRICS = {"alias", "name", "sample_len", "sample_count", "samples"}
 
 def is_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def mean_interval(values: list[float], confidence: float = 0.95) -> tuple[float, tuple[float, float] | None]:
-    """Mean and Student-t ``confidence`` interval; no interval for a single value."""
-    if not values:
-        raise ValueError("mean_interval needs at least one value")
-    mean = sum(values) / len(values)
-    if len(values) < 2:
-        return mean, None
-    sem = stats.sem(values)
-    if sem == 0:  # every seed agrees: scipy would return nan for a zero scale
-        return mean, (mean, mean)
-    low, high = stats.t.interval(confidence, df=len(values) - 1, loc=mean, scale=sem)
-    return mean, (float(low), float(high))
 
 
 # ------------------------------------------------------------------------------------------------ inputs
@@ -126,6 +116,7 @@ class ConditionResult:
     results: dict[str, dict[str, Any]]
     higher_is_better: dict[str, dict[str, bool]] = field(default_factory=dict)
     samples_dir: str | None = None  # relative to the leaderboard's folder, for the gate's paired test
+    docs: dict[str, DocScores] = field(default_factory=dict)  # column id -> per-document scores (from samples)
 
     @property
     def name(self) -> str:
@@ -151,7 +142,7 @@ class ConditionResult:
         if not isinstance(output, dict) or not isinstance(output.get("results"), dict):
             raise RHError(f"{path / 'results.json'} has no lm-eval 'results' mapping")
         relative = os.path.relpath(path, root) if root is not None else str(path)
-        return cls(record, output["results"], output.get("higher_is_better") or {}, relative)
+        return cls(record, output["results"], output.get("higher_is_better") or {}, relative, read_doc_scores(path))
 
 
 def share_text(share: Any) -> str:
@@ -195,6 +186,21 @@ class Cell:
     interval: tuple[float, float] | None
     drop: float | None  # full - value: positive when the score fell below the unmasked model's
     per_seed: dict[str, float]  # seed (as text; "none" for unseeded) -> value
+    interval_method: str | None = None  # statistics.BOOTSTRAP/BINOMIAL/CONSTANT; None: no per-document samples
+    n_docs: int | None = None  # documents the interval rests on
+
+
+@dataclass(frozen=True)
+class PairedTest:
+    """``row`` against ``against`` on one column, paired by document (a document's seeds averaged first)."""
+
+    row: str
+    against: str
+    column: str  # column id
+    test: str  # "McNemar" or "permutation"
+    n_docs: int
+    effect: float  # mean(row) - mean(against) over the paired documents
+    p_value: float
 
 
 @dataclass
@@ -204,7 +210,8 @@ class Leaderboard:
     cells: dict[tuple[str, str], Cell]  # (row name, column id) -> cell
     higher_is_better: dict[str, bool | None]  # column id -> lm-eval's flag, None when unknown
     conditions: dict[str, dict[str, Any]]  # condition name -> record (+ samples_dir)
-    confidence: float = 0.95
+    confidence: float = CONFIDENCE
+    tests: list[PairedTest] = field(default_factory=list)
 
     @property
     def has_kv(self) -> bool:
@@ -216,7 +223,7 @@ class Leaderboard:
 
     # -- renderings -------------------------------------------------------------------------------------
     def display_matrix(self, ascii: bool = False) -> tuple[list[str], list[list[str]]]:
-        """Headers and text cells: ``score ± half-interval (change vs full)``; ``ascii`` for LaTeX's \\verb."""
+        """Headers and text cells: ``score [interval] (change vs full)``; ``ascii`` for LaTeX's \\verb."""
         headers = ["condition", "seeds"] + (["KV budget"] if self.has_kv else [])
         headers += [c.label if ascii else _with_arrow(c.label, self.higher_is_better.get(c.id)) for c in self.columns]
         matrix = []
@@ -225,8 +232,8 @@ class Leaderboard:
             if self.has_kv:
                 texts.append(("-" if ascii else "–") if row.kv_budget is None else f"{100 * row.kv_budget:.1f} %")
             for column in self.columns:
-                text = _cell_text(self.cell(row.name, column), row.kind == "full")
-                texts.append(text.replace("±", "+/-").replace("−", "-").replace("–", "-") if ascii else text)
+                text = _cell_text(self.cell(row.name, column), row.kind == "full", ascii)
+                texts.append(text.replace("−", "-").replace("–", "-") if ascii else text)
             matrix.append(texts)
         return headers, matrix
 
@@ -243,15 +250,41 @@ class Leaderboard:
         writer = self._writer(MarkdownTableWriter, margin=1)
         level = round(self.confidence * 100)
         note = (
-            f"\nCells: score (change vs full). random@K: mean over seeds ± half-width of the {level} % "
-            "Student-t interval (no interval with one seed). ↑/↓ in a header: higher/lower is better.\n"
+            f"\nCells: score [{level} % interval] (change vs full). Intervals resample the documents (and, for rows "
+            "over several seeds, the seeds first): a percentile bootstrap, inside the metric's range. "
+            f"{BINOMIAL_MARK}: every document scored the same, exact binomial interval; {CONSTANT_MARK}: every "
+            "document scored the same (no interval). ↑/↓ in a header: higher/lower is better.\n"
         )
         if self.has_kv:
             note += ("KV budget: share of key/value entries kept against full attention (measured over the run; "
                      "rh-hf simulates the eviction with attention masks). @P%: the top P % of heads by retrieval "
                      "score (random-kv: P % drawn at random) keep the full context, every other head a sink and a "
                      "recent window.\n")
-        return writer.dumps().rstrip() + "\n" + note
+        tests = self.tests_markdown()
+        return writer.dumps().rstrip() + "\n" + note + (f"\n{tests}" if tests else "")
+
+    def tests_markdown(self, ascii: bool = False) -> str:
+        """One line per comparison (row vs full, retrieval vs random), one column per metric: the p-values."""
+        from pytablewriter import MarkdownTableWriter
+        from typepy import String
+
+        pairs = list(dict.fromkeys((t.row, t.against) for t in self.tests))
+        if not pairs:
+            return ""
+        by_key = {(t.row, t.against, t.column): t for t in self.tests}
+        columns = [c for c in self.columns if any((r, a, c.id) in by_key for r, a in pairs)]
+        matrix = []
+        for row, against in pairs:
+            texts = [f"{row} vs {against}"]
+            for column in columns:
+                test = by_key.get((row, against, column.id))
+                texts.append("–" if test is None else f"{test.effect:+.3f}, p={_p_text(test.p_value)}")
+            matrix.append(texts)
+        headers = ["paired test (documents)"] + [c.label for c in columns]
+        writer = MarkdownTableWriter(headers=headers, value_matrix=matrix, margin=1, type_hints=[String] * len(headers))
+        return (writer.dumps().rstrip() + "\nPaired tests: change of the first row against the second and its "
+                "two-sided p-value, on the documents both scored (a document's seeds averaged first): exact McNemar "
+                "for 0/1 scores, a paired permutation test otherwise.\n")
 
     def latex(self) -> str:
         """pytablewriter's math-mode ``array`` of ``\\verb`` cells (ASCII only, so pdflatex accepts it)."""
@@ -270,9 +303,11 @@ class Leaderboard:
         writer = csv.writer(buffer, lineterminator="\n")
         writer.writerow(
             ["condition", "kind", "k", "n_seeds", "task", "metric", "filter", "value", "ci_low", "ci_high",
-             "drop", "higher_is_better", "kv_budget"]
+             "interval_method", "n_docs", "drop", "higher_is_better", "kv_budget", "p_vs_full", "p_vs_random"]
         )
+        p_values = {(t.row, t.column, t.against): t.p_value for t in self.tests}
         for row in self.rows:
+            random_row = random_counterpart(row, self.rows)
             for column in self.columns:
                 cell = self.cell(row.name, column)
                 if cell is None:
@@ -280,8 +315,11 @@ class Leaderboard:
                 low, high = cell.interval if cell.interval else ("", "")
                 writer.writerow(
                     [row.name, row.kind, row.k, len(row.seeds), column.task, column.metric, column.filter,
-                     cell.value, low, high, "" if cell.drop is None else cell.drop,
-                     _flag_text(self.higher_is_better.get(column.id)), "" if row.kv_budget is None else row.kv_budget]
+                     cell.value, low, high, cell.interval_method or "", "" if cell.n_docs is None else cell.n_docs,
+                     "" if cell.drop is None else cell.drop,
+                     _flag_text(self.higher_is_better.get(column.id)), "" if row.kv_budget is None else row.kv_budget,
+                     p_values.get((row.name, column.id, "full"), ""),
+                     p_values.get((row.name, column.id, random_row.name), "") if random_row else ""]
                 )
         return buffer.getvalue()
 
@@ -308,8 +346,11 @@ class Leaderboard:
             ],
             "values": per_row(lambda cell: cell.value),
             "intervals": per_row(lambda cell: list(cell.interval) if cell.interval else None),
+            "interval_methods": per_row(lambda cell: cell.interval_method),
+            "n_docs": per_row(lambda cell: cell.n_docs),
             "drops": per_row(lambda cell: cell.drop),
             "per_seed": per_row(lambda cell: cell.per_seed),
+            "tests": [test.__dict__ for test in self.tests],
             "conditions": self.conditions,
         }
 
@@ -335,17 +376,22 @@ class Leaderboard:
                         tuple(interval) if interval else None,
                         data.get("drops", {}).get(row.name, {}).get(column_id),
                         data.get("per_seed", {}).get(row.name, {}).get(column_id) or {},
+                        (data.get("interval_methods") or {}).get(row.name, {}).get(column_id),
+                        (data.get("n_docs") or {}).get(row.name, {}).get(column_id),
                     )
             higher = {c["id"]: c.get("higher_is_better") for c in data["columns"]}
-            return cls(rows, columns, cells, higher, dict(data.get("conditions") or {}), float(data.get("confidence", 0.95)))
+            tests = [PairedTest(**test) for test in data.get("tests") or []]
+            return cls(rows, columns, cells, higher, dict(data.get("conditions") or {}),
+                       float(data.get("confidence", CONFIDENCE)), tests)
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             if isinstance(exc, RHError):
                 raise
             raise RHError(f"{where} is a malformed rh-eval leaderboard ({type(exc).__name__}: {exc})") from None
 
 
-def build_leaderboard(conditions: Iterable[ConditionResult], confidence: float = 0.95) -> Leaderboard:
-    """Group conditions into rows (random@K over seeds), compute means, t-intervals and drops vs full."""
+def build_leaderboard(conditions: Iterable[ConditionResult], confidence: float = CONFIDENCE) -> Leaderboard:
+    """Group conditions into rows (random@K over seeds); means, intervals over documents and seeds, changes vs
+    full, and the paired tests (each row vs full, each retrieval row vs its random control)."""
     conditions = list(conditions)
     if not conditions:
         raise RHError("no conditions to build a leaderboard from")
@@ -399,8 +445,11 @@ def build_leaderboard(conditions: Iterable[ConditionResult], confidence: float =
                 if column in values[c.name]
             }
             if per_seed:
-                mean, interval = mean_interval(list(per_seed.values()), confidence)
-                cells[(row.name, column.id)] = Cell(mean, interval, None, per_seed)
+                mean = sum(per_seed.values()) / len(per_seed)
+                found = _interval(group, column, confidence)
+                cells[(row.name, column.id)] = Cell(
+                    mean, found.bounds if found else None, None, per_seed,
+                    found.method if found else None, found.n_docs if found else None)
 
     full = next((row for row in rows if row.kind == "full"), None)
     if full is not None:
@@ -412,7 +461,48 @@ def build_leaderboard(conditions: Iterable[ConditionResult], confidence: float =
     records = {
         c.name: {**c.record, "samples_dir": c.samples_dir} for c in conditions
     }
-    return Leaderboard(rows, columns, cells, higher, records, confidence)
+    tests = _paired_tests(rows, columns, {row.name: group for row, group in zip(rows, ordered)})
+    return Leaderboard(rows, columns, cells, higher, records, confidence, tests)
+
+
+def _doc_scores(group: list[ConditionResult], column: Column) -> list[DocScores] | None:
+    """Each seed's per-document scores of a row on one column; None unless every condition logged them."""
+    found = [c.docs.get(column.id) for c in group]
+    return found if found and all(found) else None
+
+
+def _interval(group: list[ConditionResult], column: Column, confidence: float) -> Interval | None:
+    scores = _doc_scores(group, column)
+    if scores is None:
+        return None
+    table, docs = seed_table(scores, f"{group[0].row_name} {column.id}")
+    return score_interval(table, confidence) if docs else None
+
+
+def random_counterpart(row: Row, rows: list[Row]) -> Row | None:
+    """The random control of a retrieval row: random@K of the same K and method, random-kv@P% of the same share."""
+    kind = {"retrieval": "random", "retrieval-kv": "random-kv"}.get(row.kind)
+    return next((r for r in rows if r.kind == kind and r.k == row.k and r.share == row.share
+                 and r.method == row.method), None) if kind else None
+
+
+def _paired_tests(rows: list[Row], columns: list[Column], groups: dict[str, list[ConditionResult]]) -> list[PairedTest]:
+    full = next((row for row in rows if row.kind == "full"), None)
+    pairs = [(row, full) for row in rows if full is not None and row is not full]
+    pairs += [(row, other) for row in rows if (other := random_counterpart(row, rows)) is not None]
+    tests = []
+    for row, against in pairs:
+        for column in columns:
+            mine, theirs = _doc_scores(groups[row.name], column), _doc_scores(groups[against.name], column)
+            if mine is None or theirs is None:
+                continue
+            reference, scores = paired_documents(theirs, mine, f"{row.name} vs {against.name} {column.id}")
+            if not len(scores):
+                continue
+            name, p_value = paired_test(reference, scores)
+            tests.append(PairedTest(row.name, against.name, column.id, name, len(scores),
+                                    float(np.mean(scores) - np.mean(reference)), p_value))
+    return tests
 
 
 # ------------------------------------------------------------------------------------------------ output
@@ -449,15 +539,34 @@ def write_leaderboard(
     return paths
 
 
-def _cell_text(cell: Cell | None, is_full: bool) -> str:
+BINOMIAL_MARK = "ᵇ"  # every document scored the same 0/1 value: the exact binomial interval
+CONSTANT_MARK = "⁼"  # every document scored the same value: no interval
+
+
+def interval_text(cell: Cell, digits: int = 2, ascii: bool = False) -> str:
+    """``[low, high]`` of a cell (marked when all its documents scored the same); "" when it has none."""
+    if cell.interval_method == CONSTANT:
+        return "=" if ascii else CONSTANT_MARK
+    if cell.interval is None:
+        return ""
+    mark = {BINOMIAL: "b" if ascii else BINOMIAL_MARK}.get(cell.interval_method, "")
+    return f"[{cell.interval[0]:.{digits}f}, {cell.interval[1]:.{digits}f}]{mark}"
+
+
+def _cell_text(cell: Cell | None, is_full: bool, ascii: bool = False) -> str:
     if cell is None:
         return "–"
     text = f"{cell.value:.3f}"
-    if cell.interval is not None:
-        text += f" ± {(cell.interval[1] - cell.interval[0]) / 2:.3f}"
+    spread = interval_text(cell, ascii=ascii)
+    if spread:
+        text += f" {spread}"
     if cell.drop is not None and not is_full:
         text += f" ({0.0 - cell.drop:+.3f})".replace("-", "−")  # 0.0 - x: no "-0.000"
     return text
+
+
+def _p_text(p_value: float) -> str:
+    return "<0.001" if p_value < 0.001 else f"{p_value:.3f}"
 
 
 def _with_arrow(label: str, higher_is_better: bool | None) -> str:

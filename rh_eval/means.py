@@ -126,6 +126,7 @@ def head_means(lm: Any, texts: list[str], reference: dict[str, Any]):
     import torch
     from tqdm import tqdm
 
+    from rh_eval.fingerprint import fingerprint
     from rh_models.head_means import HeadMeans
     from rh_models.shape import config_sha256
 
@@ -157,8 +158,7 @@ def head_means(lm: Any, texts: list[str], reference: dict[str, Any]):
         "attention": lm.control.base,
         "reference": reference,
         "sequences": len(texts),
-        "transformers_version": __import__("transformers").__version__,
-        "torch_version": torch.__version__,
+        "fingerprint": fingerprint(lm),
     })
     if means.shape != (lm.n_layers, lm.n_heads, lm.head_dim):
         raise RHError(f"the model's heads output {tuple(means.shape)} means, expected "

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from rh_models.errors import RHError
-from rh_models.zoo import ALIASES, converted_dir, resolve_pretrained
+from rh_models.zoo import ALIASES, conversion_state, resolve_pretrained
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -16,8 +16,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.action == "list":
         for alias, model in ALIASES.items():
-            state = "converted" if (converted_dir(alias) / "config.json").is_file() else "not converted yet"
-            print(f"{alias}\t{model.description}; licence: {model.licence}\t[{state}: {converted_dir(alias)}]")
+            print(f"{alias}\t{model.description}; licence: {model.licence}\t[{conversion_state(alias)}]")
         return 0
     if not args.alias:
         raise RHError("`rh models path` needs an alias, e.g. `rh models path smollm2-135m`")

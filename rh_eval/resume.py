@@ -135,6 +135,22 @@ class Journal:
             os.fsync(handle.fileno())
 
 
+def settle(path: Path, key: str, value: Any, command: str) -> None:
+    """A setting known only once the work starts (a loaded model's dtype, device, attention): recorded in the
+    resume record at ``path`` the first time, refused when a later run finds it different."""
+    record = read_json(path, "resume record")
+    value = json.loads(json.dumps(value))
+    settings = record.setdefault("settings", {})
+    if key not in settings:
+        settings[key] = value
+        save_record(path, record)
+        return
+    difference = first_difference({key: settings[key]}, {key: value})
+    if difference:
+        raise RHError(f"{path} was made by {command} with other settings ({difference}); "
+                      f"pass --force to start over, or use another output")
+
+
 def save_record(path: Path, record: dict[str, Any]) -> None:
     """Write a resume record atomically (the counterpart of :func:`resume_record`)."""
     write_json_atomic(path, record, indent=2)

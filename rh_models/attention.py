@@ -6,6 +6,8 @@ Usage::
     control = HeadControl.attach(model)                 # model now runs "rh_<its own implementation>"
     control.set_mask(head_set, method="zero", scope="all")
     control.start_recording(); model.generate(...); rows = control.stop_recording()
+    with control.generating(prompt_length):             # scope="decode" masks only inside such a block
+        model.generate(...)
 
 Why a registered function: transformers looks attention up by name (``config._attn_implementation``), so
 registering ``rh_sdpa`` / ``rh_eager`` / ``rh_flash_attention_2`` ... that *call the model's own*
@@ -17,9 +19,17 @@ exactly the masks (and keeps exactly the fast paths) it would build for the stoc
   the output projection consumes: ``zero`` sets the head's slice to 0; ``mean`` sets it to the head's mean
   output over a reference set (:mod:`rh_models.head_means`); ``uniform`` (the paper's method) zeroes the head's
   query so softmax is uniform over exactly the positions the model's mask lets it see.
+* ``scope="decode"`` masks only the forwards that generate a new token after the prompt's prefill, marked as
+  such by :meth:`HeadControl.generating` (never guessed from a one-token query); ``rh-hf`` refuses it on
+  loglikelihood requests, which generate none.
 * Means are taken at the same place: :meth:`HeadControl.summing_outputs` adds every position's head outputs up.
 * Recording computes ``q . K`` for the *last query row only* (the row that produces the next token) and
-  keeps the arg-max position per head — no eager attention, no ``output_attentions``.
+  keeps the arg-max position per head — no eager attention, no ``output_attentions``. It observes each head's
+  own attention pattern *before* any mask edits it, the same for ``zero``, ``mean`` and ``uniform``: a masked
+  head's record is where it would look (its query against the keys the model's mask lets it see), in the model
+  as masked so far (heads masked in earlier layers do change what later layers see). Why: a head's copy score
+  then means "where this head looks" under every method, rather than ``uniform``'s tie (its first visible key)
+  for a masked head and its real pattern under ``zero`` / ``mean``.
 * A KV budget (:mod:`rh_models.kv_budget`) splits a layer's heads into those that keep the full context and
   *streaming* heads that see only a sink and a recent window: two calls of the same kernel, the second with a
   banded mask derived from the model's own.
@@ -88,7 +98,8 @@ class TopOneRows:
 
     ``positions[step][layer]`` is a ``(batch, heads)`` tensor of key indices into that layer's cache;
     ``kv_lengths[step][layer]`` is the cache length it indexes (shorter than the sequence for sliding
-    layers that keep only a window), so absolute position = index + seq_len_at_step - kv_length.
+    layers that keep only a window), so absolute position = index + seq_len_at_step - kv_length. A masked head's
+    entry is its pattern before its own mask (see the module doc).
     """
 
     positions: list[list[torch.Tensor]] = field(default_factory=list)
@@ -99,6 +110,9 @@ class TopOneRows:
         steps = []
         for step, (layers, lengths) in enumerate(zip(self.positions, self.kv_lengths)):
             seen = prompt_length + step
+            if max(lengths) > seen:  # a preallocated (static) cache: indices are not "the last n positions"
+                raise RHError(f"a layer's cache held {max(lengths)} keys at step {step} of a {seen}-token sequence "
+                              "(a static cache?); recorded positions cannot be mapped back to the prompt")
             steps.append(torch.stack([p + (seen - n) for p, n in zip(layers, lengths)], dim=1))
         return torch.stack(steps).cpu()
 
@@ -117,6 +131,7 @@ class HeadControl:
         self.output_sums: torch.Tensor | None = None  # (layers, heads, head_dim), float64
         self.method = "zero"
         self.scope = "all"
+        self.phase = "prefill"  # "decode" only for forwards that generating() marks as decoding steps
         self.heads = HeadSet((), n_layers, n_heads)
         self.modules: list[torch.nn.Module] = []  # each layer's attention module, in layer order
         self.rows: TopOneRows | None = None
@@ -227,12 +242,40 @@ class HeadControl:
     @contextmanager
     def prefilling(self, cascade: PrefixCascade | None) -> Iterator[None]:
         """A forward that only fills a prefix cache: not a decoding step to record; ``cascade`` for its attention."""
-        saved = self.rows, self.cascade
-        self.rows, self.cascade = None, cascade
+        saved = self.rows, self.cascade, self.phase
+        self.rows, self.cascade, self.phase = None, cascade, "prefill"
         try:
             yield
         finally:
-            self.rows, self.cascade = saved
+            self.rows, self.cascade, self.phase = saved
+
+    @contextmanager
+    def generating(self, prompt_length: int, cached: int = 0) -> Iterator[None]:
+        """Inside the block the model's forwards are a generation's: a forward whose tokens start at or after
+        ``prompt_length`` (the left-padded prompt's width) is a decoding step, every other one prefill.
+
+        Why count tokens rather than look at a forward's shape: a one-token query is not always a decoding step
+        (prefix reuse may prefill a one-token tail), and a prefill may come in several chunks. ``cached``: the
+        prompt's positions already in the cache passed to ``generate``, which its first forward skips.
+        """
+        fed = cached
+
+        def mark(module, args, kwargs) -> None:
+            nonlocal fed
+            tokens = next((kwargs[name] for name in ("input_ids", "inputs_embeds") if kwargs.get(name) is not None),
+                          args[0] if args else None)
+            if tokens is None:
+                raise RHError(f"a forward of {type(module).__name__} got neither input_ids nor inputs_embeds; "
+                              "cannot tell prefill from decoding")
+            self.phase = "decode" if fed >= prompt_length else "prefill"
+            fed += tokens.shape[1]
+
+        saved, handle = self.phase, self.model.register_forward_pre_hook(mark, with_kwargs=True)
+        try:
+            yield
+        finally:
+            handle.remove()
+            self.phase = saved
 
     @contextmanager
     def cascading(self, cascade: PrefixCascade | None) -> Iterator[None]:
@@ -247,12 +290,13 @@ class HeadControl:
     def __call__(self, base_fn: Callable, module, query, key, value, attention_mask, **kwargs):
         layer = module._rh_layer
         masked = self.mask_by_layer.get(layer)
-        if masked is not None and self.scope == "decode" and not _is_decode_step(query, key):
+        if masked is not None and self.scope == "decode" and self.phase != "decode":
             masked = None
-        if self.rows is not None:
+        if self.rows is not None:  # before any edit: the head's own pattern, whatever its mask (module doc)
             self._record(layer, module, query, key, attention_mask, kwargs)
         if masked is not None and self.method == "uniform":
             # q = 0 -> every visible logit equals 0 (softcap/scale keep it 0) -> uniform over visible keys
+            _refuse_per_head_terms(module, kwargs, "mask_method=uniform (a zero query does not make them uniform)")
             query = query.index_fill(1, masked, 0.0)
         plan = self.kv.plan(layer, query.device) if self.kv is not None else None
         if plan is not None and not self.kv.keeps_everything(key.shape[2]):
@@ -283,9 +327,10 @@ class HeadControl:
 
     def _streaming(self, plan: LayerPlan, base_fn, module, query, key, value, attention_mask, kwargs) -> torch.Tensor:
         """Full heads as the model runs them; streaming heads with the sink + window mask; one output."""
-        if any(kwargs.get(name) is not None for name in ("position_bias", "s_aux", "sinks", "softcap")):
-            raise RHError(f"{type(module).__name__} adds per-head attention terms or a logit softcap; a KV budget by "
-                          "head is not supported for it")
+        _refuse_per_head_terms(module, kwargs, "a KV budget by head")
+        if kwargs.get("softcap") is not None:
+            raise RHError(f"{type(module).__name__} caps its attention logits (softcap); a KV budget by head is not "
+                          "supported for it")
         if kwargs.get("sliding_window") is not None:  # a sliding layer that sliding_windows() did not see
             raise RHError(f"layer {module._rh_layer} of {type(module).__name__} slides over a window the KV budget "
                           "did not account for; refusing to mix the two")
@@ -357,9 +402,16 @@ class HeadControl:
         self.rows.kv_lengths[-1][layer] = kv_length
 
 
-def _is_decode_step(query: torch.Tensor, key: torch.Tensor) -> bool:
-    """A decoding step feeds one new token against a longer cache (prefill feeds the whole prompt)."""
-    return query.shape[2] == 1 and key.shape[2] > 1
+_PER_HEAD_TERMS = ("position_bias", "s_aux", "sinks")  # kwargs by which a model adds its own per-head logit terms
+
+
+def _refuse_per_head_terms(module: torch.nn.Module, kwargs: dict[str, Any], what: str) -> None:
+    """Attention sinks (GPT-OSS's ``s_aux``/``sinks``) or a position bias add logits of their own beside q . K:
+    what assumes the logits are q . K alone is refused for such a model, in one line."""
+    found = [name for name in _PER_HEAD_TERMS if kwargs.get(name) is not None]
+    if found:
+        raise RHError(f"{type(module).__name__} adds per-head attention terms ({', '.join(found)}); {what} is not "
+                      "supported for it")
 
 
 def _last_row_visibility(mask: torch.Tensor | None, batch: int, kv_length: int) -> torch.Tensor | None:

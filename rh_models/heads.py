@@ -7,10 +7,19 @@ Usage::
     heads = select_heads("random:6", 30, 9, scores=scores, seed=1)             # excludes retrieval heads
     heads = select_heads("3-4;17-0", 30, 9)                                     # the paper's L-H notation
     heads = select_heads("top:10%", 30, 9, scores=scores)                       # a share: 27 of 270 heads
+    heads = select_heads("top:50%", 30, 9, scores=scores, tie_break="random")  # more than scored: see below
 
 A score file is one JSON object ``{"<layer>-<head>": [score per test, ...]}`` (mean = the head's score) or
 ``{"<layer>-<head>": float}``. Heads are *query* heads (under GQA several share one KV head).
 Specs use ``;`` between heads because ``,`` separates lm-eval's ``--model_args``.
+
+A ranking stops where the scores stop: a head whose mean is not above 0 was never seen retrieving, and ordering
+such heads by (layer, head) would call layer-0 heads retrieval heads. So a file in which no head scored above 0 (no
+test contributed, or every score 0) ranks nothing and is refused wherever a ranking is read, and ``top:K`` asking
+for more heads than scored above 0 is refused -- unless ``tie_break="random"`` says how to choose among unscored
+heads: the rest (for a file that ranks nothing, all K) are drawn from them with the seed, recorded as
+``tie_break`` and ``unscored_heads``. That is what a tiny random model's detection (it answers no needle) needs
+to exercise the workflows at all.
 """
 
 from __future__ import annotations
@@ -28,6 +37,7 @@ from rh_models.errors import RHError
 Head = tuple[int, int]
 _HEAD_RE = re.compile(r"^\s*(\d+)\s*-\s*(\d+)\s*$")
 DEFAULT_RETRIEVAL_THRESHOLD = 0.1  # the paper calls a head "retrieval" when its mean score exceeds 0.1
+TIE_BREAKS = ("none", "random")  # how top:K fills places past the heads that scored above 0 (none: refuse)
 
 
 @dataclass(frozen=True)
@@ -131,6 +141,20 @@ class HeadScores:
     def above(self, threshold: float) -> list[Head]:
         return [head for head, score in self.ranked() if score > threshold]
 
+    def scored(self) -> list[Head]:
+        """The heads a ranking can stand on (mean above 0), best first; refused when there are none.
+
+        Why refuse: with no contributing test (every list empty) or every score 0, every mean is 0 and any "top"
+        heads would be the first heads by (layer, head).
+        """
+        scored = self.above(0.0)
+        if not scored:
+            why = ("no test contributed (every list is empty)" if all(not v for v in self.per_test.values())
+                   else "every score is 0")
+            raise RHError(f"head-score file {self.source or '(in memory)'} ranks no head: {why}; detect again on "
+                          "tests the model answers (see `rh detect`) before ranking heads by it")
+        return scored
+
 
 @dataclass(frozen=True)
 class HeadSpec:
@@ -184,6 +208,54 @@ def parse_head_spec(spec: str | None) -> HeadSpec:
     return HeadSpec("heads", text, heads=tuple(parse_head(part) for part in text.split(";") if part.strip()))
 
 
+def check_tie_break(tie_break: str | None) -> str:
+    """``tie_break`` is ``none`` (the default: refuse to rank unscored heads) or ``random``; else refused."""
+    value = "none" if tie_break in (None, "") else str(tie_break)
+    if value not in TIE_BREAKS:
+        raise RHError(f"tie_break={tie_break!r} is not supported; use tie_break=random or tie_break=none")
+    return value
+
+
+def top_heads(scores: HeadScores, k: int, text: str, tie_break: str = "none", seed: int = 0) -> list[Head]:
+    """The ``k`` best heads by mean score: never more than scored above 0, unless ``tie_break="random"`` draws the
+    rest from the unscored heads with ``seed`` (they have no order of their own to be taken in)."""
+    total = scores.n_layers * scores.n_heads
+    if k > total:
+        raise RHError(f"{text}: K={k} exceeds the model's {total} heads")
+    # a file that ranks no head is refused, unless the caller said how to choose among unscored heads
+    scored = scores.above(0.0) if check_tie_break(tie_break) == "random" else scores.scored()
+    if k <= len(scored):
+        return scored[:k]
+    if check_tie_break(tie_break) == "none":
+        raise RHError(f"{text}: {k} heads asked for, but only {len(scored)} of {total} heads scored above 0 in "
+                      f"{scores.source or 'the scores'}; ask for at most {len(scored)}, or pass tie_break=random (rh "
+                      f"compare / rh demo: --tie-break random) to draw the other {k - len(scored)} at random from the "
+                      "unscored heads (recorded)")
+    ranked = set(scored)
+    unscored = [(l, h) for l in range(scores.n_layers) for h in range(scores.n_heads) if (l, h) not in ranked]
+    return scored + sorted(random.Random(f"tie_break:{seed}").sample(unscored, k - len(scored)))
+
+
+def unscored_heads(spec: "str | HeadSpec | HeadSet", heads: HeadSet, scores: HeadScores | None) -> int | None:
+    """How many heads a ranking (``top:K``) chose without a score above 0 -- the places ``tie_break`` filled; None
+    for selections that rank nothing (explicit heads, random draws)."""
+    if isinstance(spec, HeadSet) or scores is None:
+        return None
+    parsed = spec if isinstance(spec, HeadSpec) else parse_head_spec(spec)
+    return sum(1 for head in heads if scores.mean(head) <= 0) if parsed.kind == "top" else None
+
+
+def check_ranking(spec: HeadSpec, scores: HeadScores, tie_break: str = "none", random_exclude: int | None = None,
+                  random_match: str | None = None) -> None:
+    """Refuse, from the score file alone, what :func:`select_heads` would refuse about its ranking -- so that it
+    is refused before the model loads. K is resolved on the file's shape, which must be the model's anyway."""
+    total = scores.n_layers * scores.n_heads
+    if spec.kind == "top" or (spec.kind == "random" and check_random_match(random_match)):
+        top_heads(scores, min(spec.resolve_count(total), total), spec.text, tie_break)
+    if spec.kind == "random":
+        retrieval_pool_excluded(scores, random_exclude, tie_break)
+
+
 def check_random_match(random_match: str | None) -> str | None:
     """``random_match`` is ``None`` or ``"layer"``; anything else is refused (also before the model loads)."""
     if random_match in (None, "", "none"):
@@ -201,6 +273,7 @@ def select_heads(
     seed: int = 0,
     random_exclude: int | None = None,
     random_match: str | None = None,
+    tie_break: str = "none",
 ) -> HeadSet:
     """Resolve a ``mask_heads`` spec against a model's shape into a validated :class:`HeadSet`.
 
@@ -208,6 +281,8 @@ def select_heads(
     head whose mean score exceeds 0.1 is excluded; ``random_exclude=N`` excludes the top N instead.
     ``random_match="layer"`` draws, per layer, as many heads as ``top:K`` has in that layer, so a random
     control differs from the retrieval condition only in *which* heads of those layers are masked.
+    Every ranking read here (``top:K``, the top N excluded, the layers matched) stops at the heads that scored
+    above 0 unless ``tie_break="random"`` (see :func:`top_heads`).
     """
     parsed = spec if isinstance(spec, HeadSpec) else parse_head_spec(spec)
     random_match = check_random_match(random_match)
@@ -218,18 +293,22 @@ def select_heads(
     k = parsed.resolve_count(n_layers * n_heads)
     if parsed.kind == "top":
         scores = _require_scores(scores, parsed.text)
-        if k > n_layers * n_heads:
-            raise RHError(f"{parsed.text}: K={k} exceeds the model's {n_layers * n_heads} heads")
-        return HeadSet(tuple(scores.top(k)), n_layers, n_heads)
-    return _select_random(k, n_layers, n_heads, scores, seed, random_exclude, random_match, parsed.text)
+        return HeadSet(tuple(top_heads(scores, k, parsed.text, tie_break, seed)), n_layers, n_heads)
+    return _select_random(k, n_layers, n_heads, scores, seed, random_exclude, random_match, parsed.text, tie_break)
 
 
-def retrieval_pool_excluded(scores: HeadScores | None, random_exclude: int | None) -> set[Head]:
-    """Heads a random control must never draw: the retrieval heads."""
-    if scores is None:
+def retrieval_pool_excluded(scores: HeadScores | None, random_exclude: int | None,
+                            tie_break: str = "none", seed: int = 0) -> set[Head]:
+    """Heads a random control must never draw: the retrieval heads. Excluding by a file that ranks no head would
+    exclude nothing while the record says retrieval heads were excluded: refused (``random_exclude=0`` reads no
+    ranking and is always allowed)."""
+    if scores is None or random_exclude == 0:
         return set()
     if random_exclude is not None:
-        return set(scores.top(random_exclude))
+        total = scores.n_layers * scores.n_heads
+        return set(top_heads(scores, min(random_exclude, total), f"random_exclude={random_exclude}", tie_break, seed))
+    if check_tie_break(tie_break) == "none":
+        scores.scored()
     return set(scores.above(DEFAULT_RETRIEVAL_THRESHOLD))
 
 
@@ -242,9 +321,10 @@ def _select_random(
     random_exclude: int | None,
     random_match: str | None,
     text: str,
+    tie_break: str = "none",
 ) -> HeadSet:
     rng = random.Random(seed)
-    excluded = retrieval_pool_excluded(scores, random_exclude)
+    excluded = retrieval_pool_excluded(scores, random_exclude, tie_break, seed)
     pool = [(l, h) for l in range(n_layers) for h in range(n_heads) if (l, h) not in excluded]
     if random_match is None:
         if k > len(pool):
@@ -252,14 +332,15 @@ def _select_random(
         return HeadSet(tuple(sorted(rng.sample(pool, k))), n_layers, n_heads)
     scores = _require_scores(scores, f"{text} with random_match=layer")
     chosen: list[Head] = []
-    for layer, top_heads in HeadSet(tuple(scores.top(k)), n_layers, n_heads).by_layer().items():
+    ranked = top_heads(scores, k, f"{text} with random_match=layer", tie_break, seed)
+    for layer, layer_top in HeadSet(tuple(ranked), n_layers, n_heads).by_layer().items():
         layer_pool = [head for head in pool if head[0] == layer]
-        if len(top_heads) > len(layer_pool):
+        if len(layer_top) > len(layer_pool):
             raise RHError(
-                f"{text} with random_match=layer: layer {layer} needs {len(top_heads)} non-retrieval heads "
+                f"{text} with random_match=layer: layer {layer} needs {len(layer_top)} non-retrieval heads "
                 f"but only {len(layer_pool)} are left"
             )
-        chosen.extend(rng.sample(layer_pool, len(top_heads)))
+        chosen.extend(rng.sample(layer_pool, len(layer_top)))
     return HeadSet(tuple(sorted(chosen)), n_layers, n_heads)
 
 

@@ -35,7 +35,7 @@ import torch
 
 from rh_models.arguments import parse_int
 from rh_models.errors import RHError
-from rh_models.heads import Head, HeadSet, HeadSpec, parse_head_spec
+from rh_models.heads import Head, HeadScores, HeadSet, HeadSpec, check_ranking, parse_head_spec
 from rh_models.shape import text_config
 
 DEFAULT_SINK = 4
@@ -55,10 +55,12 @@ KV_ARGS = ("kv_full_heads", "kv_sink", "kv_window")  # the model args of a KV bu
 
 
 def parse_kv_args(kv_full_heads: Any = None, kv_sink: Any = None, kv_window: Any = None,
-                  head_scores: Any = None) -> KVArgs:
+                  head_scores: Any = None, tie_break: str = "none", random_exclude: int = 0) -> KVArgs:
     """The strings lm-eval passes from ``--model_args``, as :class:`KVArgs`, or one clear line.
 
-    ``kv_sink`` / ``kv_window`` without ``kv_full_heads`` would change nothing: refused, not ignored.
+    ``kv_sink`` / ``kv_window`` without ``kv_full_heads`` would change nothing: refused, not ignored. A ranking
+    (``top:P%``) is checked against the score file here, before the model loads: ``top:50%`` of a file where fewer
+    heads scored above 0 is refused unless ``tie_break`` (a shared mask arg, checked already) is ``random``.
     """
     if kv_full_heads is None:
         given = [name for name, value in (("kv_sink", kv_sink), ("kv_window", kv_window)) if value is not None]
@@ -71,6 +73,8 @@ def parse_kv_args(kv_full_heads: Any = None, kv_sink: Any = None, kv_window: Any
     spec = parse_head_spec(str(kv_full_heads))
     if spec.needs_scores and head_scores is None:
         raise RHError(f"kv_full_heads={kv_full_heads} needs head_scores=PATH (a score file from `rh detect`)")
+    if head_scores is not None and spec.kind in ("top", "random"):
+        check_ranking(spec, HeadScores.load(str(head_scores)), tie_break, random_exclude)
     return KVArgs(spec, sink, window)
 
 

@@ -21,6 +21,7 @@ Every argument ``hf`` accepts works unchanged; ours are popped before ``HFLM.__i
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -36,7 +37,7 @@ from rh_models.attention import HeadControl
 from rh_models.cascade import PrefixCascade
 from rh_models.compat import cache_kwarg, hflm_accelerator, hflm_world_size, model_commit, set_process_rank
 from rh_models.errors import RHError
-from rh_models.heads import HeadSet, HeadSpec, select_heads, spec_text
+from rh_models.heads import HeadSet, HeadSpec, check_tie_break, select_heads, spec_text, unscored_heads
 from rh_models.kv_budget import (
     DEFAULT_SINK,
     DEFAULT_WINDOW,
@@ -53,6 +54,9 @@ from rh_models.shape import config_sha256
 from rh_models.zoo import DEFAULT_MODEL, is_alias, resolve_pretrained
 
 _PROBE_TOKENS = 16
+# generate()'s caches whose keys are the sequence's own, in order (what TopOneRows.absolute maps back to positions);
+# "hybrid" is transformers' old default name for the dynamic sliding-window cache, read as such by generate()
+_GROWING_CACHES = (None, "dynamic", "offloaded", "quantized", "hybrid")
 
 
 @register_model("rh-hf")
@@ -71,6 +75,7 @@ class RHHFLM(MaskedLM, HFLM):
         random_exclude: int | None = None,
         random_match: str | None = None,
         head_means: str | None = None,
+        tie_break: str | None = None,
         record_scores: str | None = None,
         record_min_score: float = ANSWERED_ABOVE,
         record_count_repeats: bool = False,
@@ -82,8 +87,8 @@ class RHHFLM(MaskedLM, HFLM):
         **kwargs: Any,
     ) -> None:
         mask = parse_mask_args(mask_heads, head_scores, mask_method, mask_scope, mask_seed, random_exclude, random_match,
-                               head_means)
-        kv = parse_kv_args(kv_full_heads, kv_sink, kv_window, head_scores)
+                               head_means, tie_break)
+        kv = parse_kv_args(kv_full_heads, kv_sink, kv_window, head_scores, mask.tie_break, mask.random_exclude or 0)
         if kv.spec is not None and record_scores:
             raise RHError("record_scores cannot be combined with kv_full_heads: a streaming head's top-1 would be "
                           "taken over keys its cache no longer holds")
@@ -118,11 +123,12 @@ class RHHFLM(MaskedLM, HFLM):
         self._counting_kv = True  # False while lm-eval probes batch sizes with dummy batches
         if kv.spec is not None:  # random:P% draws from every head unless random_exclude says otherwise
             self.set_kv(kv.spec, kv.sink, kv.window, seed=mask.seed,
-                        random_exclude=0 if mask.random_exclude is None else mask.random_exclude)
+                        random_exclude=0 if mask.random_exclude is None else mask.random_exclude,
+                        tie_break=mask.tie_break)
         self._writes_recorder = True  # False while a caller owns the recorder (see `settings`)
         self._batch_contexts: list[str] = []
         self.chat_template_applied = False  # set when lm-eval renders a prompt through apply_chat_template
-        self._requests_by_context: dict[str, Any] = {}
+        self._requests_by_context: dict[str, deque] = {}  # while recording: each prompt's requests, in lm-eval's order
         self.prefix_reuse = prefix_reuse
         self.prefix_cascade: PrefixCascade | None = PrefixCascade()  # None: continuations use the stock masked sdpa
 
@@ -166,63 +172,81 @@ class RHHFLM(MaskedLM, HFLM):
         self.verify_mask()
 
     def verify_mask(self) -> None:
-        """One probe forward with and without the mask: every masked head's output must change (and be 0, or
-        its stored mean, for ``zero`` / ``mean``).
+        """A probe with and without the mask, in the scope that will be used: every masked head's output must
+        change (and be 0, or its stored mean, for ``zero`` / ``mean``). For ``mask_scope=decode`` the probe is a
+        generation (its prefill, then one decoding step, as ``generate_until`` runs them): the step must change,
+        the prefill must not.
 
-        This is what makes "never a silent no-op" true: if a model bypassed our attention function, or the
-        output layout were not what we assume, the check fails here instead of producing a plausible table.
+        This is what makes "never a silent no-op" true: if a model bypassed our attention function, the output
+        layout were not what we assume, or decoding steps were not told from prefill, the check fails here
+        instead of producing a plausible table.
         """
         heads = self.control.heads
         if not len(heads):
             return
-        saved_mask, saved_scope = self.control.mask_by_layer, self.control.scope
+        saved_mask = self.control.mask_by_layer
+        decode = self.control.scope == "decode"
 
         def unmasked() -> None:
             self.control.mask_by_layer = {}
 
         def restore() -> None:
-            self.control.mask_by_layer, self.control.scope = saved_mask, saved_scope
+            self.control.mask_by_layer = saved_mask
 
-        self.control.scope = "all"
-        try:
-            with_it, without = self._probe_heads(heads.by_layer(), _PROBE_TOKENS, unmasked, restore)
-        finally:
-            restore()
+        with_it, without = self._probe_heads(heads.by_layer(), _PROBE_TOKENS, unmasked, restore, decode=decode)
+        model = f"{type(self.model).__name__}, {self.control.base}"
+        if decode:  # the first _PROBE_TOKENS positions are the prompt's prefill, the rest decoding steps
+            for (layer, head), after in with_it.items():
+                if not torch.equal(after[:, :_PROBE_TOKENS], without[layer, head][:, :_PROBE_TOKENS]):
+                    raise RHError(f"self-check failed: mask_scope=decode masked the prompt's prefill (head "
+                                  f"{layer}-{head}; {model}); refusing to run")
+            with_it = {key: after[:, _PROBE_TOKENS:] for key, after in with_it.items()}
+            without = {key: before[:, _PROBE_TOKENS:] for key, before in without.items()}
         method = self.control.method
         for (layer, head), after in with_it.items():
+            if torch.equal(after, without[layer, head]):
+                raise RHError(f"self-check failed: masking head {layer}-{head} did not change its output "
+                              f"{'in a decoding step ' if decode else ''}({model}); refusing to run a silent no-op")
             expected = (torch.zeros_like(after) if method == "zero" else self.head_means.vectors(
                 layer, [head], after.dtype, after.device).expand_as(after) if method == "mean" else None)
             if expected is not None and not torch.equal(after, expected):
                 raise RHError(f"self-check failed: masked head {layer}-{head} does not output its "
-                              f"{'zeros' if method == 'zero' else 'stored mean'} ({type(self.model).__name__}, "
-                              f"{self.control.base}); refusing to run")
-            if torch.equal(after, without[layer, head]):
-                raise RHError(
-                    f"self-check failed: masking head {layer}-{head} did not change its output "
-                    f"({type(self.model).__name__}, {self.control.base}); refusing to run a silent no-op"
-                )
+                              f"{'zeros' if method == 'zero' else 'stored mean'} ({model}); refusing to run")
 
-    def _probe_heads(self, heads: dict[int, list[int]], length: int, switch_off, switch_on):
+    def _probe_heads(self, heads: dict[int, list[int]], length: int, switch_off, switch_on, decode: bool = False):
         """Each listed head's output slice (the output projection's input) on one probe, with and without a setting.
 
-        ``switch_off`` / ``switch_on`` remove and restore the setting between the two forwards.
+        ``switch_off`` / ``switch_on`` remove and restore the setting between the two runs. ``decode``: each run
+        generates two tokens as :meth:`_generate` does (the prompt's prefill, then one decoding step), and the
+        slices hold the ``length`` prompt positions followed by the step's.
         """
         projections = output_projections(self.model, self.control)
-        captured: dict[int, torch.Tensor] = {}
+        captured: dict[int, list[torch.Tensor]] = {layer: [] for layer in heads}
         hooks = [
             projections[layer].register_forward_pre_hook(
-                lambda module, args, layer=layer: captured.__setitem__(layer, args[0].detach().clone())
+                lambda module, args, layer=layer: captured[layer].append(args[0].detach().clone())
             )
             for layer in heads
         ]
         vocab = self.model.config.get_text_config().vocab_size
         probe = torch.arange(length, device=self.device).unsqueeze(0) % (vocab - 1) + 1
+
+        def run() -> dict[int, torch.Tensor]:
+            for outputs in captured.values():
+                outputs.clear()
+            if not decode:
+                self.model(probe)
+            else:
+                with self.control.generating(length):
+                    self.model.generate(probe, attention_mask=torch.ones_like(probe), max_new_tokens=2,
+                                        min_new_tokens=2, do_sample=False, pad_token_id=self.tokenizer.pad_token_id)
+            return {layer: torch.cat(outputs, dim=1) for layer, outputs in captured.items() if outputs}
+
         try:
             with torch.no_grad():
-                self.model(probe)
-                first = dict(captured)
+                first = run()
                 switch_off()
-                self.model(probe)
+                second = run()
         finally:
             switch_on()
             for hook in hooks:
@@ -234,18 +258,36 @@ class RHHFLM(MaskedLM, HFLM):
             width = first[layer].shape[-1] // self.n_heads
             for head in query_heads:
                 outputs[0][layer, head] = first[layer][..., head * width : (head + 1) * width]
-                outputs[1][layer, head] = captured[layer][..., head * width : (head + 1) * width]
+                outputs[1][layer, head] = second[layer][..., head * width : (head + 1) * width]
         return outputs[0], outputs[1]
+
+    def loglikelihood(self, requests, disable_tqdm: bool = False):
+        self._refuse_decode_scope("loglikelihood")
+        return super().loglikelihood(requests, disable_tqdm=disable_tqdm)
+
+    def loglikelihood_rolling(self, requests, disable_tqdm: bool = False):
+        self._refuse_decode_scope("loglikelihood_rolling")
+        return super().loglikelihood_rolling(requests, disable_tqdm=disable_tqdm)
+
+    def _refuse_decode_scope(self, request_type: str) -> None:
+        """A loglikelihood request is one forward over the whole text, with no decoding step: under
+        ``mask_scope=decode`` its score would be the unmasked model's, a silent no-op (refused before the first)."""
+        if len(self.control.heads) and self.control.scope == "decode":
+            raise RHError(f"mask_scope=decode masks only generated tokens; {request_type} requests generate none, "
+                          "so no head would be masked: use mask_scope=all")
 
     # ------------------------------------------------------------------ KV budget
     def set_kv(self, full_heads: str | HeadSpec | HeadSet | None, sink: int = DEFAULT_SINK,
-               window: int = DEFAULT_WINDOW, seed: int = 0, random_exclude: int | None = 0) -> StreamingHeads | None:
+               window: int = DEFAULT_WINDOW, seed: int = 0, random_exclude: int | None = 0,
+               tie_break: str = "none") -> StreamingHeads | None:
         """From now on only ``full_heads`` keep the full context; every other head keeps ``sink`` + ``window``.
 
         ``None`` restores full attention for every head; ``"none"`` makes every head a streaming head. Selection is
         the mask syntax (``top:K``, ``top:10%``, ``random:K`` with ``seed`` / ``random_exclude``, ``L-H;...``); a
         random draw is from every head by default (``random_exclude=0``): a random *ranking*, not a control that
-        avoids retrieval heads. The budget's accounting starts afresh, and a probe proves the streaming heads changed.
+        avoids retrieval heads. ``top:P%`` past the heads that scored above 0 is refused unless ``tie_break="random"``
+        (recorded in :meth:`kv_info` with ``unscored_heads``). The budget's accounting starts afresh, and a probe
+        proves the streaming heads changed.
         """
         self.prefix.clear()  # cached keys/values were computed under the old budget
         if full_heads is None:
@@ -254,8 +296,12 @@ class RHHFLM(MaskedLM, HFLM):
             return None
         if self.recorder is not None:
             raise RHError("recording retrieval scores cannot be combined with a KV budget")
+        tie_break = check_tie_break(tie_break)
         heads = full_heads if isinstance(full_heads, HeadSet) else select_heads(
-            full_heads, self.n_layers, self.n_heads, scores=self.head_scores, seed=seed, random_exclude=random_exclude)
+            full_heads, self.n_layers, self.n_heads, scores=self.head_scores, seed=seed, random_exclude=random_exclude,
+            tie_break=tie_break)
+        self._kv_ranking = {"tie_break": tie_break,
+                            "unscored_heads": unscored_heads(full_heads, heads, self.head_scores)}
         streaming = StreamingHeads(heads, sink, window, kv_heads_of(self.model.config),
                                    sliding_windows(self.control.modules, self.model.config), spec=spec_text(full_heads))
         self.control.set_kv(streaming)
@@ -292,8 +338,9 @@ class RHHFLM(MaskedLM, HFLM):
                               f"({type(self.model).__name__}, {self.control.base}); refusing to run a silent no-op")
 
     def kv_info(self) -> dict[str, Any] | None:
-        """The KV budget of the run so far (``config.rh_kv`` in lm-eval's results JSON); None without one."""
-        return self.kv.info() if self.kv is not None else None
+        """The KV budget of the run so far (``config.rh_kv`` in lm-eval's results JSON), with the tie rule of its
+        ranking and how many full heads it chose without a score above 0; None without one."""
+        return {**self.kv.info(), **self._kv_ranking} if self.kv is not None else None
 
     def get_model_info(self) -> dict:
         info = {**super().get_model_info(), **self.mask_model_info()}
@@ -305,7 +352,7 @@ class RHHFLM(MaskedLM, HFLM):
     def generate_until(self, requests, disable_tqdm: bool = False):
         if self.recorder is None:
             return super().generate_until(requests, disable_tqdm)
-        self._requests_by_context = {r.args[0]: r for r in requests if is_needle_test(r.doc)}
+        self._requests_by_context = requests_by_context(requests)
         try:
             results = super().generate_until(requests, disable_tqdm)
         finally:
@@ -344,11 +391,15 @@ class RHHFLM(MaskedLM, HFLM):
         return output
 
     def _generate_recorded(self, context, max_length, stop, **generation_kwargs):
-        requests = [self._requests_by_context.get(c) for c in self._batch_contexts]
+        requests = [self._next_request(c) for c in self._batch_contexts]
         if self.recorder is None or not any(requests):
             return self._generate(context, max_length, stop, **generation_kwargs)
         if int(generation_kwargs.get("num_beams", 1) or 1) > 1:
             raise RHError("recording retrieval scores needs num_beams=1 (beam search reorders the cache)")
+        cache = generation_kwargs.get("cache_implementation") or self.model.generation_config.cache_implementation
+        if cache not in _GROWING_CACHES:
+            raise RHError(f"recording retrieval scores needs a cache that grows with the sequence; cache_implementation="
+                          f"{cache!r} preallocates its keys, so recorded positions would not be the prompt's")
         attention_mask = generation_kwargs.get("attention_mask")
         if attention_mask is None:
             attention_mask = torch.ones_like(context)
@@ -360,17 +411,26 @@ class RHHFLM(MaskedLM, HFLM):
         self.recorder.observe(self._batch_contexts, requests, context, attention_mask, output, rows)
         return output
 
+    def _next_request(self, context: str) -> Any:
+        """The request a batch row of this prompt belongs to, if it is a needle test (each row takes the next one)."""
+        queue = self._requests_by_context.get(context)
+        request = queue.popleft() if queue else None
+        return request if request is not None and is_needle_test(request.doc) else None
+
     def _generate(self, context, max_length, stop, **generation_kwargs):
         """HFLM's generation; with ``prefix_reuse``, resumed from the cache of the previous prompt's shared prefix.
 
         Only the tokens after the prefix are prefilled (see :mod:`rh_models.prefix_cache`), and their attention
-        over the cached keys runs as a :mod:`rh_models.cascade` where that is the same computation.
+        over the cached keys runs as a :mod:`rh_models.cascade` where that is the same computation. The forwards
+        that feed tokens past the prompt are marked as decoding steps (``mask_scope=decode``), the others prefill.
         """
         if not self.prefix_reuse or not self.prefix.supported(type(self.model).__name__):
-            return super()._model_generate(context, max_length, stop, **generation_kwargs)
+            with self.control.generating(context.shape[1]):
+                return super()._model_generate(context, max_length, stop, **generation_kwargs)
         attention_mask = generation_kwargs.get("attention_mask")
         cache = self.prefix.take(context, attention_mask, self._prefill, capacity=max_length)
-        with self.control.cascading(self.prefix_cascade):
+        with self.control.cascading(self.prefix_cascade), self.control.generating(context.shape[1],
+                                                                                  cache.get_seq_length()):
             output = super()._model_generate(context, max_length, stop, **{cache_kwarg(): cache}, **generation_kwargs)
         self.prefix.keep(cache, context, attention_mask)
         return output
@@ -404,6 +464,10 @@ class RHHFLM(MaskedLM, HFLM):
         self.chat_template_applied = True
         return super().apply_chat_template(chat_history, add_generation_prompt)
 
+    def numerics(self) -> dict[str, str]:
+        """What decides the numbers besides the weights and inputs: dtype, device type, attention implementation."""
+        return {"dtype": str(self.model.dtype), "device": torch.device(self.device).type, "attention": self.control.base}
+
     def provenance(self) -> dict[str, Any]:
         """Where a score file came from: enough to tell two files apart and to redo one."""
         import lm_eval
@@ -423,6 +487,24 @@ class RHHFLM(MaskedLM, HFLM):
             "torch_version": torch.__version__,
             "chat_template": self.chat_template_applied,
         }
+
+
+def requests_by_context(requests) -> dict[str, deque]:
+    """Each prompt's requests in the order lm-eval generates their rows, so that every row finds its own request.
+
+    Why a queue and not one request per prompt: two requests may send the same prompt (a task's repeats, two
+    docs alike), and each is a test of its own. lm-eval's ``Collator`` sorts the requests of one generation setting
+    stably (identical prompts keep their order) and runs the settings one after another; identical needle prompts
+    with different settings could therefore come out of order, and are refused.
+    """
+    queues: dict[str, deque] = {}
+    for request in requests:
+        queues.setdefault(request.args[0], deque()).append(request)
+    for context, queue in queues.items():
+        if any(is_needle_test(r.doc) for r in queue) and any(r.args[1] != queue[0].args[1] for r in queue):
+            raise RHError(f"recording: {len(queue)} requests send the same needle prompt with different generation "
+                          f"settings; their rows cannot be told apart (prompt starts {context[:40]!r})")
+    return queues
 
 
 _OUTPUT_PROJECTIONS = ("o_proj", "c_proj", "dense", "out_proj", "wo")

@@ -21,7 +21,7 @@ from typing import Any
 from rh_models.attention import check_mask_method
 from rh_models.errors import RHError
 from rh_models.head_means import HeadMeans
-from rh_models.heads import HeadScores, HeadSet, HeadSpec, select_heads, spec_text
+from rh_models.heads import HeadScores, HeadSet, HeadSpec, check_tie_break, select_heads, spec_text, unscored_heads
 from rh_models.mask_args import MaskArgs
 from rh_models.shape import config_sha256, head_dim, head_shape
 
@@ -59,22 +59,34 @@ class MaskedLM:
         seed: int = 0,
         random_exclude: int | None = None,
         random_match: str | None = None,
+        tie_break: str = "none",
     ) -> HeadSet:
-        """Mask these heads from now on (replacing any previous mask) and prove that it took effect."""
+        """Mask these heads from now on (replacing any previous mask) and prove that it took effect.
+
+        ``tie_break="random"`` lets ``top:K`` draw, with ``seed``, the places past the heads that scored above 0
+        (refused otherwise); the record says so, and how many such heads were chosen (``unscored_heads``).
+        """
         check_mask_method(method, scope)
+        tie_break = check_tie_break(tie_break)
         if method == "mean" and self.head_means is None:
             raise RHError("mask_method=mean needs head means: pass head_means=FILE (from `rh means`) or call "
                           "use_head_means first")
         heads = mask_heads if isinstance(mask_heads, HeadSet) else select_heads(
             mask_heads, self.n_layers, self.n_heads, scores=self.head_scores, seed=seed,
-            random_exclude=random_exclude, random_match=random_match)
-        self._apply_mask(heads, method, scope)
+            random_exclude=random_exclude, random_match=random_match, tie_break=tie_break)
+        try:
+            self._apply_mask(heads, method, scope)
+        except BaseException:  # e.g. a failed self-check: never leave the model masked while the record says otherwise
+            self._unmask()
+            raise
         self._mask = (heads, method, scope)
         self._mask_request = {
             "spec": spec_text(mask_heads),
             "seed": seed,
             "random_exclude": random_exclude,
             "random_match": random_match,
+            "tie_break": tie_break,
+            "unscored_heads": unscored_heads(mask_heads, heads, self.head_scores),
         }
         return heads
 
@@ -92,7 +104,10 @@ class MaskedLM:
         and come from a model with this config. A mean mask already set is re-applied with the new means."""
         means = HeadMeans.load(path, self.n_layers, self.n_heads, self.head_dim)
         made_by = means.provenance.get("model_config_sha256")
-        if made_by is not None and made_by != self.config_sha256:
+        if made_by is None:  # the shape alone would let one model's means pass for any other model of its size
+            raise RHError(f"head-means file {path} does not say which model config it was made on (no "
+                          "model_config_sha256 in its provenance); rewrite it for this model with `rh means`")
+        if made_by != self.config_sha256:
             raise RHError(f"head-means file {path} was made on a model with another config (model "
                           f"{means.provenance.get('model')!r}); write one for this model with `rh means`")
         previous, self.head_means = self.head_means, means
@@ -100,12 +115,21 @@ class MaskedLM:
         if mask is not None and mask[1] == "mean" and len(mask[0]):
             try:
                 self._apply_mask(*mask)
-            except BaseException:  # the model may be half-masked: say "no mask", which _apply_mask then makes true
+            except BaseException:
                 self.head_means = previous
-                self._mask, self._mask_request = (HeadSet((), self.n_layers, self.n_heads), "zero", "all"), {}
-                self._apply_mask(*self._mask)
+                self._unmask()
                 raise
         return self
+
+    def _unmask(self) -> None:
+        """After a mask failed to apply (the model may be half-masked): record "no mask" and make it true.
+
+        Why not restore the previous mask: applying it could fail in the same way, and a model that is unmasked
+        and says so is a state every caller can reason about; the caller re-raises the original error.
+        """
+        self._mask = (HeadSet((), self.n_layers, self.n_heads), "zero", "all")
+        self._mask_request = {"spec": "none"}
+        self._apply_mask(*self._mask)
 
     def mask_info(self) -> dict[str, Any]:
         """Everything needed to reproduce the current condition; lands in lm-eval's results JSON."""

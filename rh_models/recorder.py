@@ -26,6 +26,7 @@ error -- never a silently lost test.
 from __future__ import annotations
 
 import json
+from collections import deque
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -124,7 +125,7 @@ class ScoreRecorder:
         self.accumulator = ScoreAccumulator(n_layers, n_heads)
         self.events: list[dict] = []
         self.tests: list[dict] = []
-        self._pending: dict[str, _Pending] = {}
+        self._pending: dict[int, deque[_Pending]] = {}  # id(request) -> its observed rows, in generation order
 
     @property
     def events_path(self) -> Path:
@@ -161,7 +162,11 @@ class ScoreRecorder:
         output_ids: torch.Tensor,
         rows: TopOneRows,
     ) -> None:
-        """Keep the top-1 rows of every needle test of one generated batch (``requests[i]`` may be ``None``)."""
+        """Keep the top-1 rows of every needle test of one generated batch (``requests[i]`` may be ``None``).
+
+        Rows are kept by request, never by prompt text: two requests with the same prompt are two tests, and a
+        request lm-eval repeats (the same object several times) gets its rows back in the order they were made.
+        """
         if not rows.positions:
             return
         prompt_length = context_ids.shape[1]
@@ -174,13 +179,15 @@ class ScoreRecorder:
             positions = self.needle_positions(
                 context, request.doc["rh_needles"], context_ids[b].cpu(), int(attention_mask[b].sum())
             )
-            self._pending[context] = _Pending(top1[:, b], output_ids[b], prompt_length, positions)
+            pending = _Pending(top1[:, b], output_ids[b], prompt_length, positions)
+            self._pending.setdefault(id(request), deque()).append(pending)
 
     def conclude(self, requests: Sequence[Any], answers: Sequence[str]) -> None:
         """Judge every observed needle test by lm-eval's own answer, in request order; forget the rest."""
         try:
             for request, answer in zip(requests, answers):
-                pending = self._pending.get(request.args[0]) if is_needle_test(request.doc) else None
+                rows = self._pending.get(id(request)) if is_needle_test(request.doc) else None
+                pending = rows.popleft() if rows else None
                 if pending is not None:
                     self._add_test(request, pending, answer)
         finally:

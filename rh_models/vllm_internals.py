@@ -146,6 +146,18 @@ def shutdown_engine(llm: Any) -> None:
     llm.llm_engine.engine_core.shutdown()
 
 
+def engine_dtype(llm: Any) -> str:
+    """The dtype the engine computes in (``LLM.llm_engine.model_config.dtype``, vLLM's public config object)."""
+    return str(llm.llm_engine.model_config.dtype)
+
+
+def engine_device() -> str:
+    """The platform vLLM runs on: ``cpu``, ``cuda``, ... (``vllm.platforms.current_platform.device_type``)."""
+    from vllm.platforms import current_platform
+
+    return str(current_platform.device_type)
+
+
 # ---------------------------------------------------------------------------------------------- checks
 def vllm_version() -> str:
     import vllm

@@ -307,6 +307,13 @@ class RHVLLM(MaskedLM, VLLM):
     def get_model_info(self) -> dict:
         return {**self.mask_model_info(), "model_backend": "rh-vllm"}
 
+    def numerics(self) -> dict[str, str]:
+        """As ``RHHFLM.numerics``: the engine's dtype and device, and vLLM's own attention backend."""
+        dtype = (vllm_internals.engine_dtype(self.model) if self.data_parallel_size <= 1
+                 else str(self.model_args.get("dtype", "auto")))  # replicas' engines live in Ray workers
+        return {"dtype": dtype, "device": vllm_internals.engine_device(),
+                "attention": "vllm" + ("" if self.enforce_eager else "-compiled")}
+
     # ------------------------------------------------------------------ data parallel
     def _model_generate(self, requests, generate: bool = False, sampling_params=None):
         if self.data_parallel_size <= 1:

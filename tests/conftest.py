@@ -176,9 +176,13 @@ class FakeMaskedLM:
 
     n_layers, n_heads = 2, 2
     info: dict = {}
+    dtype = "torch.float32"  # what numerics() reports: a test changes it to see a resume refused
 
     def mask_info(self):
         return dict(self.info)
+
+    def numerics(self):
+        return {"dtype": self.dtype, "device": "cpu", "attention": "sdpa"}
 
     def use_head_scores(self, path):
         from rh_models.heads import HeadScores

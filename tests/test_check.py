@@ -1,4 +1,5 @@
-"""`rh check` on crafted baselines: exit codes, both input formats, --metric, paired tests, --update-baseline."""
+"""`rh check` on crafted baselines: exit codes, both input formats, effects of masked rows, verdicts, missing rows,
+--metric, paired tests, --update-baseline."""
 
 from __future__ import annotations
 
@@ -9,7 +10,6 @@ import pytest
 
 from rh_eval.cli import main
 from rh_eval.leaderboard import ConditionResult, build_leaderboard, write_leaderboard
-from rh_eval.paired_tests import mcnemar_exact, paired_bootstrap, paired_test
 
 DATE = "2025-01-02T03-04-05.678901"
 
@@ -131,8 +131,63 @@ def test_leaderboard_rows_are_compared_row_by_row(tmp_path, capsys):
     assert check("--results", str(same), "--baseline", str(base)) == 0
     capsys.readouterr()
     assert check("--results", str(worse.parent), "--baseline", str(base)) == 1  # a folder holding leaderboard.json
-    line = next(l for l in capsys.readouterr().out.splitlines() if "REGRESSION" in l)
-    assert line.startswith("| random@6 ") and "0.7000" in line
+    out = capsys.readouterr().out
+    line = next(l for l in out.splitlines() if "REGRESSION" in l)
+    assert line.startswith("| random@6 ") and "effect vs full" in line and "-0.1000" in line and "-0.2000" in line
+    assert "random@6 rh_niah acc: effect −0.10 → −0.20: the mask changes this score more than it did" in out
+
+
+BASE_ROWS = {"full": 0.9, "retrieval@6": 0.1, "random@6-seed0": 0.8, "random@6-seed1": 0.8}
+
+
+def test_the_run_against_itself_passes(tmp_path, capsys):
+    base = leaderboard(tmp_path / "base", BASE_ROWS)
+    assert check("--results", str(base), "--baseline", str(base)) == 0
+    assert "retrieval-below-random verdicts hold" in capsys.readouterr().out
+
+
+def test_a_dead_mask_fails_although_its_score_went_up(tmp_path, capsys):
+    """retrieval@6 back at full's value is what a mask that stopped working looks like: not an improvement."""
+    base = leaderboard(tmp_path / "base", BASE_ROWS)
+    dead = leaderboard(tmp_path / "dead", {**BASE_ROWS, "retrieval@6": 0.9})
+    assert check("--results", str(dead), "--baseline", str(base)) == 1
+    out = capsys.readouterr().out
+    assert "retrieval@6 rh_niah acc: effect −0.80 → +0.00: the mask no longer changes this score" in out
+    assert "verdict lost: retrieval@6 rh_niah acc: no longer below random@6" in out
+
+
+def test_an_effect_that_doubled_fails(tmp_path, capsys):
+    base = leaderboard(tmp_path / "base", {**BASE_ROWS, "retrieval@6": 0.5})
+    doubled = leaderboard(tmp_path / "doubled", {**BASE_ROWS, "retrieval@6": 0.1})
+    assert check("--results", str(doubled), "--baseline", str(base)) == 1
+    assert "effect −0.40 → −0.80: the mask changes this score more than it did" in capsys.readouterr().out
+
+
+def test_the_full_row_keeps_lm_evals_direction_and_effects_follow_it(tmp_path, capsys):
+    """The whole run shifted up by 0.05: full improved, every effect unchanged -> OK."""
+    base = leaderboard(tmp_path / "base", BASE_ROWS)
+    shifted = leaderboard(tmp_path / "shifted", {name: value + 0.05 for name, value in BASE_ROWS.items()})
+    assert check("--results", str(shifted), "--baseline", str(base)) == 0
+    assert "improved" in capsys.readouterr().out
+
+
+def test_a_verdict_lost_within_tolerance_still_fails(tmp_path, capsys):
+    base = leaderboard(tmp_path / "base", {"full": 1.0, "retrieval@6": 0.2, "random@6-seed0": 0.3})
+    run = leaderboard(tmp_path / "run", {"full": 1.0, "retrieval@6": 0.2, "random@6-seed0": 0.15})
+    assert check("--results", str(run), "--baseline", str(base), "--tolerance", "0.2") == 1
+    assert "verdict lost: retrieval@6 rh_niah acc: no longer below random@6 (baseline 0.2000 vs 0.3000, now 0.2000 vs " \
+           "0.1500)" in capsys.readouterr().out
+
+
+def test_a_missing_row_fails_unless_allowed(tmp_path, capsys):
+    base = leaderboard(tmp_path / "base", BASE_ROWS)
+    without = leaderboard(tmp_path / "without", {n: v for n, v in BASE_ROWS.items() if n != "retrieval@6"})
+    assert check("--results", str(without), "--baseline", str(base)) == 1
+    out = capsys.readouterr().out
+    assert "retrieval@6 rh_niah acc: absent from the run" in out and "missing" in out
+    assert check("--results", str(without), "--baseline", str(base), "--allow-missing", "retrieval@*") == 0
+    assert check("--results", str(without), "--baseline", str(base), "--allow-missing", "retrieval@6 rh_niah/acc") == 0
+    assert check("--results", str(without), "--baseline", str(base), "--allow-missing", "random@*") == 1
 
 
 def test_plain_lm_eval_run_matches_leaderboard_full_row(tmp_path):
@@ -144,25 +199,6 @@ def test_plain_lm_eval_run_matches_leaderboard_full_row(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------ paired tests
-
-
-def test_mcnemar_exact_by_hand():
-    # 10 discordant pairs, all lost: p = 2 * 0.5**10
-    assert mcnemar_exact([1.0] * 10 + [0.0] * 5, [0.0] * 10 + [0.0] * 5) == pytest.approx(2 * 0.5**10)
-    # 1 gained, 1 lost: p = 1
-    assert mcnemar_exact([1, 0, 1], [0, 1, 1]) == pytest.approx(1.0)
-    assert mcnemar_exact([1, 1], [1, 1]) == 1.0
-    assert paired_test([1, 0, 1], [0, 0, 1])[0] == "McNemar"
-
-
-def test_paired_bootstrap_detects_shift_not_noise():
-    baseline = [0.5] * 40
-    shifted = [0.3 + 0.01 * (i % 3) for i in range(40)]
-    noise = [0.5 + (0.1 if i % 2 else -0.1) for i in range(40)]
-    assert paired_bootstrap(baseline, shifted, iters=2000) < 0.01
-    assert paired_bootstrap(baseline, noise, iters=2000) > 0.5
-    assert paired_bootstrap(baseline, baseline) == 1.0
-    assert paired_test(baseline, shifted, iters=200)[0] == "bootstrap"
 
 
 def test_paired_test_on_lm_eval_samples_beside_results(tmp_path, capsys):
@@ -185,7 +221,7 @@ def test_no_paired_test_when_documents_differ(tmp_path, capsys):
     assert "McNemar" not in capsys.readouterr().out
 
 
-def test_random_rows_pair_seed_by_seed(tmp_path, capsys):
+def test_random_rows_are_paired_by_document_with_seeds_averaged(tmp_path, capsys):
     values = {"full": 1.0, "random@6-seed0": 1.0, "random@6-seed1": 1.0}
     base = leaderboard(tmp_path / "base", values, {n: [1.0] * 8 for n in values})
     run = leaderboard(
@@ -194,7 +230,30 @@ def test_random_rows_pair_seed_by_seed(tmp_path, capsys):
     )
     assert check("--results", str(run), "--baseline", str(base)) == 1
     line = next(l for l in capsys.readouterr().out.splitlines() if "REGRESSION" in l)
-    assert "McNemar n=16" in line and f"{2 * 0.5**8:.3g}" in line
+    # 8 documents (not 16 seed x doc pairs), each with effect -0.5 against 0: exact sign-flip p = 2 / 2**8
+    assert "permutation n=8" in line and f"{2 / 2**8:.3g}" in line
+
+
+def test_niah_placeholders_are_not_scores_in_a_check(tmp_path, capsys):
+    """A per-length column: a doc of another length reports -1.0 for it, which must never be paired or averaged."""
+    def niah_samples(path, scores):
+        lines = [{"doc_id": i, "doc_hash": f"d{i}", "filter": "none", "doc": {"metric_keys": [f"score_len_{length}"]},
+                  "metrics": ["score_len_500"], "score_len_500": score if length == 500 else -1.0}
+                 for i, (length, score) in enumerate(scores)]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+
+    grid = [(500, 1.0), (1000, 1.0), (500, 1.0), (1000, 1.0)]
+    run = lm_eval_results(tmp_path / "run" / f"results_{DATE}.json", {"t": {"score_len_500": 1.0}})
+    base = lm_eval_results(tmp_path / "base" / f"results_{DATE}.json", {"t": {"score_len_500": 1.0}})
+    niah_samples(run.parent / f"samples_t_{DATE}.jsonl", grid)
+    niah_samples(base.parent / f"samples_t_{DATE}.jsonl", [(500, 1.0), (1000, 0.0), (500, 1.0), (1000, 0.0)])
+    baseline = tmp_path / "ci" / "b.json"
+    assert check("--update-baseline", "--results", str(base), "--baseline", str(baseline)) == 0
+    compact = [json.loads(l) for l in (tmp_path / "ci" / "b.samples" / "samples_t.jsonl").read_text().splitlines()]
+    assert compact[1] == {"doc_id": 1, "filter": "none", "doc_hash": "d1", "metrics": []}  # its placeholder dropped
+    capsys.readouterr()
+    assert check("--results", str(run), "--baseline", str(baseline)) == 0
 
 
 # ------------------------------------------------------------------------------------------ baseline update
@@ -233,6 +292,6 @@ def test_update_baseline_from_leaderboard_rewrites_sample_folders(tmp_path, caps
     worse = leaderboard(tmp_path / "worse", {"full": 1.0, "random@6-seed0": 0.0}, {"full": [1.0] * 5, "random@6-seed0": [0.0] * 5})
     capsys.readouterr()
     assert check("--results", str(worse), "--baseline", str(baseline)) == 1
-    assert "McNemar n=5" in capsys.readouterr().out
+    assert "permutation n=5" in capsys.readouterr().out  # per-document effects: -1 on each of 5 documents
     with pytest.raises(SystemExit):  # --results is required, also for an update
         check("--update-baseline", "--baseline", str(baseline))

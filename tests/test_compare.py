@@ -74,10 +74,10 @@ class FakeLM(FakeMaskedLM):
     def __init__(self):
         self.info = {}
 
-    def set_mask(self, spec, method="zero", scope="all", seed=0, random_match=None):
+    def set_mask(self, spec, method="zero", scope="all", seed=0, random_match=None, tie_break="none"):
         k = int(spec.split(":")[1]) if ":" in spec else 0
         heads = [] if spec == "none" else [[0, h] for h in range(k)] if spec.startswith("top") else [[1, (seed + h) % 4] for h in range(k)]
-        self.info = {"spec": spec, "seed": seed, "heads": heads, "method": method, "scope": scope}
+        self.info = {"spec": spec, "seed": seed, "heads": heads, "method": method, "scope": scope, "tie_break": tie_break}
 
 
 
@@ -116,7 +116,7 @@ def _compare(out: Path, scores: Path, *extra: str) -> int:
 @pytest.fixture
 def scores(tmp_path) -> Path:
     path = tmp_path / "scores.json"
-    path.write_text(json.dumps({"0-0": [0.9], "0-1": [0.5], "1-0": [0.0], "1-1": [0.0]}))
+    path.write_text(json.dumps({"0-0": [0.9], "0-1": [0.5], "1-0": [0.05], "1-1": [0.0]}))  # 3 heads scored
     return path
 
 
@@ -163,8 +163,9 @@ def test_other_settings_in_the_same_folder_are_refused(tmp_path, scores, fake_ev
     capsys.readouterr()
     assert _compare(out, scores, "--method", "uniform") == 2
     assert "other settings" in capsys.readouterr().err
-    scores.write_text(json.dumps({"0-0": [0.1]}))
+    scores.write_text(json.dumps({"0-0": [0.8], "0-1": [0.5], "1-0": [0.05], "1-1": [0.0]}))  # same ranking, other file
     assert _compare(out, scores) == 2
+    assert "head_scores_sha256" in capsys.readouterr().err
 
 
 def test_several_methods_give_rows_per_method_and_resume_only_with_the_same_means(tmp_path, scores, fake_eval, capsys):
@@ -205,6 +206,48 @@ def test_bad_arguments_exit_2_before_any_work(tmp_path, scores, fake_eval, capsy
     assert fake_eval["evaluate"] == [] and fake_eval["load"] == 0
 
 
+@pytest.mark.parametrize("per_head, why", [([], "no test contributed (every list is empty)"), ([0.0], "every score is 0")])
+def test_a_score_file_that_ranks_no_head_is_refused_before_any_condition(tmp_path, fake_eval, capsys, monkeypatch,
+                                                                       per_head, why):
+    empty = tmp_path / "empty.json"
+    empty.write_text(json.dumps({f"{l}-{h}": per_head for l in range(2) for h in range(2)}))
+    for extra in ((), ("--k", "1", "--kv-budgets", "50%")):
+        assert _compare(tmp_path / "out", empty, *extra) == 2
+        errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("rh compare: error:")]
+        assert len(errors) == 1 and f"ranks no head: {why}" in errors[0], errors
+    assert fake_eval["evaluate"] == []
+    # an explicit tie rule: every place drawn from the unscored heads, and the record says so
+    assert _compare(tmp_path / "tied", empty, "--tie-break", "random") == 0
+    record = json.loads((tmp_path / "tied" / "conditions" / "retrieval@2" / "condition.json").read_text())
+    assert record["tie_break"] == "random" and record["mask"]["tie_break"] == "random"
+    fake_eval["evaluate"].clear()
+    # the same file written by rh compare's own detection: refused before the first condition, not at it
+    monkeypatch.setattr("rh_eval.detect.detect", lambda model, output, **kw: Path(output).write_text(empty.read_text()))
+    monkeypatch.setattr("rh_eval.detect.print_summary", lambda summary, output: None)
+    assert main(["compare", "--model", "fake", "--tasks", "t_a", "--k", "1", "--seeds", "1", "--no-plots",
+                 "--output-dir", str(tmp_path / "detected")]) == 2
+    assert f"ranks no head: {why}" in capsys.readouterr().err
+    assert fake_eval["evaluate"] == [] and not (tmp_path / "detected" / "conditions").exists()
+
+
+def test_k_or_a_kv_share_past_the_scored_heads_needs_tie_break_random(tmp_path, scores, fake_eval, capsys):
+    """``scores`` ranks 3 of the 4 heads: K=4 (or a 100 % KV share) would take 1-1 for its place, not its score."""
+    for extra, asked in ((("--k", "4"), "top:4: 4"), (("--k", "2", "--kv-budgets", "100%"), "top:100%: 4")):
+        assert _compare(tmp_path / "out", scores, *extra) == 2
+        errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("rh compare: error:")]
+        assert len(errors) == 1 and f"{asked} heads asked for, but only 3 of 4 heads scored above 0" in errors[0]
+        assert "--tie-break random" in errors[0]
+    assert fake_eval["evaluate"] == [] and fake_eval["load"] == 0  # refused at the config check
+    out = tmp_path / "out"
+    assert _compare(out, scores, "--k", "4", "--tie-break", "random") == 0
+    record = json.loads((out / "conditions" / "retrieval@4" / "condition.json").read_text())
+    assert record["tie_break"] == "random" and record["mask"]["tie_break"] == "random"  # passed to set_mask
+    assert json.loads((out / "run.json").read_text())["settings"]["tie_break"] == "random"
+    capsys.readouterr()
+    assert _compare(out, scores, "--k", "4") == 2  # another tie rule is another experiment: refused on resume
+    assert "tie_break" in capsys.readouterr().err
+
+
 def test_missing_head_scores_runs_detection_on_the_loaded_model(tmp_path, fake_eval, monkeypatch, capsys):
     args = ["compare", "--model", "fake", "--tasks", "t_a", "--k", "2", "--seeds", "1",
             "--output-dir", str(tmp_path / "out"), "--no-plots",
@@ -213,7 +256,7 @@ def test_missing_head_scores_runs_detection_on_the_loaded_model(tmp_path, fake_e
 
     def detect(model, output, lengths, depths, samples):
         detected.append((model, lengths, depths, samples))
-        Path(output).write_text(json.dumps({"0-0": [0.9], "0-1": [0.0], "1-0": [0.0], "1-1": [0.0]}))
+        Path(output).write_text(json.dumps({"0-0": [0.9], "0-1": [0.4], "1-0": [0.0], "1-1": [0.0]}))
         return {}
 
     monkeypatch.setattr("rh_eval.detect.detect", detect)
@@ -410,7 +453,7 @@ def test_backend_and_model_args_are_part_of_the_run_settings(tmp_path):
     from rh_eval.compare import config_from_args, run_settings
 
     scores = tmp_path / "s.json"
-    scores.write_text("{}")
+    scores.write_text(json.dumps({f"{l}-{h}": [0.5] for l in range(3) for h in range(3)}))  # ranks --k 6 (default)
     base = ["compare", "--tasks", "rh_niah", "--head-scores", str(scores), "--output-dir", str(tmp_path)]
     hf = run_settings(config_from_args(build_parser("compare").parse_args(base)), scores)
     assert hf["backend"] == "hf" and hf["model_args"] == {}

@@ -34,7 +34,7 @@ class FakeLM(FakeMaskedLM):
         self.head_scores = None
         self.info = {}
 
-    def set_mask(self, spec, method="zero", scope="all", seed=0, random_match=None):
+    def set_mask(self, spec, method="zero", scope="all", seed=0, random_match=None, tie_break="none"):
         k = int(spec.split(":")[1]) if ":" in spec else 0
         if spec.startswith("top"):
             heads = [list(h) for h in self.head_scores.top(k)]
@@ -182,6 +182,22 @@ def test_bad_arguments_exit_2_before_any_work(tmp_path, fakes, capsys):
     assert fakes["loads"] == 0 and fakes["detect"] == [] and fakes["evaluate"] == []
 
 
+def test_k_past_the_detected_heads_needs_tie_break_random(tmp_path, fakes, capsys):
+    """The fake detection scores 2 of 8 heads above 0: K=3 (or a 50 % KV share) is refused after the detection,
+    before any condition, unless ``--tie-break random``, which reaches the comparison's settings and records."""
+    for extra in (("--k", "3"), ("--kv-budgets", "50%")):
+        assert _demo(tmp_path / "a", *extra) == 2
+        assert "heads asked for, but only 2 of 8 heads scored above 0" in capsys.readouterr().err
+    assert fakes["evaluate"] == []
+    with pytest.raises(RHError, match="--tie-break best is not one of none, random"):
+        demo.DemoConfig(tie_break="best").check()
+    out = tmp_path / "c"
+    assert _demo(out, "--k", "3", "--tie-break", "random") == 0
+    assert json.loads((out / "run.json").read_text())["settings"]["tie_break"] == "random"
+    record = json.loads((out / "conditions" / "retrieval@3" / "condition.json").read_text())
+    assert record["tie_break"] == "random" and len(record["heads"]) == 3
+
+
 def test_another_detection_grid_in_the_same_folder_is_refused(tmp_path, fakes, capsys):
     out = tmp_path / "out"
     assert _demo(out) == 0
@@ -239,10 +255,12 @@ def test_chat_template_choice(tmp_path, smollm_dir):
 @pytest.mark.smollm
 def test_end_to_end_tiny_llama(tmp_path, tiny_llama_dir, capsys):
     out = tmp_path / "out"
+    # a tiny random model answers no needle, so its detection ranks no head: --tie-break random draws the top-1 from
+    # the unscored heads (and records it); without it the demo is refused
     args = ["demo", "--model", str(tiny_llama_dir), "--output-dir", str(out), "--k", "1", "--seeds", "1",
             "--detect-lengths", "200", "--detect-depths", "50", "--detect-samples", "1",
             "--niah-lengths", "200", "--niah-depths", "0,100", "--niah-samples", "1", "--limit", "2",
-            "--cot-task", "", "--direct-task", ""]
+            "--cot-task", "", "--direct-task", "", "--tie-break", "random"]
     assert main(args) == 0
     captured = capsys.readouterr()
     printed = captured.out
@@ -260,6 +278,8 @@ def test_end_to_end_tiny_llama(tmp_path, tiny_llama_dir, capsys):
     samples = (out / "conditions" / "full" / f"samples_{NIAH}.jsonl").read_text().splitlines()
     assert sorted(json.loads(s)["doc"]["depth"] for s in samples) == [0, 100]  # the demo's grid, not the default
     assert "shape check" in printed
+    retrieval = json.loads((out / "conditions" / "retrieval@1" / "condition.json").read_text())
+    assert (len(retrieval["heads"]), retrieval["tie_break"], retrieval["unscored_heads"]) == (1, "random", 1)
 
 
 def test_backend_vllm_detects_on_rh_hf_and_runs_the_conditions_on_one_engine(tmp_path, fakes, monkeypatch):

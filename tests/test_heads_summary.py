@@ -35,7 +35,7 @@ def test_summary_table_over_two_models(tmp_path, capsys):
     row_a = next(line for line in lines if line.startswith("| model_a"))
     assert "20 (4 × 5)" in row_a and "10.0%" in row_a and "5.0%" in row_a  # > 0.1 and > 0.5
     assert "2-1 (0.60), 3-0 (0.30)" in row_a and "0.62–0.88" in row_a  # layers 2 and 3 of 4, at their middles
-    assert "| 0.90 " in row_a and "0.20 (K=2)" in row_a and "0.85 ± " in row_a and "(3 seeds)" in row_a
+    assert "| 0.90 " in row_a and "0.20 (K=2)" in row_a and "0.85 (3 seeds)" in row_a
     assert "| model_b" in "\n".join(lines)
 
 

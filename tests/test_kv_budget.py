@@ -224,13 +224,15 @@ def test_an_unpadded_batch_after_a_padded_one_of_the_same_shape_gets_its_own_lay
     assert torch.equal(after_padded, fresh)
 
 
-def test_kv_args_are_checked_before_a_model_loads():
+def test_kv_args_are_checked_before_a_model_loads(tmp_path):
     assert parse_kv_args(None).spec is None
     for orphan in (dict(kv_sink=2), dict(kv_window=16)):  # would change nothing: refused, not ignored
         with pytest.raises(RHError, match="without kv_full_heads changes nothing"):
             parse_kv_args(**orphan)
     assert parse_kv_args("none").spec.kind == "none"
-    assert parse_kv_args("top:10%", head_scores="s.json").spec.share == 10
+    scores = tmp_path / "s.json"  # top:10% of 10 heads is 1: the file ranks it
+    scores.write_text(json.dumps({f"0-{h}": [0.5 if h == 3 else 0.0] for h in range(10)}))
+    assert parse_kv_args("top:10%", head_scores=str(scores)).spec.share == 10
     for bad, message in [(dict(kv_full_heads="top:10%"), "needs head_scores"),
                          (dict(kv_full_heads="top:0%"), "percentage in"),
                          (dict(kv_full_heads="top:150%"), "percentage in"),
@@ -238,6 +240,47 @@ def test_kv_args_are_checked_before_a_model_loads():
                          (dict(kv_full_heads="none", kv_sink=-1), "kv_sink")]:
         with pytest.raises(RHError, match=message):
             parse_kv_args(**bad)
+
+
+def _few_scored(tmp_path):
+    """The tiny llama's 8 heads, of which only 1-2 scored above 0 (the others: tests ran, every score 0)."""
+    path = tmp_path / "few.json"
+    path.write_text(json.dumps({f"{l}-{h}": [0.9 if (l, h) == (1, 2) else 0.0] for l in range(2) for h in range(4)}))
+    return path
+
+
+def test_a_kv_share_past_the_scored_heads_is_refused_before_a_model_loads(tmp_path):
+    few = str(_few_scored(tmp_path))
+    with pytest.raises(RHError, match=r"top:50%: 4 heads asked for, but only 1 of 8 heads scored above 0") as info:
+        parse_kv_args("top:50%", head_scores=few)
+    assert "\n" not in str(info.value)
+    assert parse_kv_args("top:50%", head_scores=few, tie_break="random").spec.share == 50
+    assert parse_kv_args("random:50%", head_scores=few).spec.kind == "random"  # a random ranking reads no scores
+    empty = tmp_path / "empty.json"
+    empty.write_text(json.dumps({f"{l}-{h}": [] for l in range(2) for h in range(4)}))
+    with pytest.raises(RHError, match="ranks no head: no test contributed"):
+        parse_kv_args("top:10%", head_scores=str(empty))
+    assert parse_kv_args("top:10%", head_scores=str(empty), tie_break="random").spec.share == 10  # all drawn
+
+
+def test_rh_hf_records_the_tie_rule_of_its_kv_ranking_and_mask(tiny_llama_dir, tmp_path):
+    from rh_models.lm import RHHFLM
+
+    few = str(_few_scored(tmp_path))
+    with pytest.raises(RHError, match="4 heads asked for, but only 1 of 8"):  # refused before the model loads
+        RHHFLM(pretrained=str(tmp_path / "no-model-here"), head_scores=few, kv_full_heads="top:50%")
+    lm = RHHFLM(pretrained=str(tiny_llama_dir), device="cpu", head_scores=few, kv_full_heads="top:50%",
+                tie_break="random", mask_seed=3, kv_window=8)
+    info = lm.get_model_info()["rh_kv"]
+    assert (info["tie_break"], info["unscored_heads"]) == ("random", 3) and info["selected_heads"][0] == [1, 2]
+    assert len({tuple(h) for h in info["selected_heads"]}) == 4
+    lm.set_kv("top:1", window=8)
+    assert (lm.kv_info()["tie_break"], lm.kv_info()["unscored_heads"]) == ("none", 0)
+    with pytest.raises(RHError, match="2 heads asked for, but only 1 of 8"):
+        lm.set_kv("top:2", window=8)
+    lm.set_kv(None)
+    lm.set_mask("top:2", tie_break="random", seed=1)
+    assert (lm.mask_info()["tie_break"], lm.mask_info()["unscored_heads"]) == ("random", 1)
 
 
 def _instances(docs: list[str]) -> list[Instance]:

@@ -85,6 +85,51 @@ def test_self_check_refuses_a_silent_no_op(tiny_llama_dir):
         lm.set_mask("0-1")
 
 
+def test_decode_scope_is_refused_on_loglikelihood_requests(tiny_llama_dir):
+    """A loglikelihood request is one forward with no decoding step: a decode-scope mask would mask nothing."""
+    lm = RHHFLM(pretrained=str(tiny_llama_dir), device="cpu", dtype="float32", mask_heads="0-1;1-3",
+                mask_scope="decode")
+    rolling = [Instance("loglikelihood_rolling", {}, ("One, two, three, four, five",), 0)]
+    forwards = []
+    hook = lm.model.register_forward_pre_hook(lambda module, args: forwards.append(1))
+    with pytest.raises(RHError, match="^mask_scope=decode masks only generated tokens; loglikelihood requests "
+                                      "generate none.*use mask_scope=all$"):
+        _loglikelihoods(lm)
+    with pytest.raises(RHError, match="; loglikelihood_rolling requests generate none"):
+        lm.loglikelihood_rolling(rolling, disable_tqdm=True)
+    hook.remove()
+    assert forwards == []  # refused before the first request
+    lm.set_mask("0-1;1-3", scope="all")
+    masked = _loglikelihoods(lm)
+    lm.set_mask("none", scope="decode")  # an empty mask masks nothing in any scope: nothing to refuse
+    assert _loglikelihoods(lm) != masked and len(lm.loglikelihood_rolling(rolling, disable_tqdm=True)) == 1
+
+
+@pytest.mark.parametrize("marks", ["no forward", "every forward"])
+def test_decode_scope_self_check_needs_a_masked_decoding_step_and_an_unmasked_prefill(tiny_llama_dir, monkeypatch,
+                                                                                     marks):
+    """The self-check runs with the scope that will be used: decode detection that never marks a decoding step
+    (a silent no-op) or marks the prompt's prefill too is refused."""
+    from contextlib import contextmanager
+
+    from rh_models.attention import HeadControl
+
+    lm = RHHFLM(pretrained=str(tiny_llama_dir), device="cpu", mask_heads="0-1;1-3", mask_scope="decode")
+
+    @contextmanager
+    def broken(control, prompt_length, cached=0):
+        saved, control.phase = control.phase, "prefill" if marks == "no forward" else "decode"
+        try:
+            yield
+        finally:
+            control.phase = saved
+
+    monkeypatch.setattr(HeadControl, "generating", broken)
+    message = "did not change its output" if marks == "no forward" else "masked the prompt's prefill"
+    with pytest.raises(RHError, match=f"^self-check failed: .*{message}"):
+        lm.set_mask("0-1;1-3", scope="decode")
+
+
 def _lm_eval(args, timeout=300):
     return run_cli("lm_eval", *args, timeout=timeout)
 
@@ -183,3 +228,23 @@ def test_smollm2_alias_generates_english_and_masking_changes_it():
     assert lm.generate_until(request, disable_tqdm=True)[0] == full
     lm.set_mask("8-0;11-3;14-2;15-7;16-1;19-5")
     assert lm.generate_until(request, disable_tqdm=True)[0] != full
+
+
+def _needle_request(lm, gen_kwargs: dict, doc_id: int = 0) -> Instance:
+    from rh_tasks.niah_docs import build_docs
+
+    [doc] = build_docs(lm.tokenizer, lengths=[120], depths=[50], samples=1, max_length=lm.max_length)
+    return Instance("generate_until", doc, (doc["prompt"], {"until": ["\n"], "max_gen_toks": 3, **gen_kwargs}), doc_id,
+                    metadata=("rh_niah", doc_id, 1))
+
+
+def test_recording_refuses_a_static_cache_before_generating(tiny_llama_dir, tmp_path, monkeypatch):
+    """A static cache is preallocated: its key indices are not the sequence's last positions, and 3ac779b's
+    recorded positions went negative and wrapped into the prompt without a word."""
+    lm = RHHFLM(pretrained=str(tiny_llama_dir), device="cpu", record_scores=str(tmp_path / "s.json"))
+    monkeypatch.setattr(lm.model, "generate", lambda *args, **kwargs: pytest.fail("generated"))
+    with pytest.raises(RHError, match="cache_implementation='static' preallocates its keys"):
+        lm.generate_until([_needle_request(lm, {"cache_implementation": "static"})], disable_tqdm=True)
+    lm.model.generation_config.cache_implementation = "static"  # the model's own default says so
+    with pytest.raises(RHError, match="cache_implementation='static' preallocates its keys"):
+        lm.generate_until([_needle_request(lm, {})], disable_tqdm=True)

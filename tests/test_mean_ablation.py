@@ -92,7 +92,8 @@ def test_decode_scope_replaces_only_in_decoding_steps():
     control = HeadControl.attach(model)
     control.set_mask(HeadSet(HEADS, 2, 4), method="mean", scope="decode", means=means)
     assert torch.equal(model(ids).logits, stock_prefill)
-    _, steps = _greedy_logits(model, ids)
+    with control.generating(ids.shape[1]):
+        _, steps = _greedy_logits(model, ids)
     torch.testing.assert_close(steps, reference_steps, rtol=1e-5, atol=1e-5)
 
 

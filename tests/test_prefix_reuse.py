@@ -208,3 +208,44 @@ def test_rh_detect_cli_with_batched_cells(tiny_llama_dir, tmp_path, capsys):
     capsys.readouterr()
     assert main(args) == 2  # a score file that is not resumable is never overwritten without --force
     assert "--force" in capsys.readouterr().err
+
+
+def test_decode_scope_masks_the_same_steps_with_and_without_prefix_reuse(tiny_llama_dir, monkeypatch):
+    """A prompt whose uncached tail is one token is prefilled with a one-token query: still prefill, never masked
+    by a decode-scope mask, so every step's logits are those of fresh prefills."""
+    from rh_models.lm import RHHFLM
+
+    lm = RHHFLM(pretrained=str(tiny_llama_dir), device="cpu", batch_size=1, dtype="float32",
+                mask_heads="0-0;0-1;1-3", mask_scope="decode")
+    hay = " ".join(f"item {i} is number {i * 7}." for i in range(20))
+    prompts = [f"{hay} Question: what is item", f"{hay} Question: what is item 3?"]  # " 3?": three more tokens
+    widths: list[int] = []  # query tokens of each prefix prefill
+    prefill = lm._prefill
+
+    def counted(rows: list[list[int]], cache) -> None:
+        widths.append(max(map(len, rows)) - cache.get_seq_length())
+        prefill(rows, cache)
+
+    monkeypatch.setattr(lm, "_prefill", counted)
+
+    def run() -> tuple[list[str], list[torch.Tensor]]:
+        steps: list[torch.Tensor] = []
+        hook = lm.model.register_forward_hook(lambda module, args, output: steps.append(output.logits[0, -1].clone()))
+        try:
+            requests = [Instance("generate_until", {}, (p, {"until": ["\n\n"], "max_gen_toks": 4}), 0) for p in prompts]
+            answers = [lm.generate_until([request], disable_tqdm=True)[0] for request in requests]
+        finally:
+            hook.remove()
+        return answers, steps
+
+    fresh, fresh_steps = run()
+    lm.prefix_reuse = True
+    reused, reused_steps = run()
+    assert widths[-1] == 1  # the second prompt continues the first's cache by one token before generate()
+    assert reused == fresh and len(reused_steps) == len(fresh_steps) == 8
+    for got, expected in zip(reused_steps, fresh_steps):
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    lm.set_mask("none")
+    lm.prefix_reuse = False
+    _, unmasked_steps = run()  # the mask left each prompt's prefill (steps 0 and 4) alone and changed its decoding
+    assert [torch.equal(a, b) for a, b in zip(fresh_steps, unmasked_steps)] == [True, False, False, False] * 2

@@ -135,8 +135,9 @@ def test_recorder_refuses_missing_or_truncated_needles(smollm_dir, tmp_path):
     with pytest.raises(RHError, match="needle not found in the prompt"):
         _record(recorder, context, {**doc, "rh_needles": ["absent"]}, row, mask, output, rows, "periwinkle")
     cut = row[:, 8:]  # left truncation removed the start of the prompt, needle included
+    cut_rows = TopOneRows(rows.positions, [[n - 8 for n in lengths] for lengths in rows.kv_lengths])  # its cache too
     with pytest.raises(RHError, match="cut by left truncation"):
-        _record(recorder, context, doc, cut, torch.ones_like(cut), output[:, 8:], rows, "periwinkle")
+        _record(recorder, context, doc, cut, torch.ones_like(cut), output[:, 8:], cut_rows, "periwinkle")
     with pytest.raises(RHError, match="must name its metric"):
         _record(recorder, context, {**doc, "rh_metric": None}, row, mask, output, rows, "periwinkle")
 
@@ -337,3 +338,41 @@ def test_provenance_records_whether_lm_eval_applied_the_chat_template(tiny_llama
     assert lm.provenance()["chat_template"] is False
     rendered = lm.apply_chat_template([{"role": "user", "content": "Where is the key?"}])
     assert "Where is the key?" in rendered and lm.provenance()["chat_template"] is True
+
+
+@pytest.mark.parametrize("same_object", [False, True], ids=["two-docs-alike", "one-request-repeated"])
+def test_identical_prompts_in_one_batch_are_tests_of_their_own(tiny_llama_dir, tmp_path, same_object):
+    """Two requests with one prompt (two docs alike, or lm-eval's repeats: one Instance listed twice), sampled so
+    that their rows differ: each test is judged on its own row. On 3ac779b rows were looked up by prompt text, so
+    both tests got the last row, and the first answer was not found in it."""
+    from rh_models.lm import RHHFLM
+    from rh_tasks.niah_docs import build_docs
+
+    path = tmp_path / "scores.json"
+    lm = RHHFLM(pretrained=str(tiny_llama_dir), device="cpu", record_scores=str(path), batch_size=2,
+                record_min_score=-1)
+    [doc] = build_docs(lm.tokenizer, lengths=[120], depths=[50], samples=1, max_length=lm.max_length)
+    settings = {"until": ["\n"], "max_gen_toks": 4, "do_sample": True, "temperature": 1.0}
+    requests = [Instance("generate_until", dict(doc), (doc["prompt"], dict(settings)), i, metadata=("rh_niah", i, 1))
+                for i in range(2)]
+    if same_object:
+        requests[1] = requests[0]
+    torch.manual_seed(0)
+    answers = lm.generate_until(requests, disable_tqdm=True)
+    assert answers[0] != answers[1]  # the two rows differ, so a mix-up would show
+    meta = json.loads(path.with_suffix(".meta.json").read_text())
+    assert meta["tests_seen"] == 2 and [t["answer"] for t in meta["tests"]] == answers
+    assert [t["doc_id"] for t in meta["tests"]] == [requests[0].doc_id, requests[1].doc_id]
+
+
+def test_identical_needle_prompts_with_different_settings_are_refused(tiny_llama_dir, tmp_path):
+    """lm-eval runs each generation setting on its own, so such rows could come back out of order."""
+    from rh_models.lm import RHHFLM
+    from rh_tasks.niah_docs import build_docs
+
+    lm = RHHFLM(pretrained=str(tiny_llama_dir), device="cpu", record_scores=str(tmp_path / "s.json"))
+    [doc] = build_docs(lm.tokenizer, lengths=[120], depths=[50], samples=1, max_length=lm.max_length)
+    requests = [Instance("generate_until", doc, (doc["prompt"], {"until": ["\n"], "max_gen_toks": n}), i)
+                for i, n in enumerate((3, 4))]
+    with pytest.raises(RHError, match="2 requests send the same needle prompt with different generation settings"):
+        lm.generate_until(requests, disable_tqdm=True)

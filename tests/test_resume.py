@@ -115,6 +115,57 @@ def test_compare_checks_a_folder_before_detecting_and_refuses_conditions_without
         check_settings(out, run_settings(other, None))
 
 
+def test_compare_refuses_a_resume_with_other_versions_or_numerics(tmp_path, monkeypatch):
+    """The settings fingerprint: software versions before the model loads, dtype/device/attention once it has."""
+    from rh_eval.compare import RUN_FILE, CompareConfig, check_settings, run_settings
+    from rh_eval.resume import settle
+
+    monkeypatch.setattr("rh_models.shape.model_config_sha256", lambda model, *rest: f"config-of-{model}")
+    out = tmp_path / "out"
+    out.mkdir()
+    scores = tmp_path / "s.json"
+    scores.write_text('{"0-0": [0.5]}')
+    config = CompareConfig(tasks=("rh_niah",), output_dir=out, model="m", head_scores=scores, limit=4)
+    assert check_settings(out, run_settings(config, scores)) is False
+    settle(out / RUN_FILE, "numerics", {"dtype": "torch.float32", "device": "cpu", "attention": "sdpa"}, "rh compare")
+    assert check_settings(out, run_settings(config, scores)) is True  # numerics recorded: still the same run
+    settle(out / RUN_FILE, "numerics", {"dtype": "torch.float32", "device": "cpu", "attention": "sdpa"}, "rh compare")
+    with pytest.raises(RHError, match=r"numerics: was .*float32.*now .*bfloat16"):
+        settle(out / RUN_FILE, "numerics", {"dtype": "torch.bfloat16", "device": "cpu", "attention": "sdpa"},
+               "rh compare")
+    with pytest.raises(RHError, match=r"batch_size: was 1, now 8"):
+        check_settings(out, run_settings(CompareConfig(**{**config.__dict__, "batch_size": 8}), scores))
+    with pytest.raises(RHError, match=r"prefix_reuse: was False, now True"):
+        check_settings(out, run_settings(CompareConfig(**{**config.__dict__, "prefix_reuse": True}), scores))
+    real = __import__("rh_eval.fingerprint", fromlist=["versions"]).versions
+    monkeypatch.setattr("rh_eval.compare.versions", lambda backend: {**real(backend), "transformers": "9.9.9"})
+    with pytest.raises(RHError, match=r"versions: was .*now .*9\.9\.9"):
+        check_settings(out, run_settings(config, scores))
+
+
+def test_the_fingerprint_names_what_decides_numerics(tiny_llama_dir):
+    from rh_eval.fingerprint import fingerprint
+    from rh_models.lm import RHHFLM
+
+    lm = RHHFLM(pretrained=str(tiny_llama_dir), device="cpu", batch_size=1)
+    found = fingerprint(lm)
+    assert {k: found[k] for k in ("dtype", "device", "attention")} == {
+        "dtype": "torch.float32", "device": "cpu", "attention": "sdpa"}
+    assert set(found["versions"]) == {"torch", "transformers", "lm_eval", "rh_eval"}
+    assert __import__("torch").__version__.startswith(found["versions"]["torch"])
+
+
+def test_detect_refuses_a_resume_in_another_dtype(tmp_path, tiny_llama_dir, capsys):
+    out = tmp_path / "d.json"
+    base = ["detect", "--model", str(tiny_llama_dir), "--output", str(out), "--samples", "1", "--max-gen-toks", "2",
+            "--lengths", "150", "--depths", "0"]
+    assert main(base) == 0
+    out.unlink()  # as if killed before the score file: the journal alone says what was done
+    capsys.readouterr()
+    assert main([*base, "--dtype", "bfloat16"]) == 2
+    assert "other settings (fingerprint: was {'dtype': 'torch.float32'" in capsys.readouterr().err
+
+
 # ----------------------------------------------------------------------------- rh detect on the tiny model
 
 

@@ -36,23 +36,20 @@ def safe_name(text: str) -> str:
 
 def _draw_series(axes, board: Leaderboard, kind: str, points: list[tuple[float, float, float, float]], color: str,
                  marker: str, label: str, seeded: bool, linestyle: str = "-") -> None:
-    """One line of (x, mean, low, high) points; a seeded kind also gets its seeds' interval as a band."""
+    """One line of (x, mean, low, high) points with its interval (documents, and seeds for a seeded kind) as a band."""
     xs, means, lows, highs = zip(*points)
     if seeded:
         seeds = max((len(r.seeds) for r in board.rows if r.kind == kind), default=0)
         label += f" (mean of {seeds} seeds)" if seeds > 1 else ""
-        if any(h > l for l, h in zip(lows, highs)):
-            band = f"{round(board.confidence * 100)} % interval"
-            axes.fill_between(xs, lows, highs, color=color, alpha=0.2, linewidth=0,
-                              label=None if band in axes.get_legend_handles_labels()[1] else band)
+    if any(h > l for l, h in zip(lows, highs)):
+        axes.fill_between(xs, lows, highs, color=color, alpha=0.15, linewidth=0)
     axes.plot(xs, means, color=color, marker=marker, label=label, linestyle=linestyle)
 
 
 def _fit_y(axes, board: Leaderboard, column: Column) -> None:
-    """Y axis over the scores themselves (means and every seed), so a wide interval of few seeds (Student-t with 2
-    seeds is +-12.7 standard errors) runs off the plot instead of flattening the curves."""
+    """Y axis over the scores, every seed's and the intervals (which stay inside the metric's range)."""
     values = [value for row in board.rows if (cell := board.cell(row.name, column)) is not None
-              for value in (cell.value, *cell.per_seed.values())]
+              for value in (cell.value, *cell.per_seed.values(), *(cell.interval or ()))]
     if values:
         low, high = min(values), max(values)
         pad = 0.08 * (high - low or 1.0)
@@ -65,7 +62,9 @@ def _finish(figure, axes, board: Leaderboard, column: Column, xlabel: str, title
     _fit_y(axes, board, column)
     axes.set_xlabel(xlabel)
     axes.set_ylabel(column.metric + direction)
-    axes.set_title(f"{column.label}:\n{title}", fontsize="medium")  # two lines: long labels fit the figure
+    level = round(board.confidence * 100)
+    axes.set_title(f"{column.label}:\n{title}; bands: {level} % intervals over documents (and seeds)",
+                   fontsize="medium")  # two lines: long labels fit the figure
     axes.legend(fontsize="small")
     axes.grid(alpha=0.3)
     return save_figure(figure, out)
