@@ -278,11 +278,11 @@ class Leaderboard:
             texts = [f"{row} vs {against}"]
             for column in columns:
                 test = by_key.get((row, against, column.id))
-                texts.append("–" if test is None else f"{test.effect:+.3f}, p={_p_text(test.p_value)}")
+                texts.append("–" if test is None else f"{test.effect:+.3f}, {_p_text(test.p_value)}")
             matrix.append(texts)
         headers = ["paired test (documents)"] + [c.label for c in columns]
         writer = MarkdownTableWriter(headers=headers, value_matrix=matrix, margin=1, type_hints=[String] * len(headers))
-        return (writer.dumps().rstrip() + "\nPaired tests: change of the first row against the second and its "
+        return (writer.dumps().rstrip() + "\n\nPaired tests: change of the first row against the second and its "
                 "two-sided p-value, on the documents both scored (a document's seeds averaged first): exact McNemar "
                 "for 0/1 scores, a paired permutation test otherwise.\n")
 
@@ -566,7 +566,8 @@ def _cell_text(cell: Cell | None, is_full: bool, ascii: bool = False) -> str:
 
 
 def _p_text(p_value: float) -> str:
-    return "<0.001" if p_value < 0.001 else f"{p_value:.3f}"
+    """``p=0.016`` or ``p<0.001``."""
+    return "p<0.001" if p_value < 0.001 else f"p={p_value:.3f}"
 
 
 def _with_arrow(label: str, higher_is_better: bool | None) -> str:

@@ -89,7 +89,7 @@ def dose_response(board: Leaderboard, column: Column, out: str | Path) -> Path |
     linestyles = {None: "-", "zero": "-", "uniform": "--", "mean": "-."}  # ":" is the unmasked line
     for (kind, method), points in series.items():
         if full is not None:
-            points = [(0, full.value, full.value, full.value), *points]
+            points = [(0, full.value, *(full.interval or (full.value, full.value))), *points]
         points.sort()
         color, marker, label = styles[kind]
         _draw_series(axes, board, kind, points, color, marker, label + (f" ({method})" if method else ""),
