@@ -97,7 +97,7 @@ class Comparison:
 
     def explain(self) -> str:
         """One line for a failed masked row: what happened to its effect."""
-        what = f"{self.row} {self.column.task} {self.column.metric}"
+        what = f"{self.row} {self.column.label}"
         if self.run is None:
             return f"{what}: absent from the run"
         if self.measure != EFFECT:
@@ -133,7 +133,7 @@ class Verdict:
     def line(self) -> str:
         side = "below" if self.higher_is_better is not False else "above"
         now = "absent from the run" if self.run is None else f"now {self.run[0]:.4f} vs {self.run[1]:.4f}"
-        return (f"{self.row} {self.column.task} {self.column.metric}: no longer {side} {self.against} "
+        return (f"{self.row} {self.column.label}: no longer {side} {self.against} "
                 f"(baseline {self.baseline[0]:.4f} vs {self.baseline[1]:.4f}, {now})")
 
 
