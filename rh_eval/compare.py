@@ -48,6 +48,16 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, TextIO
 
+from rh_eval.cli_args import (
+    parse_batch_size,
+    parse_ints,
+    parse_ks,
+    parse_kv_budgets,
+    parse_limit,
+    parse_list,
+    parse_metadata,
+    parse_model_args,
+)
 from rh_eval.leaderboard import (
     EXTENSIONS,
     KV_KINDS,
@@ -61,7 +71,6 @@ from rh_eval.leaderboard import (
 from rh_eval.fingerprint import numerics, versions
 from rh_eval.resume import clear_outputs, resume_record, save_record, settle
 from rh_eval.run_files import samples_name
-from rh_models.arguments import parse_int_list
 from rh_models.atomic import write_text_atomic
 from rh_models.attention import MASK_METHODS, MASK_SCOPES
 from rh_models.compat import as_logged_sample
@@ -235,91 +244,6 @@ class CompareConfig:
 def canonical_methods(methods: list[str]) -> tuple[str, ...]:
     """Ablation methods in one order (zero, uniform, mean): the order typed changes neither rows nor settings."""
     return tuple(sorted(methods, key=lambda m: MASK_METHODS.index(m) if m in MASK_METHODS else len(MASK_METHODS)))
-
-
-def parse_list(text: str, what: str) -> list[str]:
-    items = [part.strip() for part in str(text).split(",") if part.strip()]
-    if not items:
-        raise RHError(f"{what} is empty")
-    if len(set(items)) != len(items):
-        raise RHError(f"{what} lists something twice: {text}")
-    return items
-
-
-def parse_ks(text: str) -> list[int]:
-    """``--k``: distinct positive integers, sorted."""
-    ks = parse_int_list("--k", text, minimum=1, distinct=True)
-    if not ks:
-        raise RHError("--k is empty")
-    return sorted(ks)
-
-
-def parse_kv_budgets(text: str | None) -> tuple[float, ...]:
-    """``--kv-budgets 5%,10%,25%`` (the % is optional) -> ``(5.0, 10.0, 25.0)``, sorted; None/empty -> ()."""
-    if text in (None, ""):
-        return ()
-    shares = []
-    for item in parse_list(text, "--kv-budgets"):
-        try:
-            shares.append(float(item.rstrip("%").strip()))
-        except ValueError:
-            raise RHError(f"--kv-budgets: {item!r} is not a percentage such as 10%") from None
-    return tuple(sorted(shares))
-
-
-def parse_ints(text: str | None, what: str) -> tuple[int, ...] | None:
-    """``"500,1000"`` -> ``(500, 1000)``; None/empty -> None (the callee's default)."""
-    if text in (None, ""):
-        return None
-    return tuple(parse_int_list(what, text, minimum=0))
-
-
-def parse_limit(text: str | None) -> int | float | None:
-    if text in (None, ""):
-        return None
-    try:
-        value = float(text)
-    except ValueError:
-        raise RHError(f"--limit must be a number, got {text!r}") from None
-    if value <= 0:
-        raise RHError("--limit must be positive")
-    return value if value < 1 else int(value)
-
-
-def parse_metadata(text: str | None) -> dict[str, Any]:
-    if not text:
-        return {}
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise RHError(f"--metadata is not valid JSON ({exc.msg}): {text}") from None
-    if not isinstance(value, dict):
-        raise RHError("--metadata must be a JSON object, e.g. '{\"max_seq_lengths\": [1024]}'")
-    return value
-
-
-def parse_model_args(text: str | None) -> dict[str, Any]:
-    """``k=v,k=v`` as lm-eval's ``--model_args`` parses it; the mask is ours to set, so mask args are refused."""
-    from lm_eval.utils import simple_parse_args_string
-
-    from rh_models.kv_budget import KV_ARGS
-    from rh_models.mask_args import MASK_ARGS
-
-    args = simple_parse_args_string(text) if text else {}
-    ours = sorted(set(args) & {"pretrained", "batch_size", *MASK_ARGS, *KV_ARGS})
-    if ours:
-        raise RHError(f"--model-args may not set {', '.join(ours)}: rh sets them itself (per condition, or from "
-                      "its own options)")
-    return args
-
-
-def parse_batch_size(text: str | int) -> int | str:
-    """lm-eval's ``--batch_size``: a positive integer, ``auto`` or ``auto:N``."""
-    if str(text).isdigit() and int(text) > 0:
-        return int(text)
-    if str(text).startswith("auto"):
-        return str(text)
-    raise RHError(f"--batch-size takes a positive integer or auto, got {text!r}")
 
 
 # --------------------------------------------------------------------------------------------- run settings

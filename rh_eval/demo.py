@@ -35,18 +35,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, TextIO
 
-from rh_eval.compare import (
-    BACKENDS,
-    OUTPUTS,
-    CompareConfig,
-    compare,
-    load_model,
-    parse_ints,
-    parse_ks,
-    parse_kv_budgets,
-    parse_model_args,
-    plan_conditions,
-)
+from rh_eval.cli_args import parse_ints, parse_ks, parse_kv_budgets, parse_model_args
+from rh_eval.compare import BACKENDS, OUTPUTS, CompareConfig, compare, load_model, plan_conditions
 from rh_eval.console import quiet_console
 from rh_eval.leaderboard import KV_KINDS, Leaderboard, PairedTest, headline_column
 from rh_eval.resume import clear_outputs, resume_record, save_record

@@ -27,6 +27,7 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
+from rh_eval.cli_args import parse_list, parse_metadata, parse_model_args
 from rh_models.arguments import comma_ints
 from rh_models.errors import RHError
 from rh_models.zoo import DEFAULT_MODEL
@@ -58,8 +59,6 @@ def check_request(args: argparse.Namespace) -> None:
     if args.tasks is None and (args.limit is not None or args.metadata or args.include_path):
         raise RHError("--limit, --metadata and --include-path are for --tasks")
     if args.tasks is not None:
-        from rh_eval.compare import parse_list
-
         parse_list(args.tasks, "--tasks")  # empty or repeated: one line
     if args.limit is not None and args.limit < 1:
         raise RHError(f"--limit must be at least 1, got {args.limit}")
@@ -86,8 +85,6 @@ def reference_texts(lm: Any, args: argparse.Namespace, manager: Any = None) -> t
             files.append({"path": str(name), "sha256": hashlib.sha256(data).hexdigest()})
         return texts, {"kind": "text_files", "files": files}
     if args.tasks is not None:
-        from rh_eval.compare import parse_list
-
         return task_prompts(lm, args, manager), {"kind": "tasks", "tasks": parse_list(args.tasks, "--tasks"),
                                                  "limit": args.limit, "metadata": args.metadata, "chat_template": chat}
     from rh_tasks.niah_docs import unneedled_prompts
@@ -100,7 +97,7 @@ def reference_texts(lm: Any, args: argparse.Namespace, manager: Any = None) -> t
 
 def tasks_manager(args: argparse.Namespace) -> Any:
     """lm-eval's TaskManager for ``--tasks`` (unknown tasks refused in one line), as ``rh compare`` builds it."""
-    from rh_eval.compare import parse_list, parse_metadata, task_manager
+    from rh_eval.compare import task_manager
 
     return task_manager(parse_list(args.tasks, "--tasks"), args.model, parse_metadata(args.metadata),
                         tuple(args.include_path))
@@ -108,8 +105,6 @@ def tasks_manager(args: argparse.Namespace) -> Any:
 
 def task_prompts(lm: Any, args: argparse.Namespace, manager: Any = None) -> list[str]:
     """Every distinct context lm-eval would send the model for these tasks (few-shot exemplars included)."""
-    from rh_eval.compare import parse_list
-
     manager = manager or tasks_manager(args)
     contexts: dict[str, None] = {}  # ordered, each context once (multiple-choice docs repeat theirs)
     for task in manager.load(parse_list(args.tasks, "--tasks"))["tasks"].values():
@@ -173,7 +168,6 @@ def run(args: argparse.Namespace) -> int:
     if output.exists() and not args.force:
         raise RHError(f"{output} exists; pass --force to replace it")
     check_request(args)
-    from rh_eval.compare import parse_model_args
     from rh_models.lm import RHHFLM
 
     model_args = parse_model_args(args.model_args)

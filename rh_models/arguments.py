@@ -6,6 +6,7 @@ Usage::
     parse_int_list("--detect-lengths", "500,1000")  # [500, 1000]; also accepts [500, 1000] from JSON metadata
     parse_int("metadata samples", "3", minimum=1)   # 3; "0" is "must be a positive integer"
     optional_int("random_exclude", "")              # None
+    parse_percent("--kv-budgets", "10%")            # 10.0; "10" is refused: a percentage is written with %
 
 Why one module: ``--model_args``, ``--metadata`` and ``rh`` options reach us as strings, JSON values or Python
 values, and each of them once had its own parser with its own idea of what "yes" means. Free of torch and
@@ -15,6 +16,7 @@ lm-eval imports, so argument errors stay instant.
 from __future__ import annotations
 
 import argparse
+import math
 from collections.abc import Iterable
 from typing import Any
 
@@ -91,6 +93,21 @@ def parse_float(name: str, value: Any) -> float:
         return float(value)
     except (TypeError, ValueError):
         raise RHError(f"{name} must be a number, got {value!r}") from None
+
+
+def parse_percent(name: str, value: Any, example: str = "10%") -> float:
+    """A percentage in (0, 100], written with ``%`` (``"12.5%"`` -> ``12.5``), wherever one is typed (``top:P%``,
+    ``--kv-budgets``): a bare number is refused with a hint, never read as a count or a fraction."""
+    text = str(value).strip()
+    if not text.endswith("%"):
+        raise RHError(f"{name}: {text!r} is not a percentage; write it with %, such as {example}")
+    try:
+        share = float(text[:-1].strip())
+    except ValueError:
+        share = math.nan
+    if not math.isfinite(share) or not 0 < share <= 100:
+        raise RHError(f"{name}: {text!r} is not a percentage in (0, 100], such as {example}")
+    return share
 
 
 def parse_int_list(name: str, value: Any, minimum: int | None = None, maximum: int | None = None,

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
 
+from rh_models.arguments import parse_percent
 from rh_models.errors import RHError
 
 Head = tuple[int, int]
@@ -201,7 +202,7 @@ def parse_head_spec(spec: str | None) -> HeadSpec:
     kind = kind.strip().lower()
     if colon and kind in ("top", "random"):
         if count.strip().endswith("%"):
-            return HeadSpec(kind, text, share=_parse_share(count, text))
+            return HeadSpec(kind, text, share=parse_percent(f"bad head spec {text!r}", count, "top:10%"))
         return HeadSpec(kind, text, count=_parse_count(count, text))
     if colon:
         raise RHError(f"bad head spec {text!r}: expected none, L-H;L-H, top:K, random:K or top:P%")
@@ -348,17 +349,6 @@ def _parse_count(count: str, text: str) -> int:
     if not count.strip().isdigit() or int(count) <= 0:
         raise RHError(f"bad head spec {text!r}: expected top:K or random:K with K a positive integer")
     return int(count)
-
-
-def _parse_share(count: str, text: str) -> float:
-    number = count.strip()[:-1].strip()
-    try:
-        share = float(number)
-    except ValueError:
-        share = math.nan
-    if not math.isfinite(share) or not 0 < share <= 100:
-        raise RHError(f"bad head spec {text!r}: a share must be a percentage in (0, 100], such as top:10%")
-    return share
 
 
 def _require_scores(scores: HeadScores | None, text: str) -> HeadScores:

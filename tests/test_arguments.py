@@ -6,9 +6,9 @@ import argparse
 
 import pytest
 
-from rh_models.arguments import comma_ints
-from rh_eval.compare import parse_ints, parse_ks
-from rh_models.arguments import optional_int, parse_int, parse_int_list
+from rh_eval.cli_args import parse_ints, parse_kv_budgets, parse_ks
+from rh_models.arguments import comma_ints, optional_int, parse_int, parse_int_list, parse_percent
+from rh_models.heads import parse_head_spec
 from rh_models.errors import RHError
 
 
@@ -50,3 +50,19 @@ def test_the_cli_forms_use_the_same_rules():
             parse_ks(bad)
     with pytest.raises(argparse.ArgumentTypeError, match="got 'x'"):
         comma_ints("1,x")
+
+
+def test_one_rule_for_percentages_top_share_and_kv_budgets():
+    """A percentage is written with %, wherever it is typed: ``top:P%`` and ``--kv-budgets`` read it alike."""
+    assert parse_percent("x", " 12.5% ") == 12.5 and parse_head_spec("top:12.5%").share == 12.5
+    assert parse_kv_budgets("12.5%") == (12.5,)
+    for bad, message in (("12.5", "is not a percentage; write it with %, such as 10%"),
+                         ("0%", r"is not a percentage in \(0, 100\], such as 10%"), ("101%", "in"), ("nan%", "in"),
+                         ("x%", "in")):
+        with pytest.raises(RHError, match=message):
+            parse_percent("x", bad)
+        with pytest.raises(RHError, match="--kv-budgets"):
+            parse_kv_budgets(bad)
+    with pytest.raises(RHError, match=r"^bad head spec 'top:0%': '0%' is not a percentage in \(0, 100\]"):
+        parse_head_spec("top:0%")
+    assert parse_head_spec("top:12").count == 12  # without % a count, as it always was

@@ -13,13 +13,8 @@ from conftest import FakeMaskedLM
 
 from rh_eval import compare
 from rh_eval.cli import main
-from rh_eval.compare import (
-    ConditionPlan,
-    parse_ks,
-    parse_limit,
-    parse_metadata,
-    plan_conditions,
-)
+from rh_eval.cli_args import parse_kv_budgets, parse_ks, parse_limit, parse_metadata
+from rh_eval.compare import ConditionPlan, plan_conditions
 from rh_eval.plots.conditions import cot_column_pairs, cot_pairs, make_plots
 from rh_eval.leaderboard import ConditionResult, build_leaderboard
 from rh_models.errors import RHError
@@ -43,10 +38,11 @@ def test_kv_plan_names_and_specs():
                                        "random-kv@25%-seed1"]
     assert [(p.spec, p.kv_spec) for p in plans[:4]] == [("none", None), ("none", "none"), ("none", "top:10%"),
                                                         ("none", "random:10%")]
-    assert compare.parse_kv_budgets("25%, 5,12.5%") == (5.0, 12.5, 25.0) and compare.parse_kv_budgets(None) == ()
-    for bad in ("ten%", "5%,5%"):
-        with pytest.raises(RHError):
-            compare.parse_kv_budgets(bad)
+    assert parse_kv_budgets("25%, 5%,12.5%") == (5.0, 12.5, 25.0) and parse_kv_budgets(None) == ()
+    for bad, message in (("ten%", "not a percentage in"), ("5%,5%", "twice"), ("0%", r"in \(0, 100\]"),
+                         ("10", "write it with %"), ("10%,25", "write it with %")):
+        with pytest.raises(RHError, match=message):  # a percentage takes its %, as in top:P%
+            parse_kv_budgets(bad)
 
 
 def test_argument_parsing():
