@@ -24,8 +24,9 @@ from typing import Any
 
 from rh_eval.doc_scores import DocScore, DocScores, sample_scores, seed_table
 from rh_eval.leaderboard import FORMAT, Column, Leaderboard, higher_is_better, metric_values, random_counterpart
-from rh_eval.run_files import RESULTS_NAME, read_json, read_jsonl, results_files, run_samples
+from rh_eval.run_files import RESULTS_NAME, read_jsonl, results_files, run_samples
 from rh_models.errors import RHError
+from rh_models.files import read_json, require_file
 
 PLAIN_ROW = "lm-eval"  # the single row of a plain lm-eval results file; it matches a leaderboard's "full"
 
@@ -73,9 +74,7 @@ def resolve_input(path: str | Path, what: str) -> Path:
             print(f"rh check: {what}: {len(found)} results files under {path}; using the newest, {found[-1]}",
                   file=sys.stderr)
         return found[-1]
-    if not path.is_file():
-        raise RHError(f"{what} {path} does not exist")
-    return path
+    return require_file(path, what)
 
 
 def load_scores(path: str | Path, what: str = "results") -> RunScores:

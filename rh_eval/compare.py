@@ -75,6 +75,8 @@ from rh_models.atomic import write_text_atomic
 from rh_models.attention import MASK_METHODS, MASK_SCOPES
 from rh_models.compat import as_logged_sample
 from rh_models.errors import RHError
+from rh_models.files import require_file
+from rh_models.head_means import check_means_request
 from rh_models.heads import TIE_BREAKS, HeadScores, check_ranking, parse_head_spec
 from rh_models.kv_budget import DEFAULT_SINK, DEFAULT_WINDOW
 from rh_models.zoo import DEFAULT_MODEL
@@ -215,15 +217,9 @@ class CompareConfig:
                           f"{','.join(self.methods) or 'nothing'}")
         if self.scope not in MASK_SCOPES:
             raise RHError(f"mask scope {self.scope} is not supported")
-        if "mean" in self.methods and self.head_means is None:
-            raise RHError("--methods mean needs --head-means FILE (the heads' mean outputs, from `rh means`)")
-        if self.head_means is not None and "mean" not in self.methods:
-            raise RHError("--head-means is read only by --methods mean")
-        if self.head_means is not None and not Path(self.head_means).is_file():
-            raise RHError(f"head-means file {self.head_means} does not exist")
-
-        if self.head_scores is not None and not Path(self.head_scores).is_file():
-            raise RHError(f"head-score file {self.head_scores} does not exist")
+        check_means_request(self.methods, self.head_means, "--methods mean", "--head-means", "--head-means FILE")
+        if self.head_scores is not None:
+            require_file(self.head_scores, "head-score file")
         if Path(self.output_dir).exists() and not Path(self.output_dir).is_dir():
             raise RHError(f"--output-dir {self.output_dir} is a file")
         if self.tie_break not in TIE_BREAKS:

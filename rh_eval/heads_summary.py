@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rh_eval.leaderboard import Leaderboard, headline_column, interval_text
-from rh_eval.run_files import read_json
 from rh_models.errors import RHError
+from rh_models.files import read_json
 from rh_models.heads import DEFAULT_RETRIEVAL_THRESHOLD, HeadScores, format_heads
 
 TOP = 5  # heads shown per model, and whose depth is reported

@@ -36,10 +36,10 @@ from typing import Any, Iterable
 import numpy as np
 
 from rh_eval.doc_scores import DocScores, paired_documents, read_doc_scores, seed_table
-from rh_eval.run_files import read_json
 from rh_eval.statistics import BINOMIAL, CONFIDENCE, CONSTANT, Interval, paired_test, score_interval
 from rh_models.atomic import write_text_atomic
 from rh_models.errors import RHError
+from rh_models.files import read_json
 
 FORMAT = "rh-eval-leaderboard"
 FORMAT_VERSION = 2  # 2: intervals over documents (and seeds) with their method, paired tests

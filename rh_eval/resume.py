@@ -28,9 +28,9 @@ import sys
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from rh_eval.run_files import read_json
 from rh_models.atomic import write_text_atomic, write_json_atomic
 from rh_models.errors import RHError
+from rh_models.files import read_json
 
 _MISSING = object()
 

@@ -9,7 +9,7 @@ Usage::
     newest_results(folder)                                 # the newest results_<date>.json under folder, or None
     pick_samples(samples_by_task(folder), "rh_niah_paper", folder)   # the newest run's file of that task
     run_samples(folder, "rh_niah_paper", date)             # that task's file from the run of results_<date>.json
-    read_json(path, "leaderboard"); read_jsonl(path, "samples file")  # one clear line when unreadable
+    read_jsonl(path, "samples file")                       # one clear line when unreadable (JSON: rh_models.files)
 
 lm-eval's ``--log_samples`` writes ``samples_<task>_<date>.jsonl`` beside ``results_<date>.json``; ``rh compare``
 writes one ``samples_<task>.jsonl`` per condition folder. The gate, the plots and the comparison all read both,
@@ -104,17 +104,6 @@ def run_samples(folder: Path, task: str, date: str | None) -> Path | None:
         return path if path.is_file() else None
     dated = [path for run_date, path in samples_by_task(Path(folder)).get(task, []) if run_date]
     return dated[0] if len(dated) == 1 else None
-
-
-def read_json(path: str | Path, what: str = "file") -> Any:
-    """Parse a JSON file, turning a missing or malformed file into an :class:`RHError`."""
-    path = Path(path)
-    if not path.is_file():
-        raise RHError(f"{what} {path} does not exist")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise RHError(f"{what} {path} is not valid JSON ({exc})") from None
 
 
 def read_jsonl(path: str | Path, what: str = "samples file") -> list[dict[str, Any]]:

@@ -58,7 +58,7 @@ from rh_models.compat import (
     routes_attention_through_interface,
 )
 from rh_models.errors import RHError
-from rh_models.head_means import HeadMeans
+from rh_models.head_means import HeadMeans, require_means
 from rh_models.heads import HeadSet
 from rh_models.kv_budget import BLOCK, LayerPlan, StreamingHeads, StreamingLayout, streaming_mask, visible_keys
 from rh_models.shape import head_shape
@@ -179,8 +179,7 @@ class HeadControl:
             raise RHError(
                 f"head set is for {heads.n_layers} x {heads.n_heads} heads, the model has {self.n_layers} x {self.n_heads}"
             )
-        if method == "mean" and means is None:
-            raise RHError("mask_method=mean needs head_means=FILE: the heads' mean outputs, written by `rh means`")
+        require_means(method, means)
         if method == "mean" and means.shape[:2] != (self.n_layers, self.n_heads):
             raise RHError(f"head means are for {means.shape[0]} x {means.shape[1]} heads, the model has "
                           f"{self.n_layers} x {self.n_heads}")

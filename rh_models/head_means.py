@@ -31,10 +31,30 @@ import torch
 
 from rh_models.atomic import write_text_atomic
 from rh_models.errors import RHError
+from rh_models.files import read_json_bytes, require_file
 from rh_models.heads import format_heads, parse_head
 
 FORMAT = "rh-eval-head-means"
 VERSION = 1
+
+
+def require_means(methods: str | tuple[str, ...], means: object, asked: str = "mask_method=mean",
+                  give: str = "head_means=PATH") -> None:
+    """``mean`` puts each masked head's mean output in its place: asked for without means, one line that says how
+    to give them (``asked`` / ``give``: how the caller spells the method and the file, model arg or CLI option)."""
+    if "mean" in ((methods,) if isinstance(methods, str) else methods) and means is None:
+        raise RHError(f"{asked} needs {give}: the heads' mean outputs, from `rh means`")
+
+
+def check_means_request(methods: str | tuple[str, ...], head_means: str | None, asked: str = "mask_method=mean",
+                        option: str = "head_means", give: str = "head_means=PATH") -> None:
+    """Before a model loads: ``mean`` has a means file, a means file has ``mean`` to serve, and the file exists."""
+    require_means(methods, head_means, asked, give)
+    if head_means is None:
+        return
+    if "mean" not in ((methods,) if isinstance(methods, str) else methods):
+        raise RHError(f"{option} is read only by {asked}: drop it, or ask for {asked}")
+    require_file(head_means, "head-means file")
 
 
 @dataclass
@@ -88,13 +108,7 @@ class HeadMeans:
         """Read a means file; with a model shape given, the file must hold every head of exactly that shape."""
         path = Path(path)
         where = f"head-means file {path}"
-        if not path.is_file():
-            raise RHError(f"{where} does not exist")
-        data = path.read_bytes()
-        try:
-            raw = json.loads(data)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise RHError(f"{where} is not valid JSON ({getattr(exc, 'msg', exc)})") from None
+        raw, data = read_json_bytes(path, "head-means file")
         if not isinstance(raw, dict) or raw.get("format") != FORMAT:
             raise RHError(f"{where} is not an rh-eval head-means file (no \"format\": \"{FORMAT}\"); write one "
                           f"with `rh means`")

@@ -24,7 +24,6 @@ to exercise the workflows at all.
 
 from __future__ import annotations
 
-import json
 import math
 import random
 import re
@@ -34,6 +33,7 @@ from typing import Iterable, Iterator
 
 from rh_models.arguments import parse_percent
 from rh_models.errors import RHError
+from rh_models.files import read_json
 
 Head = tuple[int, int]
 _HEAD_RE = re.compile(r"^\s*(\d+)\s*-\s*(\d+)\s*$")
@@ -99,12 +99,7 @@ class HeadScores:
     def load(cls, path: str | Path, n_layers: int | None = None, n_heads: int | None = None) -> "HeadScores":
         """Read a score file; if a model shape is given, the file must be for exactly that shape."""
         path = Path(path)
-        if not path.is_file():
-            raise RHError(f"head-score file {path} does not exist")
-        try:
-            raw = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise RHError(f"head-score file {path} is not valid JSON ({exc.msg if hasattr(exc, 'msg') else exc})") from None
+        raw = read_json(path, "head-score file")
         if not isinstance(raw, dict) or not raw:
             raise RHError(f"head-score file {path} must be a non-empty JSON object {{\"L-H\": [scores...]}}")
         per_test: dict[Head, list[float]] = {}
@@ -293,7 +288,7 @@ def select_heads(
         return HeadSet(parsed.heads, n_layers, n_heads)
     k = parsed.resolve_count(n_layers * n_heads)
     if parsed.kind == "top":
-        scores = _require_scores(scores, parsed.text)
+        scores = require_scores(scores, parsed.text)
         return HeadSet(tuple(top_heads(scores, k, parsed.text, tie_break, seed)), n_layers, n_heads)
     return _select_random(k, n_layers, n_heads, scores, seed, random_exclude, random_match, parsed.text, tie_break)
 
@@ -331,7 +326,7 @@ def _select_random(
         if k > len(pool):
             raise RHError(f"{text}: K={k} is larger than the {len(pool)} heads left after excluding retrieval heads")
         return HeadSet(tuple(sorted(rng.sample(pool, k))), n_layers, n_heads)
-    scores = _require_scores(scores, f"{text} with random_match=layer")
+    scores = require_scores(scores, f"{text} with random_match=layer")
     chosen: list[Head] = []
     ranked = top_heads(scores, k, f"{text} with random_match=layer", tie_break, seed)
     for layer, layer_top in HeadSet(tuple(ranked), n_layers, n_heads).by_layer().items():
@@ -351,7 +346,8 @@ def _parse_count(count: str, text: str) -> int:
     return int(count)
 
 
-def _require_scores(scores: HeadScores | None, text: str) -> HeadScores:
+def require_scores(scores: HeadScores | None, text: str) -> HeadScores:
+    """A ranking (``top:K``, ``random_match=layer``) reads a score file: without one, one line saying so."""
     if scores is None:
         raise RHError(f"{text} needs head_scores=PATH (a score file from `rh detect`)")
     return scores

@@ -35,7 +35,7 @@ import torch
 
 from rh_models.arguments import parse_int
 from rh_models.errors import RHError
-from rh_models.heads import Head, HeadScores, HeadSet, HeadSpec, check_ranking, parse_head_spec
+from rh_models.heads import Head, HeadScores, HeadSet, HeadSpec, check_ranking, parse_head_spec, require_scores
 from rh_models.shape import text_config
 
 DEFAULT_SINK = 4
@@ -71,8 +71,8 @@ def parse_kv_args(kv_full_heads: Any = None, kv_sink: Any = None, kv_window: Any
     sink = parse_int("kv_sink", DEFAULT_SINK if kv_sink is None else kv_sink, minimum=0)
     window = parse_int("kv_window", DEFAULT_WINDOW if kv_window is None else kv_window, minimum=1)
     spec = parse_head_spec(str(kv_full_heads))
-    if spec.needs_scores and head_scores is None:
-        raise RHError(f"kv_full_heads={kv_full_heads} needs head_scores=PATH (a score file from `rh detect`)")
+    if spec.needs_scores:
+        require_scores(head_scores, f"kv_full_heads={kv_full_heads}")
     if head_scores is not None and spec.kind in ("top", "random"):
         check_ranking(spec, HeadScores.load(str(head_scores)), tie_break, random_exclude)
     return KVArgs(spec, sink, window)

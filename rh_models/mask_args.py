@@ -11,13 +11,21 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from rh_models.arguments import optional_int
 from rh_models.attention import check_mask_method
-from rh_models.errors import RHError
-from rh_models.heads import HeadScores, HeadSpec, check_random_match, check_ranking, check_tie_break, parse_head_spec
+from rh_models.files import require_file
+from rh_models.head_means import check_means_request
+from rh_models.heads import (
+    HeadScores,
+    HeadSpec,
+    check_random_match,
+    check_ranking,
+    check_tie_break,
+    parse_head_spec,
+    require_scores,
+)
 
 
 @dataclass(frozen=True)
@@ -45,17 +53,11 @@ def parse_mask_args(mask_heads: Any = "none", head_scores: Any = None, mask_meth
     method, scope = str(mask_method), str(mask_scope)
     check_mask_method(method, scope)
     spec = parse_head_spec(str(mask_heads))
-    if spec.needs_scores and head_scores is None:
-        raise RHError(f"mask_heads={mask_heads} needs head_scores=PATH (a score file from `rh detect`)")
-    if head_scores is not None and not Path(head_scores).is_file():
-        raise RHError(f"head-score file {head_scores} does not exist")
-    if method == "mean" and head_means is None:
-        raise RHError("mask_method=mean needs head_means=PATH (the heads' mean outputs, from `rh means`)")
-    if head_means is not None and method != "mean":
-        raise RHError(f"head_means is read only by mask_method=mean (mask_method={method}); drop it or pass "
-                      "mask_method=mean")
-    if head_means is not None and not Path(head_means).is_file():
-        raise RHError(f"head-means file {head_means} does not exist")
+    if spec.needs_scores:
+        require_scores(head_scores, f"mask_heads={mask_heads}")
+    if head_scores is not None:
+        require_file(head_scores, "head-score file")
+    check_means_request(method, head_means)
     args = MaskArgs(spec=spec, head_scores=None if head_scores is None else str(head_scores), method=method,
                     scope=scope, seed=optional_int("mask_seed", mask_seed) or 0,
                     random_exclude=optional_int("random_exclude", random_exclude),

@@ -20,7 +20,7 @@ from typing import Any
 
 from rh_models.attention import check_mask_method
 from rh_models.errors import RHError
-from rh_models.head_means import HeadMeans
+from rh_models.head_means import HeadMeans, require_means
 from rh_models.heads import HeadScores, HeadSet, HeadSpec, check_tie_break, select_heads, spec_text, unscored_heads
 from rh_models.mask_args import MaskArgs
 from rh_models.shape import config_sha256, head_dim, head_shape
@@ -68,9 +68,7 @@ class MaskedLM:
         """
         check_mask_method(method, scope)
         tie_break = check_tie_break(tie_break)
-        if method == "mean" and self.head_means is None:
-            raise RHError("mask_method=mean needs head means: pass head_means=FILE (from `rh means`) or call "
-                          "use_head_means first")
+        require_means(method, self.head_means, give="head_means=PATH (or a call of use_head_means first)")
         heads = mask_heads if isinstance(mask_heads, HeadSet) else select_heads(
             mask_heads, self.n_layers, self.n_heads, scores=self.head_scores, seed=seed,
             random_exclude=random_exclude, random_match=random_match, tie_break=tie_break)

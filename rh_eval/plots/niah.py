@@ -20,9 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from rh_eval.plots.figures import new_figure, save_figure
-from rh_eval.run_files import RESULTS_NAME, newest_results, pick_samples, read_json, read_jsonl, samples_by_task
+from rh_eval.run_files import RESULTS_NAME, newest_results, pick_samples, read_jsonl, samples_by_task
 from rh_models.answers import score_answer
 from rh_models.errors import RHError
+from rh_models.files import read_json, require_file
 from rh_tasks.metrics import cell_means
 
 _CELL_KEY = re.compile(r"^score_cell_(\d+)_(\d+),")
@@ -94,8 +95,7 @@ def niah_cells(path_or_samples: str | Path | Iterable[Mapping[str, Any]],
                 return _cells_from_results(results, task)
             raise RHError(f"{path} holds no lm-eval samples_*.jsonl or results_*.json files")
         return cells_from_samples(read_jsonl(pick_samples(by_task, task, path)))
-    if not path.is_file():
-        raise RHError(f"{path} does not exist")
+    require_file(path, "samples or results file")
     if path.suffix == ".jsonl":
         return cells_from_samples(read_jsonl(path))
     return _cells_from_results(path, task)
