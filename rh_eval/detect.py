@@ -34,7 +34,7 @@ from rh_models.answers import ANSWERED_ABOVE
 from rh_models.arguments import comma_ints
 from rh_models.atomic import write_json_atomic
 from rh_models.errors import RHError
-from rh_models.heads import DEFAULT_RETRIEVAL_THRESHOLD, HeadScores, format_heads
+from rh_models.heads import DEFAULT_RETRIEVAL_THRESHOLD, HeadScores, format_head
 from rh_models.zoo import DEFAULT_MODEL
 from rh_tasks.niah import generation_stop
 from rh_tasks.niah_docs import DEFAULT_DEPTHS, build_docs
@@ -206,7 +206,7 @@ def summarize(scores: HeadScores, recorder=None, top: int = 20) -> dict:
         "heads": total,
         "fraction_above_0.1": scores.share_above(DEFAULT_RETRIEVAL_THRESHOLD),
         "fraction_above_0.5": scores.share_above(0.5),
-        "top": [[format_heads([h]), round(s, 4)] for h, s in ranked[:top]],
+        "top": [[format_head(h), round(s, 4)] for h, s in ranked[:top]],
     }
     if recorder is not None:
         summary["tests_seen"] = recorder.accumulator.tests_seen

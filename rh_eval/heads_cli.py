@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 
 from rh_models.errors import RHError
-from rh_models.heads import DEFAULT_RETRIEVAL_THRESHOLD, HeadScores, format_heads
+from rh_models.heads import DEFAULT_RETRIEVAL_THRESHOLD, HeadScores, format_head, format_heads
 
 
 def compare_scores(a: HeadScores, b: HeadScores, top: int = 10) -> dict:
@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"{scores.n_layers} layers x {scores.n_heads} heads; "
               f"> {DEFAULT_RETRIEVAL_THRESHOLD}: {scores.share_above(DEFAULT_RETRIEVAL_THRESHOLD):.1%}; > 0.5: {scores.share_above(0.5):.1%}")
         for head, score in scores.ranked()[: args.top]:
-            print(f"{format_heads([head])}\t{score:.4f}")
+            print(f"{format_head(head)}\t{score:.4f}")
         return 0
     result = compare_scores(HeadScores.load(args.a), HeadScores.load(args.b), args.top)
     print(f"top-{result['top']} overlap: {result['overlap']}/{result['top']} (Jaccard {result['jaccard']:.2f}); "

@@ -21,7 +21,7 @@ from pathlib import Path
 from rh_eval.leaderboard import Leaderboard, headline_column, interval_text
 from rh_models.errors import RHError
 from rh_models.files import read_json
-from rh_models.heads import DEFAULT_RETRIEVAL_THRESHOLD, HeadScores, format_heads
+from rh_models.heads import DEFAULT_RETRIEVAL_THRESHOLD, HeadScores, format_head
 
 TOP = 5  # heads shown per model, and whose depth is reported
 
@@ -60,7 +60,7 @@ def model_row(scores_path: str | Path, results: str | Path | None = None) -> Mod
         heads=f"{total} ({scores.n_layers} × {scores.n_heads})",
         above_threshold=scores.share_above(DEFAULT_RETRIEVAL_THRESHOLD),
         above_half=scores.share_above(0.5),
-        top=[(format_heads([head]), score) for head, score in ranked],
+        top=[(format_head(head), score) for head, score in ranked],
         top_depth=(min(depths), max(depths)),
         niah=niah_contrast(Path(results)) if results else {},
     )

@@ -32,7 +32,7 @@ import torch
 from rh_models.atomic import write_text_atomic
 from rh_models.errors import RHError
 from rh_models.files import read_json_bytes, require_file
-from rh_models.heads import format_heads, parse_head
+from rh_models.heads import format_head, format_heads, parse_head
 
 FORMAT = "rh-eval-head-means"
 VERSION = 1
@@ -93,7 +93,8 @@ class HeadMeans:
             "n_layers": n_layers,
             "n_heads": n_heads,
             "head_dim": head_dim,
-            "means": {f"{layer}-{head}": values[layer][head] for layer in range(n_layers) for head in range(n_heads)},
+            "means": {format_head((layer, head)): values[layer][head]
+                      for layer in range(n_layers) for head in range(n_heads)},
             "provenance": self.provenance,
         }
 

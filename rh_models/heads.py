@@ -75,8 +75,15 @@ class HeadSet:
         return format_heads(self.heads) or "none"
 
 
+def format_head(head: Head) -> str:
+    """``(3, 4)`` -> ``"3-4"``: one head in the paper's ``L-H`` notation (score files, means files, messages)."""
+    layer, index = head
+    return f"{layer}-{index}"
+
+
 def format_heads(heads: Iterable[Head]) -> str:
-    return ";".join(f"{layer}-{head}" for layer, head in heads)
+    """``[(3, 4), (17, 0)]`` -> ``"3-4;17-0"``: a ``mask_heads`` spec (``;``, as ``,`` separates model args)."""
+    return ";".join(format_head(head) for head in heads)
 
 
 def parse_head(text: str, where: str = "mask_heads") -> Head:

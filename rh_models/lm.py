@@ -37,7 +37,7 @@ from rh_models.attention import HeadControl
 from rh_models.cascade import PrefixCascade
 from rh_models.compat import cache_kwarg, hflm_accelerator, hflm_world_size, model_commit, set_process_rank
 from rh_models.errors import RHError
-from rh_models.heads import HeadSet, HeadSpec, check_tie_break, select_heads, spec_text, unscored_heads
+from rh_models.heads import HeadSet, HeadSpec, check_tie_break, format_head, select_heads, spec_text, unscored_heads
 from rh_models.kv_budget import (
     DEFAULT_SINK,
     DEFAULT_WINDOW,
@@ -199,18 +199,18 @@ class RHHFLM(MaskedLM, HFLM):
             for (layer, head), after in with_it.items():
                 if not torch.equal(after[:, :_PROBE_TOKENS], without[layer, head][:, :_PROBE_TOKENS]):
                     raise RHError(f"self-check failed: mask_scope=decode masked the prompt's prefill (head "
-                                  f"{layer}-{head}; {model}); refusing to run")
+                                  f"{format_head((layer, head))}; {model}); refusing to run")
             with_it = {key: after[:, _PROBE_TOKENS:] for key, after in with_it.items()}
             without = {key: before[:, _PROBE_TOKENS:] for key, before in without.items()}
         method = self.control.method
         for (layer, head), after in with_it.items():
             if torch.equal(after, without[layer, head]):
-                raise RHError(f"self-check failed: masking head {layer}-{head} did not change its output "
-                              f"{'in a decoding step ' if decode else ''}({model}); refusing to run a silent no-op")
+                raise RHError(f"self-check failed: masking head {format_head((layer, head))} did not change its "
+                              f"output {'in a decoding step ' if decode else ''}({model}); refusing to run a silent no-op")
             expected = (torch.zeros_like(after) if method == "zero" else self.head_means.vectors(
                 layer, [head], after.dtype, after.device).expand_as(after) if method == "mean" else None)
             if expected is not None and not torch.equal(after, expected):
-                raise RHError(f"self-check failed: masked head {layer}-{head} does not output its "
+                raise RHError(f"self-check failed: masked head {format_head((layer, head))} does not output its "
                               f"{'zeros' if method == 'zero' else 'stored mean'} ({model}); refusing to run")
 
     def _probe_heads(self, heads: dict[int, list[int]], length: int, switch_off, switch_on, decode: bool = False):
@@ -334,8 +334,8 @@ class RHHFLM(MaskedLM, HFLM):
                                              lambda: self.control.set_kv(streaming))
         for (layer, head), after in with_it.items():
             if torch.equal(after[..., -1, :], without[layer, head][..., -1, :]):
-                raise RHError(f"self-check failed: streaming head {layer}-{head} saw the same keys as a full head "
-                              f"({type(self.model).__name__}, {self.control.base}); refusing to run a silent no-op")
+                raise RHError(f"self-check failed: streaming head {format_head((layer, head))} saw the same keys as "
+                              f"a full head ({type(self.model).__name__}, {self.control.base}); refusing to run a silent no-op")
 
     def kv_info(self) -> dict[str, Any] | None:
         """The KV budget of the run so far (``config.rh_kv`` in lm-eval's results JSON), with the tie rule of its

@@ -21,7 +21,7 @@ from typing import Iterable
 import torch
 
 from rh_models.atomic import write_json_atomic
-from rh_models.heads import format_heads
+from rh_models.heads import format_head
 
 
 @dataclass(frozen=True)
@@ -97,7 +97,7 @@ class ScoreAccumulator:
     def as_paper_format(self) -> dict[str, list[float]]:
         columns = list(zip(*self.per_test)) if self.per_test else [()] * (self.n_layers * self.n_heads)
         heads = [(layer, head) for layer in range(self.n_layers) for head in range(self.n_heads)]
-        return {format_heads([h]): [round(v, 6) for v in col] for h, col in zip(heads, columns)}
+        return {format_head(h): [round(v, 6) for v in col] for h, col in zip(heads, columns)}
 
     def write(self, path: str | Path) -> None:
         write_json_atomic(path, self.as_paper_format())

@@ -44,7 +44,7 @@ from lm_eval.models.vllm_causallms import VLLM
 from rh_models import vllm_internals
 from rh_models.arguments import parse_bool
 from rh_models.errors import RHError
-from rh_models.heads import HeadSet, format_heads
+from rh_models.heads import HeadSet, format_head, format_heads
 from rh_models.kv_budget import KV_ARGS
 from rh_models.mask_args import MASK_ARGS, parse_mask_args
 from rh_models.masked_lm import MaskedLM
@@ -284,7 +284,7 @@ class RHVLLM(MaskedLM, VLLM):
         """``mean``: each masked head's stored mean output, as plain data for the workers; else None."""
         if method != "mean":
             return None
-        return {f"{layer}-{head}": self.head_means.vectors(layer, [head])[0].tolist() for layer, head in heads}
+        return {format_head((layer, head)): self.head_means.vectors(layer, [head])[0].tolist() for layer, head in heads}
 
     @contextmanager
     def settings(self, recorder: Any = None, batch_size: int | None = None, prefix_reuse: bool | None = None,

@@ -30,6 +30,7 @@ import torch
 
 from rh_models import vllm_internals as internals
 from rh_models.errors import RHError
+from rh_models.heads import format_head
 from rh_models.weight_masks import AttentionWeights, HeadSharding, WeightMask, mask_layer, mean_contribution
 
 EXTENSION_QUALNAME = "rh_models.vllm_worker.RHWorkerExtension"
@@ -162,7 +163,7 @@ class RHWorkerExtension:
                     raise RHError(f"mask_method=uniform cannot be a weight edit for {type(block).__name__}: {reason}; "
                                   "use mask_method=zero")
         if method == "mean":
-            missing = [f"{layer}-{head}" for layer, head in heads if f"{layer}-{head}" not in (means or {})]
+            missing = [format_head(head) for head in heads if format_head(head) not in (means or {})]
             if missing:
                 raise RHError(f"mask_method=mean without the mean of head(s) {', '.join(missing)}")
         self._rh_mask = WeightMask()
@@ -176,7 +177,7 @@ class RHWorkerExtension:
                 if getattr(out, "skip_bias_add", False):
                     raise RHError(f"layer {layer}: the output projection hands its bias to the caller (skip_bias_add); "
                                   "rh-vllm cannot add a head's mean output to it")
-                vectors = {h: torch.tensor(means[f"{layer}-{h}"], dtype=torch.float64) for h in layer_heads}
+                vectors = {h: torch.tensor(means[format_head((layer, h))], dtype=torch.float64) for h in layer_heads}
                 part = mean_contribution(weights, vectors)  # from the columns before they are zeroed
                 if part is not None:
                     bias[layer] = part.tolist()
@@ -229,9 +230,9 @@ class RHWorkerExtension:
                         y, _ = qkv(x)
                         ok = bool((y[0, sharding.query_rows(local)] == 0).all())
                     if not ok:
-                        raise RHError(f"self-check failed: after the weight edit head {layer}-{head}'s projection "
-                                      f"still reads/produces non-zero values ({type(out).__name__}); refusing a "
-                                      "silent no-op")
+                        raise RHError(f"self-check failed: after the weight edit head {format_head((layer, head))}'s "
+                                      f"projection still reads/produces non-zero values ({type(out).__name__}); "
+                                      "refusing a silent no-op")
                     checked += 1
         return checked
 
