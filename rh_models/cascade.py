@@ -20,6 +20,7 @@ import weakref
 import torch
 
 from rh_models.compat import cpu_flash_attention
+from rh_models.kv_budget import causal_mask
 
 _UNSUPPORTED_EXTRAS = ("position_bias", "softcap", "s_aux", "sinks")
 _MASKS_PER_FORWARD = 2  # a global (full attention) mask and a sliding-window one
@@ -51,16 +52,11 @@ class PrefixCascade:
         for reference, known in self._verdicts:
             if reference() is mask:
                 return known
-        cached = kv_length - q_length
         verdict = (
             mask.dtype == torch.bool
             and mask.ndim == 4
             and mask.shape[-2:] == (q_length, kv_length)
-            and bool(mask[..., :cached].all())
-            and torch.equal(
-                mask[..., cached:],
-                torch.ones(q_length, q_length, dtype=torch.bool, device=mask.device).tril().expand_as(mask[..., cached:]),
-            )
+            and torch.equal(mask, causal_mask(q_length, kv_length, mask.device).expand_as(mask))
         )
         self._verdicts = [*self._verdicts[-(_MASKS_PER_FORWARD - 1):], (weakref.ref(mask), verdict)]
         return verdict

@@ -238,6 +238,19 @@ class StreamingHeads:
 # ---------------------------------------------------------------------------------------------- masks
 
 
+def causal_mask(q_length: int, kv_length: int, device: torch.device | str | None = None,
+                queries: slice | None = None, keys: torch.Tensor | None = None) -> torch.Tensor:
+    """``(q, kv)`` bool: causal attention of the last ``q_length`` of ``kv_length`` positions, aligned bottom-right
+    (query ``i`` sees keys ``0 .. kv_length - q_length + i``), as transformers lays out a prefill over a cache or a
+    decoding step. ``queries`` (a slice of the queries) and ``keys`` (key indices) pick rows and columns of it
+    without building the rest."""
+    query_index = torch.arange(kv_length - q_length, kv_length, device=device)
+    if queries is not None:
+        query_index = query_index[queries]
+    key_index = torch.arange(kv_length, device=device) if keys is None else keys
+    return key_index[None, :] <= query_index[:, None]
+
+
 def visible_keys(mask: torch.Tensor | None, batch: int, q_length: int, kv_length: int,
                  device: torch.device) -> torch.Tensor:
     """``(batch, q, kv)`` bool: which keys each query of this call may see, from any mask layout transformers uses.
@@ -248,18 +261,14 @@ def visible_keys(mask: torch.Tensor | None, batch: int, q_length: int, kv_length
     if mask is None:
         if q_length != 1 and q_length != kv_length:
             raise RHError(f"no attention mask for {q_length} queries over {kv_length} keys; cannot place a KV window")
-        positions = torch.arange(kv_length, device=device)
-        causal = positions[None, :] <= positions[kv_length - q_length:, None]
-        return causal.expand(batch, q_length, kv_length)
+        return causal_mask(q_length, kv_length, device).expand(batch, q_length, kv_length)
     if mask.ndim == 4:  # sdpa (bool, True = attend) or eager (additive float, very negative = blocked)
         rows = mask[:, 0, -q_length:, :kv_length]
         visible = rows if rows.dtype == torch.bool else rows > torch.finfo(rows.dtype).min / 2
         return visible.expand(batch, q_length, kv_length)
     if mask.ndim == 2:  # flash: (batch, kv) padding mask, 1 = token; causal on top, aligned bottom-right
         padding = mask[:, -kv_length:].bool()
-        positions = torch.arange(kv_length, device=device)
-        causal = positions[None, :] <= positions[kv_length - q_length:, None]
-        return causal[None] & padding[:, None, :]
+        return causal_mask(q_length, kv_length, device)[None] & padding[:, None, :]
     raise RHError(f"unsupported attention-mask layout {tuple(mask.shape)}: cannot tell which keys a query sees")
 
 
@@ -292,7 +301,7 @@ class StreamingLayout:
         else:
             visible = visible_keys(mask, batch, q_length, kv_length, device)
             real = visible[:, -1, :].clone()
-            expected = real[:, None, :] & (index[None, None, :] <= query_index[None, :, None])
+            expected = real[:, None, :] & causal_mask(q_length, kv_length, device)[None]
             queries_real = real[:, query_index]  # padding queries: whatever the model gave them is never read
             if not torch.equal(visible[queries_real], expected[queries_real]):
                 return None
@@ -313,7 +322,8 @@ class StreamingLayout:
         queries = self.query_index[start:end]
         key_rank = self.rank[:, columns]  # (batch, c)
         query_rank = self.rank[:, queries]  # (batch, q)
-        sees = self.real[:, None, columns] & (columns[None, None, :] <= queries[None, :, None])
+        causal = causal_mask(len(self.query_index), self.real.shape[1], device, slice(start, end), columns)
+        sees = self.real[:, None, columns] & causal[None]
         keeps = (key_rank[:, None, :] <= sink) | (query_rank[:, :, None] - key_rank[:, None, :] < window)
         padding_query = ~self.real[:, queries]  # never read; attending everything keeps them finite
         return columns, ((sees & keeps) | padding_query[:, :, None])[:, None]
