@@ -64,6 +64,7 @@ from rh_eval.leaderboard import (
     ConditionResult,
     Leaderboard,
     build_leaderboard,
+    condition_name,
     leaderboard_paths,
     share_text,
     write_leaderboard,
@@ -106,11 +107,7 @@ class ConditionPlan:
 
     @property
     def name(self) -> str:
-        if self.kind in ("full", "streaming"):
-            return self.kind
-        size = share_text(self.share) if self.is_kv else str(self.k)
-        return (f"{self.kind}@{size}" + ("" if self.seed is None else f"-seed{self.seed}")
-                + ("" if self.method is None else f"-{self.method}"))
+        return condition_name(self.kind, self.k, self.share, self.method, self.seed)
 
     @property
     def spec(self) -> str:

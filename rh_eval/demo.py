@@ -38,7 +38,7 @@ from typing import Any, Callable, TextIO
 from rh_eval.cli_args import parse_ints, parse_ks, parse_kv_budgets, parse_model_args
 from rh_eval.compare import BACKENDS, OUTPUTS, CompareConfig, compare, load_model, plan_conditions
 from rh_eval.console import quiet_console
-from rh_eval.leaderboard import KV_KINDS, Leaderboard, PairedTest, headline_column
+from rh_eval.leaderboard import KV_KINDS, Leaderboard, PairedTest, headline_column, row_name
 from rh_eval.resume import clear_outputs, resume_record, save_record
 from rh_models.atomic import write_text_atomic
 from rh_models.errors import RHError
@@ -315,36 +315,44 @@ class ShapeCheck:
     random_mean: float
     random_seeds: dict[str, float]
     test: PairedTest | None = None  # retrieval@K vs random@K on the same documents
+    method: str | None = None  # boards of several ablation methods: the method of the rows checked
 
     @property
     def holds(self) -> bool:
         return self.retrieval < self.full and self.retrieval < self.random_mean
 
+    @property
+    def rows(self) -> tuple[str, str]:
+        """The retrieval row checked and its random control, as the leaderboard names them."""
+        return row_name("retrieval", self.k, method=self.method), row_name("random", self.k, method=self.method)
+
     def line(self) -> str:
+        retrieval, random = self.rows
         seeds = ", ".join(f"{value:.3f}" for value in self.random_seeds.values())
         verdict = "expected shape holds" if self.holds else "expected shape does NOT hold"
         tested = "" if self.test is None else (
-            f"; retrieval@{self.k} vs random@{self.k}: {self.test.effect:+.3f}, {self.test.test} "
+            f"; {retrieval} vs {random}: {self.test.effect:+.3f}, {self.test.test} "
             f"p={self.test.p_value:.3g} on {self.test.n_docs} documents")
-        return (f"shape check ({self.column}): retrieval@{self.k} {self.retrieval:.3f} vs full {self.full:.3f} and "
-                f"random@{self.k} mean {self.random_mean:.3f} (seeds: {seeds}) -> {verdict}{tested}")
+        return (f"shape check ({self.column}): {retrieval} {self.retrieval:.3f} vs full {self.full:.3f} and "
+                f"{random} mean {self.random_mean:.3f} (seeds: {seeds}) -> {verdict}{tested}")
 
 
 def shape_checks(board: Leaderboard, task: str) -> list[ShapeCheck]:
-    """One check per K from the leaderboard's numbers (none without NIAH, full or a random row)."""
+    """One check per retrieval row (per K, and per method on a board of several) from the leaderboard's numbers
+    (none without NIAH, full or a random row)."""
     column = headline_column(board, task)
     full = next((board.cell(r.name, column) for r in board.rows if r.kind == "full"), None) if column else None
     if column is None or full is None:
         return []
     checks = []
-    for k in sorted({r.k for r in board.rows if r.kind == "retrieval"}):
-        retrieval = board.cell(f"retrieval@{k}", column)
-        random = board.cell(f"random@{k}", column)
+    for row in (r for r in board.rows if r.kind == "retrieval"):
+        control = row_name("random", row.k, method=row.method)
+        retrieval, random = board.cell(row.name, column), board.cell(control, column)
         if retrieval is not None and random is not None:
-            test = next((t for t in board.tests if (t.row, t.against, t.column)
-                         == (f"retrieval@{k}", f"random@{k}", column.id)), None)
-            checks.append(ShapeCheck(column.id, k, full.value, retrieval.value, random.value, dict(random.per_seed),
-                                     test))
+            test = next((t for t in board.tests if (t.row, t.against, t.column) == (row.name, control, column.id)),
+                        None)
+            checks.append(ShapeCheck(column.id, row.k, full.value, retrieval.value, random.value, dict(random.per_seed),
+                                     test, row.method))
     return checks
 
 

@@ -124,13 +124,9 @@ class ConditionResult:
 
     @property
     def row_name(self) -> str:
-        kind = self.record["kind"]
-        if kind in ("full", "streaming"):
-            return kind
-        if kind in KV_KINDS:
-            return f"{kind}@{share_text(self.record.get('share'))}"
-        method = f" ({self.record.get('method')})" if self.record.get("method_in_name") else ""
-        return f"{kind}@{self.record['k']}{method}"
+        record = self.record
+        return row_name(record["kind"], record["k"], record.get("share"),
+                        record.get("method") if record.get("method_in_name") else None)
 
     @classmethod
     def from_dir(cls, path: str | Path, root: str | Path | None = None) -> "ConditionResult":
@@ -143,6 +139,27 @@ class ConditionResult:
             raise RHError(f"{path / 'results.json'} has no lm-eval 'results' mapping")
         relative = os.path.relpath(path, root) if root is not None else str(path)
         return cls(record, output["results"], output.get("higher_is_better") or {}, relative, read_doc_scores(path))
+
+
+def row_name(kind: str, k: int = 0, share: float | None = None, method: str | None = None) -> str:
+    """The one naming of leaderboard rows: ``full``, ``streaming``, ``retrieval@8``, ``random@8``, ``retrieval@8
+    (mean)`` (``method``: on boards of several ablation methods), ``retrieval-kv@10%``, ``random-kv@10%``.
+    The conditions behind a row are named by :func:`condition_name`."""
+    if kind in ("full", "streaming"):
+        return kind
+    if kind in KV_KINDS:
+        return f"{kind}@{share_text(share)}"
+    return f"{kind}@{k}" + ("" if method is None else f" ({method})")
+
+
+def condition_name(kind: str, k: int = 0, share: float | None = None, method: str | None = None,
+                   seed: int | None = None) -> str:
+    """A condition's name (its folder under ``conditions/``): its row's kind and size, then ``-seedS`` and
+    ``-method``: ``random@8-seed0``, ``retrieval@8-mean``, ``random-kv@10%-seed1``; ``full`` and ``streaming``."""
+    if kind in ("full", "streaming"):
+        return kind
+    return (row_name(kind, k, share) + ("" if seed is None else f"-seed{seed}")
+            + ("" if method is None else f"-{method}"))
 
 
 def share_text(share: Any) -> str:

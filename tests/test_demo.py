@@ -12,7 +12,7 @@ from conftest import FakeMaskedLM
 
 from rh_eval import compare, demo
 from rh_eval.cli import main
-from rh_eval.leaderboard import ConditionResult, build_leaderboard
+from rh_eval.leaderboard import ConditionResult, build_leaderboard, condition_name
 from rh_models.errors import RHError
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -225,6 +225,24 @@ def test_shape_checks_from_a_board():
     assert checks[0].random_mean == pytest.approx(0.55) and checks[0].column == f"{NIAH}/score,none"
     assert [c.metric for c in demo.headline(board).columns] == ["score"]
     assert demo.shape_checks(board, "other_task") == []
+
+
+def test_shape_checks_on_a_board_of_several_methods():
+    """Rows named per method (``retrieval@4 (mean)``): one check per method row, each against its own control."""
+    def result(kind, seed, method, score):
+        name = condition_name(kind, 0 if kind == "full" else 4, method=method, seed=seed)
+        record = {"name": name, "kind": kind, "k": 0 if kind == "full" else 4, "seed": seed, "heads": [],
+                  "method": method or "zero", "method_in_name": method is not None}
+        return ConditionResult(record, {NIAH: {"score,none": score}}, {NIAH: {"score": True}})
+
+    board = build_leaderboard([result("full", None, None, 0.6)] + [
+        condition for method, low in (("zero", 0.1), ("mean", 0.7)) for condition in
+        (result("retrieval", None, method, low), result("random", 0, method, 0.5), result("random", 1, method, 0.6))])
+    checks = demo.shape_checks(board, NIAH)
+    assert [(c.rows, c.holds) for c in checks] == [(("retrieval@4 (zero)", "random@4 (zero)"), True),
+                                                   (("retrieval@4 (mean)", "random@4 (mean)"), False)]
+    assert checks[1].line().startswith(f"shape check ({NIAH}/score,none): retrieval@4 (mean) 0.700 vs full 0.600 "
+                                       "and random@4 (mean) mean 0.550")
 
 
 def test_chat_template_choice(tmp_path, smollm_dir):
