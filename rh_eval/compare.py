@@ -362,9 +362,9 @@ def load_model(config: CompareConfig, head_scores: Path | None, backend: str | N
 
         batch_size = "auto" if config.batch_size == 1 else config.batch_size  # 1 (hf's default) would serialise vLLM
         return RHVLLM(pretrained=config.model, head_scores=scores, batch_size=batch_size, **config.model_args)
-    from rh_models.lm import RHHFLM
+    from rh_eval.models import load_hf
 
-    return RHHFLM(pretrained=config.model, batch_size=config.batch_size, head_scores=scores, **config.model_args)
+    return load_hf(config.model, config.batch_size, scores, **config.model_args)
 
 
 def task_manager(tasks: list[str], model: str, metadata: dict[str, Any], include_path: tuple[str, ...] = ()):

@@ -231,11 +231,11 @@ class ModelOnce:
 
     def __call__(self) -> Any:
         if self.lm is None:
-            from rh_models.lm import RHHFLM
+            from rh_eval.models import load_hf
 
             print(f"rh demo: loading {self.model}")
             # detection still runs one prompt per call (its resume and prefix reuse need that)
-            self.lm = RHHFLM(pretrained=self.model, batch_size=self.batch_size)
+            self.lm = load_hf(self.model, batch_size=self.batch_size)
         return self.lm
 
     def release(self) -> None:

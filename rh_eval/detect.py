@@ -108,6 +108,7 @@ def detect(
     from lm_eval.api.instance import Instance
     from tqdm import tqdm
 
+    from rh_eval.models import load_hf
     from rh_models.lm import RHHFLM
 
     output = Path(output)
@@ -118,7 +119,7 @@ def detect(
     elif output.exists() and not work.exists():
         raise RHError(f"{output} exists and has no resumable {work.name}; pass --force to overwrite it")
 
-    lm = model if isinstance(model, RHHFLM) else RHHFLM(pretrained=model, batch_size=1, **(model_args or {}))
+    lm = model if isinstance(model, RHHFLM) else load_hf(model, **(model_args or {}))
     budget = min(max_length or lm.max_length, lm.max_length) - max_gen_toks - 16
     if lengths is None:
         lengths = evenly_spaced_lengths(budget, num_lengths)

@@ -168,11 +168,11 @@ def run(args: argparse.Namespace) -> int:
     if output.exists() and not args.force:
         raise RHError(f"{output} exists; pass --force to replace it")
     check_request(args)
-    from rh_models.lm import RHHFLM
+    from rh_eval.models import load_hf
 
     model_args = parse_model_args(args.model_args)
     manager = tasks_manager(args) if args.tasks is not None else None
-    lm = RHHFLM(pretrained=args.model, batch_size=1, **model_args)
+    lm = load_hf(args.model, **model_args)  # batch size 1: sequences run one at a time, unpadded
     texts, reference = reference_texts(lm, args, manager)
     means = head_means(lm, texts, reference)
     means.save(output)

@@ -149,9 +149,9 @@ class Workload:
 
                 self._models[kind] = HFLM(pretrained=self.path, device="cpu", batch_size=1)
             elif kind == "ours":
-                from rh_models.lm import RHHFLM
+                from rh_eval.models import load_hf
 
-                self._models[kind] = RHHFLM(pretrained=self.path, device="cpu", batch_size=1)
+                self._models[kind] = load_hf(self.path, device="cpu")
             else:
                 from transformers import AutoModelForCausalLM
 
@@ -381,9 +381,9 @@ def run(args: argparse.Namespace) -> int:
         result, workload = run_overhead(args.model, args.lengths, args.new_tokens, args.repeats, args.mask_heads,
                                         args.naive_limit_gb, overhead_contenders)
     if args.detect_lengths:
-        from rh_models.lm import RHHFLM
+        from rh_eval.models import load_hf
 
-        lm = workload._model("ours") if workload else RHHFLM(pretrained=args.model, device="cpu", batch_size=1)
+        lm = workload._model("ours") if workload else load_hf(args.model, device="cpu")
         repeats = args.detect_repeats or max(1, args.repeats // 2)
         result["prefix_reuse"] = time_prefix_reuse(lm, args.detect_lengths, args.detect_depths, args.detect_samples,
                                                    repeats, contenders)

@@ -48,10 +48,10 @@ def main(argv: list[str] | None = None) -> int:
 
     from lm_eval.utils import simple_parse_args_string
 
-    from rh_models.lm import RHHFLM
+    from rh_eval.models import load_hf
     from rh_models.vllm_lm import RHVLLM
 
-    hf = RHHFLM(pretrained=args.model, batch_size=args.batch_size, mask_heads=args.mask_heads)
+    hf = load_hf(args.model, args.batch_size, mask_heads=args.mask_heads)
     tokenizer = hf.tokenizer
     hf_seconds, hf_text = evaluate(hf, args.task, args.limit)
     del hf
