@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from rh_eval.leaderboard import Leaderboard, headline_column, interval_text
+from rh_eval.leaderboard import Leaderboard, headline_column, value_text
 from rh_models.errors import RHError
 from rh_models.files import read_json
 from rh_models.heads import DEFAULT_RETRIEVAL_THRESHOLD, HeadScores, format_head
@@ -36,7 +36,7 @@ class ModelRow:
     above_half: float
     top: list[tuple[str, float]]
     top_depth: tuple[float, float]  # min and max of layer / n_layers over the top heads scoring > 0.1
-    niah: dict[str, str]  # full / retrieval@K / random@K -> "0.95" or "0.91 ± 0.04 (3 seeds)"
+    niah: dict[str, str]  # full / retrieval@K / random@K -> "0.95 [0.90, 0.98]" or "0.91 [0.85, 0.96] (3 seeds)"
 
     def cells(self) -> list[str]:
         niah = [self.niah.get(key, "—") for key in ("task", "full", "retrieval", "random")]
@@ -80,8 +80,7 @@ def niah_contrast(folder: Path) -> dict[str, str]:
         cell = board.cell(row.name, column) if row else None
         if cell is None:
             continue
-        spread = interval_text(cell)
-        text = f"{cell.value:.2f}" + (f" {spread}" if spread else "")
+        text = value_text(cell, digits=2)
         if kind == "random":
             text += f" ({len(cell.per_seed)} seeds)"
         out[kind] = text + (f" (K={row.k})" if kind == "retrieval" else "")

@@ -570,13 +570,16 @@ def interval_text(cell: Cell, digits: int = 2, ascii: bool = False) -> str:
     return f"[{cell.interval[0]:.{digits}f}, {cell.interval[1]:.{digits}f}]{mark}"
 
 
+def value_text(cell: Cell, digits: int = 3, ascii: bool = False) -> str:
+    """``0.900 [0.80, 0.95]``: a cell's value and its interval (:func:`interval_text`), as every table shows it."""
+    spread = interval_text(cell, ascii=ascii)
+    return f"{cell.value:.{digits}f}" + (f" {spread}" if spread else "")
+
+
 def _cell_text(cell: Cell | None, is_full: bool, ascii: bool = False) -> str:
     if cell is None:
         return "–"
-    text = f"{cell.value:.3f}"
-    spread = interval_text(cell, ascii=ascii)
-    if spread:
-        text += f" {spread}"
+    text = value_text(cell, ascii=ascii)
     if cell.drop is not None and not is_full:
         text += f" ({0.0 - cell.drop:+.3f})".replace("-", "−")  # 0.0 - x: no "-0.000"
     return text
