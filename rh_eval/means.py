@@ -30,6 +30,7 @@ from typing import Any
 from rh_eval.cli_args import parse_list, parse_metadata, parse_model_args
 from rh_models.arguments import comma_ints
 from rh_models.errors import RHError
+from rh_models.files import require_file
 from rh_models.zoo import DEFAULT_MODEL
 
 DEFAULT_LENGTHS = (500, 1000, 2000)
@@ -65,8 +66,7 @@ def check_request(args: argparse.Namespace) -> None:
     if args.text_file and args.apply_chat_template:
         raise RHError("--apply-chat-template renders the NIAH or task prompts; a --text-file is read as it is")
     for name in args.text_file or []:
-        if not Path(name).is_file():
-            raise RHError(f"--text-file {name} does not exist")
+        require_file(name, "--text-file")
 
 
 def reference_texts(lm: Any, args: argparse.Namespace, manager: Any = None) -> tuple[list[str], dict[str, Any]]:
