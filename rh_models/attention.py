@@ -31,8 +31,25 @@ exactly the masks (and keeps exactly the fast paths) it would build for the stoc
   then means "where this head looks" under every method, rather than ``uniform``'s tie (its first visible key)
   for a masked head and its real pattern under ``zero`` / ``mean``.
 * A KV budget (:mod:`rh_models.kv_budget`) splits a layer's heads into those that keep the full context and
-  *streaming* heads that see only a sink and a recent window: two calls of the same kernel, the second with a
-  banded mask derived from the model's own.
+  *streaming* heads that see only a sink and a recent window: the full heads run the model's own attention call
+  unchanged, the streaming heads run through sdpa (the eager function on an eager model; flash kernels take no
+  mask) with a banded mask derived from the model's own.
+
+One call of the registered function (:meth:`HeadControl.__call__`) is these steps, in this order::
+
+    step  method             acts when                  what it does
+    1     _observe           recording                  reads the last query row's top-1 key per head (observers)
+    2     _edit_query        mask_method=uniform        the masked heads' queries become 0
+    3     _attend            always                     a KV budget's full + streaming heads, else the prefix
+                                                        cascade where it applies, else the model's own kernel
+    4     _observe_output    summing_outputs (means)    adds every position's head outputs up (observers)
+    5     _edit_output       mask_method=zero / mean    the masked heads' output slices become 0 / their means
+
+Why this order: observers read before any edit (a masked head's record is its own pattern; means are the
+unmasked model's), a query edit must precede the attention that uses it, an output edit must follow it. A new
+score (an attention-mass observer over the question's rows, say) is one more observer in step 1, not a mode
+threaded through the others. Prefill and decoding are told apart by :meth:`HeadControl.generating`, never by a
+step's shapes.
 """
 
 from __future__ import annotations
@@ -287,38 +304,67 @@ class HeadControl:
 
     # ------------------------------------------------------------------ the hot path
     def __call__(self, base_fn: Callable, module, query, key, value, attention_mask, **kwargs):
+        """One layer's attention: the steps of the module doc's table, in its order. Each step returns at once when
+        nothing asks for it; none allocates unless it acts."""
         layer = module._rh_layer
+        masked = self._masked_heads(layer)
+        self._observe(layer, module, query, key, attention_mask, kwargs)
+        query = self._edit_query(masked, module, query, kwargs)
+        output, weights = self._attend(layer, base_fn, module, query, key, value, attention_mask, kwargs)
+        self._observe_output(layer, module, output)
+        return self._edit_output(layer, masked, module, output), weights
+
+    def _masked_heads(self, layer: int) -> torch.Tensor | None:
+        """The query heads this forward masks in ``layer`` (None: none; ``scope="decode"`` masks decoding steps only)."""
         masked = self.mask_by_layer.get(layer)
         if masked is not None and self.scope == "decode" and self.phase != "decode":
-            masked = None
-        if self.rows is not None:  # before any edit: the head's own pattern, whatever its mask (module doc)
+            return None
+        return masked
+
+    def _observe(self, layer, module, query, key, attention_mask, kwargs) -> None:
+        """Step 1, before any edit: observers read the head's own pattern, whatever its mask (module doc)."""
+        if self.rows is not None:
             self._record(layer, module, query, key, attention_mask, kwargs)
-        if masked is not None and self.method == "uniform":
-            # q = 0 -> every visible logit equals 0 (softcap/scale keep it 0) -> uniform over visible keys
-            _refuse_per_head_terms(module, kwargs, "mask_method=uniform (a zero query does not make them uniform)")
-            query = query.index_fill(1, masked, 0.0)
+
+    def _edit_query(self, masked: torch.Tensor | None, module, query: torch.Tensor, kwargs) -> torch.Tensor:
+        """Step 2, ``uniform``: q = 0 -> every visible logit equals 0 (softcap/scale keep it 0) -> uniform attention."""
+        if masked is None or self.method != "uniform":
+            return query
+        _refuse_per_head_terms(module, kwargs, "mask_method=uniform (a zero query does not make them uniform)")
+        return query.index_fill(1, masked, 0.0)
+
+    def _attend(self, layer: int, base_fn, module, query, key, value, attention_mask, kwargs):
+        """Step 3: full + streaming heads under a KV budget, else the model's own attention (or the cascade)."""
         plan = self.kv.plan(layer, query.device) if self.kv is not None else None
         if plan is not None and not self.kv.keeps_everything(key.shape[2]):
-            output, weights = self._streaming(plan, base_fn, module, query, key, value, attention_mask, kwargs), None
-        else:
-            output, weights = self._attend(base_fn, module, query, key, value, attention_mask, kwargs)
-        if self.summing or (masked is not None and self.method != "uniform"):
-            if output.shape[2] != self.n_heads:
-                raise RHError(f"unexpected attention output layout {tuple(output.shape)} in {type(module).__name__}")
-        if self.summing:
-            self._add_outputs(layer, output)
-        if masked is not None and self.method == "zero":
-            output = output.index_fill(2, masked, 0.0)
-        elif masked is not None and self.method == "mean":
-            mean = self.mean_by_layer[layer].to(dtype=output.dtype, device=output.device)  # no-op unless sharded
-            if mean.shape[-1] != output.shape[-1]:
-                raise RHError(f"head means hold {mean.shape[-1]}-dimensional outputs, layer {layer} of "
-                              f"{type(module).__name__} outputs {output.shape[-1]} per head")
-            batch, q_length = output.shape[:2]
-            output = output.index_copy(2, masked, mean.expand(batch, q_length, *mean.shape))
-        return output, weights
+            return self._streaming(plan, base_fn, module, query, key, value, attention_mask, kwargs), None
+        return self._kernel(base_fn, module, query, key, value, attention_mask, kwargs)
 
-    def _attend(self, base_fn, module, query, key, value, attention_mask, kwargs):
+    def _observe_output(self, layer: int, module, output: torch.Tensor) -> None:
+        """Step 4, before any output edit: head means add every position's head outputs up."""
+        if self.summing:
+            self._check_layout(module, output)
+            self._add_outputs(layer, output)
+
+    def _edit_output(self, layer: int, masked: torch.Tensor | None, module, output: torch.Tensor) -> torch.Tensor:
+        """Step 5, ``zero`` / ``mean``: the masked heads' slices of the output become 0 / their stored means."""
+        if masked is None or self.method == "uniform":
+            return output
+        self._check_layout(module, output)
+        if self.method == "zero":
+            return output.index_fill(2, masked, 0.0)
+        mean = self.mean_by_layer[layer].to(dtype=output.dtype, device=output.device)  # no-op unless sharded
+        if mean.shape[-1] != output.shape[-1]:
+            raise RHError(f"head means hold {mean.shape[-1]}-dimensional outputs, layer {layer} of "
+                          f"{type(module).__name__} outputs {output.shape[-1]} per head")
+        batch, q_length = output.shape[:2]
+        return output.index_copy(2, masked, mean.expand(batch, q_length, *mean.shape))
+
+    def _check_layout(self, module, output: torch.Tensor) -> None:
+        if output.shape[2] != self.n_heads:
+            raise RHError(f"unexpected attention output layout {tuple(output.shape)} in {type(module).__name__}")
+
+    def _kernel(self, base_fn, module, query, key, value, attention_mask, kwargs):
         """The model's own attention (or the prefix cascade where that is the same computation)."""
         if self.cascade is not None and self.cascade.applies(self.base, module, query, key, attention_mask, kwargs):
             return self.cascade(module, query, key, value, **kwargs)
@@ -357,7 +403,7 @@ class HeadControl:
         output = streamed.new_empty((batch, q_length, self.n_heads, streamed.shape[-1]))
         output[:, :, plan.stream_q] = streamed
         if len(plan.full_q):
-            full, _ = self._attend(base_fn, module, query.index_select(1, plan.full_q),
+            full, _ = self._kernel(base_fn, module, query.index_select(1, plan.full_q),
                                    key.index_select(1, plan.full_kv), value.index_select(1, plan.full_kv),
                                    attention_mask, kwargs)
             output[:, :, plan.full_q] = full

@@ -16,8 +16,9 @@ makes a good compression policy is then an ordinary lm-eval question, asked with
 How: a *streaming* head's attention is masked, at every query position, in prefill and in decoding, to the keys
 its cache would still hold. The rule is read off the mask the model itself built for the call (padding, prefix
 cache and decoding steps included): of the keys a query may see, the first ``sink`` and the last ``window``. The
-full heads and the streaming heads run as two calls of the model's own attention kernel, the full ones exactly
-as before (same mask, same fast path), the streaming ones with the banded mask. This simulates the eviction; no
+full heads run the model's own attention call exactly as before (same kernel, same mask, same fast path); the
+streaming heads run through sdpa (the eager function on an eager model: flash kernels take no mask) with the
+banded mask, block by block of queries over only the keys each block keeps. This simulates the eviction; no
 memory is freed.
 
 GQA: the cache is kept per *KV* head, so a KV head keeps its full context when any of its query heads is selected,
