@@ -350,6 +350,21 @@ class RHHFLM(MaskedLM, HFLM):
 
     # ------------------------------------------------------------------ recording
     def generate_until(self, requests, disable_tqdm: bool = False):
+        """HFLM's generation; while recording, each generated row is matched to its request by prompt text.
+
+        Why by text, through ``tok_batch_encode``, rather than handing each batch's requests to
+        :meth:`_generate_recorded`: in lm-eval 0.4.13, ``HFLM.generate_until`` forms its batches inline, with no
+        method of its own to override. It gives ``Collator`` only the requests' ``args`` (``[reg.args for reg in
+        requests]``), so its chunks hold (prompt, generation settings) pairs, never the requests; a batch's prompts
+        reach a subclass only as ``tok_batch_encode(contexts)``, and ``_model_generate`` receives token ids, an
+        attention mask and generation settings. Carrying requests explicitly would mean copying that method (about
+        140 lines: sort key, automatic batch size, stop sequences, maximum lengths, thinking tokens, post-processing,
+        cache hook). So :func:`requests_by_context` queues each prompt's requests in request order,
+        :meth:`tok_batch_encode` notes the prompts of the batch about to be generated, and :meth:`_next_request`
+        gives each row the next request of its prompt. This is exact because ``Collator`` sorts the requests of
+        one generation setting stably by (length, prompt), so identical prompts keep their request order; the one
+        case it cannot order (identical needle prompts under different settings) is refused.
+        """
         if self.recorder is None:
             return super().generate_until(requests, disable_tqdm)
         self._requests_by_context = requests_by_context(requests)
@@ -363,7 +378,7 @@ class RHHFLM(MaskedLM, HFLM):
         return results
 
     def tok_batch_encode(self, strings, *args, **kwargs):
-        self._batch_contexts = list(strings)  # which prompts the next _model_generate call holds
+        self._batch_contexts = list(strings)  # the prompts of the next _model_generate call (see generate_until)
         return super().tok_batch_encode(strings, *args, **kwargs)
 
     def _detect_batch_size(self, requests=None, pos: int = 0):
