@@ -234,7 +234,8 @@ class ModelOnce:
             from rh_eval.models import load_hf
 
             print(f"rh demo: loading {self.model}")
-            # detection still runs one prompt per call (its resume and prefix reuse need that)
+            # batch_size is the conditions'; detection batches by context length (one batch per length, its own
+            # size: `rh detect --batch-lengths`), each row still resuming the longest cached prefix
             self.lm = load_hf(self.model, batch_size=self.batch_size)
         return self.lm
 
