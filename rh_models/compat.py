@@ -17,7 +17,8 @@ only checks that their targets exist).
 
 One internal is read with a fallback and not checked: ``config._commit_hash``. transformers 5.24 no longer
 records it (configs drop the key; the revision is resolved per load instead), so :func:`model_commit` is None
-there; it is kept so that provenance still names the commit on versions that record one.
+there and provenance leaves the key out; it is kept so that provenance still names the commit on versions that
+record one.
 """
 
 from __future__ import annotations

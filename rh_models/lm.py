@@ -484,15 +484,17 @@ class RHHFLM(MaskedLM, HFLM):
         return {"dtype": str(self.model.dtype), "device": torch.device(self.device).type, "attention": self.control.base}
 
     def provenance(self) -> dict[str, Any]:
-        """Where a score file came from: enough to tell two files apart and to redo one."""
+        """Where a score file came from: enough to tell two files apart and to redo one. ``model_commit`` only
+        where transformers recorded the Hub commit (not on 5.24, see :func:`rh_models.compat.model_commit`)."""
         import lm_eval
         import transformers
 
+        commit = model_commit(self.model.config)
         return {
             "model": self.model_alias or str(self.pretrained),
             "model_revision": getattr(self, "revision", None),
             "model_config_sha256": config_sha256(self.model.config),
-            "model_commit": model_commit(self.model.config),
+            **({"model_commit": commit} if commit is not None else {}),
             "n_layers": self.n_layers,
             "n_heads": self.n_heads,
             "attention": self.control.base,

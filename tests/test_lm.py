@@ -85,6 +85,15 @@ def test_self_check_refuses_a_silent_no_op(tiny_llama_dir):
         lm.set_mask("0-1")
 
 
+def test_provenance_names_the_model_commit_only_where_transformers_recorded_one(tiny_llama_dir, monkeypatch):
+    import rh_models.lm as module
+
+    lm = RHHFLM(pretrained=str(tiny_llama_dir), device="cpu")
+    assert "model_commit" not in lm.provenance()  # a local folder (and any model on transformers 5.24): none known
+    monkeypatch.setattr(module, "model_commit", lambda config: "0" * 40)
+    assert lm.provenance()["model_commit"] == "0" * 40
+
+
 def test_decode_scope_is_refused_on_loglikelihood_requests(tiny_llama_dir):
     """A loglikelihood request is one forward with no decoding step: a decode-scope mask would mask nothing."""
     lm = RHHFLM(pretrained=str(tiny_llama_dir), device="cpu", dtype="float32", mask_heads="0-1;1-3",
