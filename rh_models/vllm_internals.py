@@ -141,11 +141,6 @@ def reload_plain_weights(model: torch.nn.Module, vllm_config: Any) -> int:
 
 
 # ---------------------------------------------------------------------------------------------- engine
-def shutdown_engine(llm: Any) -> None:
-    """Stop an ``LLM``'s engine processes now (rather than at interpreter exit, when logging streams are closed)."""
-    llm.llm_engine.engine_core.shutdown()
-
-
 def engine_dtype(llm: Any) -> str:
     """The dtype the engine computes in (``LLM.llm_engine.model_config.dtype``, vLLM's public config object)."""
     return str(llm.llm_engine.model_config.dtype)
@@ -193,10 +188,6 @@ def missing_internals() -> list[str]:
     loader_class = symbol("vllm.model_executor.model_loader.default_loader", "DefaultModelLoader")
     if not callable(getattr(loader_class, "get_all_weights", None)):
         missing.append("DefaultModelLoader.get_all_weights")
-    from vllm.v1.engine.core_client import EngineCoreClient
-
-    if not callable(getattr(EngineCoreClient, "shutdown", None)):
-        missing.append("EngineCoreClient.shutdown")
     from lm_eval.models.vllm_causallms import VLLM
 
     missing += [f"lm_eval VLLM.{name}" for name in VLLM_LM_INTERNALS

@@ -21,7 +21,6 @@ This module imports vLLM lazily (through that module), so importing it (to name 
 
 from __future__ import annotations
 
-import hashlib
 import re
 from collections.abc import Iterable
 from typing import Any, Callable
@@ -250,17 +249,3 @@ class RHWorkerExtension:
                     out.bias.copy_(original)
         self._rh_mask, self._rh_biases = None, []
         return count
-
-    def rh_weight_digest(self) -> dict[str, str]:
-        """SHA-256 of every matrix a mask may edit on this rank (``<layer>.qkv``, ``.qkv_bias``, ``.o``,
-        ``.o_bias``): tests compare them before a mask and after restoring."""
-        digests: dict[str, str] = {}
-        for layer, (_, qkv, out, _) in sorted(self._rh_blocks().items()):
-            weights = _weights(qkv, out)
-            o_bias = out.bias.data if getattr(out, "bias", None) is not None else None
-            for name, tensor in (("qkv", weights.qkv_weight), ("qkv_bias", weights.qkv_bias), ("o", weights.o_weight),
-                                 ("o_bias", o_bias)):
-                if tensor is not None:
-                    data = tensor.detach().contiguous().cpu().view(torch.uint8).numpy()
-                    digests[f"{layer}.{name}"] = hashlib.sha256(data.tobytes()).hexdigest()
-        return digests

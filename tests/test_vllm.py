@@ -18,6 +18,7 @@ import pytest
 pytest.importorskip("vllm")
 
 from conftest import rh_error_lines, run_cli  # noqa: E402
+from vllm_helpers import DIGESTING_EXTENSION, shutdown_engine  # noqa: E402
 
 from rh_models.errors import RHError  # noqa: E402
 
@@ -221,10 +222,12 @@ def means(hf_lm, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def vllm_lm():
-    from rh_models.vllm_internals import shutdown_engine
+    from rh_models import vllm_lm as module
     from rh_models.vllm_lm import RHVLLM, probe_logprobs
 
-    lm = RHVLLM(pretrained="smollm2-135m", **ENGINE_ARGS)
+    with pytest.MonkeyPatch.context() as patch:  # rh-vllm's worker extension plus rh_weight_digest (vllm_helpers)
+        patch.setattr(module, "EXTENSION_QUALNAME", DIGESTING_EXTENSION)
+        lm = RHVLLM(pretrained="smollm2-135m", **ENGINE_ARGS)
     lm.first_probe = probe_logprobs(lm.model)  # the engine's first generation: unmasked, before any mask
     yield lm
     shutdown_engine(lm.model)  # now, while pytest's streams are open: at interpreter exit vLLM logs to closed ones
@@ -360,7 +363,6 @@ def test_mask_none_gives_stock_vllms_generations_and_logprobs(vllm_lm):
     from lm_eval.models.vllm_causallms import VLLM
     from lm_eval.tasks import TaskManager
 
-    from rh_models.vllm_internals import shutdown_engine
     from rh_models.zoo import resolve_pretrained
 
     def niah(lm):
@@ -417,7 +419,6 @@ def test_a_data_parallel_replica_prepares_masks_and_checks_itself_before_generat
     from vllm import SamplingParams, TokensPrompt
 
     from rh_models import vllm_lm as module
-    from rh_models.vllm_internals import shutdown_engine
 
     spec_text = ";".join(f"{layer}-{head}" for layer in range(4) for head in range(9))
     long_text = " ".join(f"Item {i} is kept in box {i * 7 % 13}." for i in range(40))  # many cache blocks
