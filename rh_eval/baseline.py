@@ -20,8 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from rh_eval.check_inputs import PLAIN_ROW, SampleSource, load_scores, sidecar_dir
-from rh_eval.doc_scores import is_other_cells_placeholder
-from rh_eval.leaderboard import is_number
+from rh_eval.doc_scores import as_score, is_other_cells_placeholder
 from rh_eval.run_files import read_jsonl, samples_by_task, samples_name
 from rh_models.atomic import write_text_atomic
 from rh_models.errors import RHError
@@ -84,7 +83,7 @@ def _compact_sample(sample: dict[str, Any]) -> dict[str, Any]:
         keep["metrics"] = own
     for metric in own:
         value = sample.get(metric)
-        if isinstance(value, bool) or is_number(value):
+        if as_score(value) is not None:
             keep[metric] = value
     return keep
 

@@ -227,9 +227,9 @@ def compare_scores(
             if masked:
                 item = Comparison(base_row, column, _effect(baseline, base_row, column_id),
                                   _effect(run, run_row, column_id), flag, tolerance, EFFECT)
-                if item.baseline is None:  # no full row in the baseline: fall back to the value
-                    item = Comparison(base_row, column, base_value, run.values.get((run_row, column_id)), flag,
-                                      tolerance)
+                if item.baseline is None:  # an effect needs full: never fall back to "higher is better"
+                    raise RHError(f"baseline {baseline.path} has no full value of {column_id} to measure "
+                                  f"{base_row}'s effect against; rewrite it with rh check --update-baseline")
             else:
                 item = Comparison(base_row, column, base_value, run.values.get((run_row, column_id)) if run_row else None,
                                   flag, tolerance)
@@ -250,8 +250,11 @@ def compare_scores(
 
 
 def verdicts(run: RunScores, baseline: RunScores, patterns: list[str], allow_missing: list[str]) -> list[Verdict]:
-    """Each (retrieval row, random control, metric) where the baseline had retrieval worse than random."""
+    """Each (retrieval row, random control, metric) where the baseline had retrieval worse than random (none when
+    either side is a plain lm-eval file: it has one row, the unmasked model)."""
     found = []
+    if "lm-eval" in (run.kind, baseline.kind):
+        return found
     for row, against in baseline.counterparts.items():
         for (name, column_id), value in baseline.values.items():
             column = Column.parse(column_id)
@@ -260,7 +263,7 @@ def verdicts(run: RunScores, baseline: RunScores, patterns: list[str], allow_mis
                 continue
             flag = baseline.higher_is_better.get(column_id)
             worse = value < other if flag is not False else value > other
-            if not worse or allowed_missing(row, column, allow_missing):
+            if not worse or allowed_missing(row, column, allow_missing) or allowed_missing(against, column, allow_missing):
                 continue
             now = (run.values.get((row, column_id)), run.values.get((against, column_id)))
             found.append(Verdict(row, against, column, (value, other), None if None in now else now, flag))

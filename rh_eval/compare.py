@@ -69,7 +69,7 @@ from rh_eval.leaderboard import (
     share_text,
     write_leaderboard,
 )
-from rh_eval.fingerprint import numerics, versions
+from rh_eval.fingerprint import numerics, versions, weights
 from rh_eval.resume import clear_outputs, resume_record, save_record, settle
 from rh_eval.run_files import samples_name
 from rh_models.atomic import write_text_atomic
@@ -270,15 +270,16 @@ def run_settings(config: CompareConfig, head_scores: Path | None) -> dict[str, A
         "batch_size": config.batch_size,
         "prefix_reuse": config.prefix_reuse,
         "versions": versions(config.backend),  # the rest of the fingerprint (dtype, device, attention) once loaded
+        "weights": weights(config.model),  # an alias's data package version and GGUF hash
         # detection run by rh compare itself (no --head-scores): its grid, since its score file is re-used as is
         "detection": None if config.head_scores is not None else
         [list(config.detect_lengths or []), list(config.detect_depths or []), config.detect_samples],
     }
-    if config.kv_budgets:  # only then: folders made before KV budgets existed still resume
+    if config.kv_budgets:  # a setting only where it is used
         settings["kv"] = {"sink": config.kv_sink, "window": config.kv_window}
-    if config.tie_break != "none":  # only then: folders made before --tie-break existed still resume
+    if config.tie_break != "none":  # a setting only where it is used
         settings["tie_break"] = config.tie_break
-    if config.head_means is not None:  # only then: folders made before mean ablation existed still resume
+    if config.head_means is not None:  # a setting only where it is used
         settings["head_means_sha256"] = hashlib.sha256(Path(config.head_means).read_bytes()).hexdigest()
     if head_scores is not None:
         settings["head_scores_sha256"] = hashlib.sha256(head_scores.read_bytes()).hexdigest()
@@ -365,6 +366,22 @@ def load_model(config: CompareConfig, head_scores: Path | None, backend: str | N
     from rh_eval.models import load_hf
 
     return load_hf(config.model, config.batch_size, scores, **config.model_args)
+
+
+def refuse_decode_scope_without_generation(tasks: list[str], manager: Any) -> None:
+    """``--scope decode`` masks only generated tokens: a task scored by loglikelihood would run unmasked in every
+    condition. rh-hf refuses it at its first loglikelihood request; here it is refused before any condition runs."""
+    from lm_eval.tasks import get_task_dict
+
+    def leaves(node: Any) -> list[Any]:
+        return [t for child in node.values() for t in leaves(child)] if isinstance(node, dict) else [node]
+
+    scored = sorted({task.config.task for task in leaves(get_task_dict(tasks, manager))
+                     if getattr(task, "OUTPUT_TYPE", "generate_until") != "generate_until"})
+    if scored:
+        raise RHError(f"--scope decode masks only generated tokens; {', '.join(scored)} "
+                      f"{'is' if len(scored) == 1 else 'are'} scored by loglikelihood, which generates none: use "
+                      "--scope all")
 
 
 def task_manager(tasks: list[str], model: str, metadata: dict[str, Any], include_path: tuple[str, ...] = ()):
@@ -581,6 +598,8 @@ def compare(
         from tqdm import tqdm
 
         manager = task_manager(tasks, config.model, config.metadata, config.include_path)
+        if config.scope == "decode":
+            refuse_decode_scope_without_generation(tasks, manager)
         lm = get_lm() if get_lm is not None else load_model(config, head_scores)
         settle(out_dir / RUN_FILE, NUMERICS, numerics(lm), "rh compare")
         if config.head_means is not None:

@@ -110,7 +110,7 @@ class DemoConfig:
 
     def detection_settings(self) -> dict[str, Any]:
         """What makes a detection run: a resumed demo must match it (the comparison guards the rest itself)."""
-        from rh_eval.fingerprint import versions
+        from rh_eval.fingerprint import versions, weights
         from rh_models.shape import model_config_sha256
 
         return {
@@ -123,6 +123,7 @@ class DemoConfig:
             "haystack": "pg_essays",
             "seed": 0,
             "versions": versions("hf"),  # detection runs on rh-hf; its journal holds the whole fingerprint
+            "weights": weights(self.model),
         }
 
     def check(self) -> None:

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from rh_eval.run_files import read_jsonl, samples_by_task
+from rh_eval.statistics import per_document
 from rh_models.errors import RHError
 
 
@@ -38,7 +39,8 @@ class DocScore:
 DocScores = dict[int, DocScore]  # doc_id -> its score in one condition, for one column
 
 
-def _number(value: Any) -> float | None:
+def as_score(value: Any) -> float | None:
+    """A logged metric value as a per-document score (bools as 0/1); None when it is not one (e.g. corpus inputs)."""
     if isinstance(value, bool):
         return float(value)
     if isinstance(value, (int, float)) and math.isfinite(value):
@@ -61,7 +63,7 @@ def sample_scores(samples: Sequence[Mapping[str, Any]], task: str) -> dict[str, 
             continue
         doc = sample.get("doc")
         for metric in metrics:
-            value = _number(sample.get(metric))
+            value = as_score(sample.get(metric))
             if value is None or is_other_cells_placeholder(doc, metric):
                 continue
             column = f"{task}/{metric},{sample.get('filter', 'none')}"
@@ -92,12 +94,16 @@ def same_documents(a: DocScores, b: DocScores, where: str) -> list[int]:
 
 
 def seed_table(per_seed: Sequence[DocScores], where: str = "row") -> tuple[np.ndarray, list[int]]:
-    """``(seeds x documents table, doc ids)`` over the documents every seed scored."""
+    """``(seeds x documents table, doc ids)``: every seed must have scored the same documents (a row's value is
+    lm-eval's mean over all of them, so its interval may not rest on fewer)."""
     if not per_seed:
         raise ValueError("seed_table needs at least one seed")
     docs = sorted(per_seed[0])
     for other in per_seed[1:]:
-        docs = same_documents({d: per_seed[0][d] for d in docs}, other, where)
+        if set(other) != set(docs):
+            raise RHError(f"{where}: its seeds scored different documents ({len(docs)} vs {len(other)}); an "
+                          "interval over seeds needs the same documents in each")
+        same_documents({d: per_seed[0][d] for d in docs}, other, where)
     return np.array([[scores[d].value for d in docs] for scores in per_seed], dtype=float), docs
 
 
@@ -108,5 +114,5 @@ def paired_documents(a: Sequence[DocScores], b: Sequence[DocScores], where: str 
     table_b, docs_b = seed_table(b, where)
     shared = same_documents({d: a[0][d] for d in docs_a}, {d: b[0][d] for d in docs_b}, where)
     index_a, index_b = {d: i for i, d in enumerate(docs_a)}, {d: i for i, d in enumerate(docs_b)}
-    mean_a, mean_b = table_a.mean(axis=0), table_b.mean(axis=0)
+    mean_a, mean_b = per_document(table_a), per_document(table_b)
     return (np.array([mean_a[index_a[d]] for d in shared]), np.array([mean_b[index_b[d]] for d in shared]))

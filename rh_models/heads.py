@@ -38,7 +38,10 @@ from rh_models.files import read_json
 Head = tuple[int, int]
 _HEAD_RE = re.compile(r"^\s*(\d+)\s*-\s*(\d+)\s*$")
 DEFAULT_RETRIEVAL_THRESHOLD = 0.1  # the paper calls a head "retrieval" when its mean score exceeds 0.1
-TIE_BREAKS = ("none", "random")  # how top:K fills places past the heads that scored above 0 (none: refuse)
+TIE_BREAKS = ("none", "random")
+# the seed of the ranking a random control refers to (its excluded heads, its layers): the one rh compare's
+# retrieval rows draw their tie_break places with, whatever seed the control's own draw uses
+RANKING_SEED = 0  # how top:K fills places past the heads that scored above 0 (none: refuse)
 
 
 @dataclass(frozen=True)
@@ -301,7 +304,7 @@ def select_heads(
 
 
 def retrieval_pool_excluded(scores: HeadScores | None, random_exclude: int | None,
-                            tie_break: str = "none", seed: int = 0) -> set[Head]:
+                            tie_break: str = "none") -> set[Head]:
     """Heads a random control must never draw: the retrieval heads. Excluding by a file that ranks no head would
     exclude nothing while the record says retrieval heads were excluded: refused (``random_exclude=0`` reads no
     ranking and is always allowed)."""
@@ -309,7 +312,8 @@ def retrieval_pool_excluded(scores: HeadScores | None, random_exclude: int | Non
         return set()
     if random_exclude is not None:
         total = scores.n_layers * scores.n_heads
-        return set(top_heads(scores, min(random_exclude, total), f"random_exclude={random_exclude}", tie_break, seed))
+        return set(top_heads(scores, min(random_exclude, total), f"random_exclude={random_exclude}", tie_break,
+                             RANKING_SEED))
     if check_tie_break(tie_break) == "none":
         scores.scored()
     return set(scores.above(DEFAULT_RETRIEVAL_THRESHOLD))
@@ -327,7 +331,7 @@ def _select_random(
     tie_break: str = "none",
 ) -> HeadSet:
     rng = random.Random(seed)
-    excluded = retrieval_pool_excluded(scores, random_exclude, tie_break, seed)
+    excluded = retrieval_pool_excluded(scores, random_exclude, tie_break)
     pool = [(l, h) for l in range(n_layers) for h in range(n_heads) if (l, h) not in excluded]
     if random_match is None:
         if k > len(pool):
@@ -335,7 +339,7 @@ def _select_random(
         return HeadSet(tuple(sorted(rng.sample(pool, k))), n_layers, n_heads)
     scores = require_scores(scores, f"{text} with random_match=layer")
     chosen: list[Head] = []
-    ranked = top_heads(scores, k, f"{text} with random_match=layer", tie_break, seed)
+    ranked = top_heads(scores, k, f"{text} with random_match=layer", tie_break, RANKING_SEED)
     for layer, layer_top in HeadSet(tuple(ranked), n_layers, n_heads).by_layer().items():
         layer_pool = [head for head in pool if head[0] == layer]
         if len(layer_top) > len(layer_pool):

@@ -113,6 +113,13 @@ def converted_dir(alias: str) -> Path:
     return cache_dir() / "models" / alias / f"{model.version()}-{digest[:16]}"
 
 
+def weights_id(name: str) -> str | None:
+    """What names an alias's weights: ``<package version>-<GGUF sha16>`` (its converted folder); None for a folder or
+    hub id, which its path (and ``revision``) name. Resume records hold it, so a newer data package is not mixed into
+    an earlier run's table."""
+    return converted_dir(name).name if is_alias(name) else None
+
+
 def conversion_state(alias: str) -> str:
     """``rh models``' note on an alias: its folder and whether it is converted, or why that cannot be told yet
     (nothing is converted, assembled or installed to find out)."""

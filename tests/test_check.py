@@ -188,10 +188,18 @@ def test_a_missing_row_fails_unless_allowed(tmp_path, capsys):
     assert check("--results", str(without), "--baseline", str(base), "--allow-missing", "retrieval@*") == 0
     assert check("--results", str(without), "--baseline", str(base), "--allow-missing", "retrieval@6 rh_niah/acc") == 0
     assert check("--results", str(without), "--baseline", str(base), "--allow-missing", "random@*") == 1
+    no_control = leaderboard(tmp_path / "no-control", {n: v for n, v in BASE_ROWS.items() if not n.startswith("random")})
+    assert check("--results", str(no_control), "--baseline", str(base), "--allow-missing", "random@6*") == 0
+
+
+def test_a_baseline_without_full_cannot_judge_effects(tmp_path, capsys):
+    base = leaderboard(tmp_path / "base", {"retrieval@6": 0.1, "random@6-seed0": 0.8})
+    assert check("--results", str(base), "--baseline", str(base)) == 2
+    assert "has no full value" in capsys.readouterr().err
 
 
 def test_plain_lm_eval_run_matches_leaderboard_full_row(tmp_path):
-    base = leaderboard(tmp_path / "base", {"full": 0.9, "retrieval@6": 0.3})
+    base = leaderboard(tmp_path / "base", {"full": 0.9, "retrieval@6": 0.3, "random@6-seed0": 0.8})
     good = lm_eval_results(tmp_path / "run" / "results.json", {"rh_niah": {"acc": 0.9}})
     bad = lm_eval_results(tmp_path / "bad" / "results.json", {"rh_niah": {"acc": 0.5}})
     assert check("--results", str(good), "--baseline", str(base)) == 0

@@ -458,3 +458,22 @@ def test_backend_and_model_args_are_part_of_the_run_settings(tmp_path):
     assert vllm.model_args == {"tensor_parallel_size": 2, "dtype": "bfloat16"}
     settings = run_settings(vllm, scores)
     assert settings["backend"] == "vllm" and settings != hf
+
+
+def test_decode_scope_is_refused_for_loglikelihood_tasks_before_any_condition(tmp_path):
+    """--scope decode masks only generated tokens: a multiple-choice task would run unmasked in every condition."""
+    from lm_eval.tasks import TaskManager
+
+    from rh_eval.compare import refuse_decode_scope_without_generation
+
+    (tmp_path / "data.jsonl").write_text('{"q": "The sky is", "choices": ["blue", "green"], "label": 0}\n')
+    (tmp_path / "mc.yaml").write_text(
+        "task: tiny_mc\ndataset_path: json\n"
+        f"dataset_kwargs:\n  data_files: {tmp_path / 'data.jsonl'}\n"
+        "test_split: train\noutput_type: multiple_choice\n"
+        'doc_to_text: "{{q}}"\ndoc_to_choice: "{{choices}}"\ndoc_to_target: label\n'
+        "metric_list:\n  - metric: acc\n"
+    )
+    manager = TaskManager(include_path=[str(tmp_path)], include_defaults=False)
+    with pytest.raises(RHError, match="--scope decode masks only generated tokens; tiny_mc is scored by loglikelihood"):
+        refuse_decode_scope_without_generation(["tiny_mc"], manager)

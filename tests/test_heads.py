@@ -144,6 +144,11 @@ def test_top_past_the_scored_heads_is_refused_unless_tie_break_random(tmp_path):
     assert len({heads[2:] for heads in drawn.values()}) > 1  # drawn, not the first heads by (layer, head)
     excluded = select_heads("random:5", 2, 4, scores=scores, seed=2, random_exclude=3, tie_break="random")
     assert len(excluded) == 5 and not {(1, 2), (0, 3)} & set(excluded)
+    # whatever the control's own seed, it excludes exactly the heads top:3 (seed 0, as rh compare's rows) chose
+    top3 = set(select_heads("top:3", 2, 4, scores=scores, tie_break="random").heads)
+    for seed in range(6):
+        drawn = select_heads("random:5", 2, 4, scores=scores, seed=seed, random_exclude=3, tie_break="random")
+        assert not top3 & set(drawn)
     with pytest.raises(RHError, match="tie_break='layer' is not supported"):
         select_heads("top:3", 2, 4, scores=scores, tie_break="layer")
 

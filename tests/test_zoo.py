@@ -73,6 +73,8 @@ def test_a_newer_package_or_another_gguf_converts_into_a_new_folder(tmp_path, co
     assert changed not in (first, newer) and conversions == [first, newer, changed]
     assert {p.parent for p in conversions} == {tmp_path / "cache" / "models" / ALIAS}
     assert changed.name.startswith("1.1-") and first.name.startswith("1.0-")
+    # what resume records hold: the weights' identity follows the same key (a folder or hub id has none)
+    assert zoo.weights_id(ALIAS) == changed.name and zoo.weights_id(str(tmp_path)) is None
 
 
 def test_the_gguf_is_hashed_once_and_remembered_by_size_and_mtime(tmp_path, conversions, monkeypatch):
