@@ -99,7 +99,7 @@ def mcnemar_exact(a: np.ndarray, b: np.ndarray) -> float:
 def permutation_p(a: np.ndarray, b: np.ndarray, permutations: int = PERMUTATIONS, seed: int = RANDOM_SEED) -> float:
     """Two-sided paired permutation p-value for ``mean(b - a) == 0`` (exact when the pairs are few)."""
     a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
-    if np.allclose(a, b):
+    if np.allclose(a, b) or len(a) < 2:  # one pair: its two sign flips are equally extreme, p = 1 exactly
         return 1.0
     result = stats.permutation_test(
         (a, b), lambda x, y, axis: np.mean(y - x, axis=axis), permutation_type="samples", vectorized=True,

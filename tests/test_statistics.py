@@ -67,6 +67,7 @@ def test_permutation_test_is_exact_for_few_documents():
     name, p_value = paired_test(a, b)
     assert name == "permutation" and p_value == pytest.approx(expected)
     assert paired_test(a, a) == ("permutation", 1.0)
+    assert paired_test([0.5], [1.0]) == ("permutation", 1.0)  # one document: both sign flips as extreme
 
 
 def test_seeds_are_averaged_per_document_before_pairing():
