@@ -39,11 +39,9 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from rh_eval.baseline import update_baseline
 from rh_eval.check_inputs import PLAIN_ROW, RunScores, load_scores, row_doc_means
-from rh_eval.doc_scores import same_documents
+from rh_eval.doc_scores import DocScore, DocScores, paired
 from rh_eval.leaderboard import Column
 from rh_eval.statistics import paired_test
 from rh_models.errors import RHError
@@ -189,16 +187,20 @@ def _paired(run: RunScores, run_row: str, baseline: RunScores, base_row: str, co
         base_full = row_doc_means(baseline, baseline.full_row, column) if baseline.full_row else None
         if run_full is None or base_full is None:
             return None
-        mine = {d: s.__class__(s.value - run_full[d].value, s.doc_hash) for d, s in mine.items() if d in run_full}
-        theirs = {d: s.__class__(s.value - base_full[d].value, s.doc_hash) for d, s in theirs.items() if d in base_full}
+        mine, theirs = _effects(mine, run_full), _effects(theirs, base_full)
     try:
-        docs = same_documents(mine, theirs, f"{run_row} {column.id}")
+        base_scores, run_scores = paired(theirs, mine, f"{run_row} {column.id}")
     except RHError:
         return None  # same doc ids, different documents: not the same eval set, nothing to pair
-    if not docs:
+    if not len(run_scores):
         return None
-    name, p_value = paired_test(np.array([theirs[d].value for d in docs]), np.array([mine[d].value for d in docs]))
-    return f"{name} n={len(docs)}", p_value
+    name, p_value = paired_test(base_scores, run_scores)
+    return f"{name} n={len(run_scores)}", p_value
+
+
+def _effects(scores: DocScores, full: DocScores) -> DocScores:
+    """Each document's change against the same run's ``full`` (documents ``full`` did not score left out)."""
+    return {d: DocScore(s.value - full[d].value, s.doc_hash) for d, s in scores.items() if d in full}
 
 
 def compare_scores(

@@ -22,8 +22,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from rh_eval.doc_scores import DocScore, DocScores, sample_scores, seed_table
-from rh_eval.statistics import per_document
+from rh_eval.doc_scores import DocScore, DocScores, doc_means, sample_scores
 from rh_eval.leaderboard import FORMAT, Column, Leaderboard, higher_is_better, metric_values, random_counterpart
 from rh_eval.run_files import RESULTS_NAME, read_jsonl, results_files, run_samples
 from rh_models.errors import RHError
@@ -147,7 +146,6 @@ def row_doc_means(scores: RunScores, row: str, column: Column) -> dict[int, DocS
     if not per_seed:
         return None
     try:
-        table, docs = seed_table(per_seed, f"{row} {column.id}")
+        return doc_means(per_seed, f"{row} {column.id}")
     except RHError:
         return None
-    return {doc: DocScore(float(mean), per_seed[0][doc].doc_hash) for doc, mean in zip(docs, per_document(table))}

@@ -5,6 +5,7 @@ Usage::
     scores = read_doc_scores(Path("out/conditions/full"))     # {column id: {doc_id: DocScore}} of every task
     scores["rh_niah_paper/score,none"][3]                     # DocScore(value=1.0, doc_hash="ab12...")
     table, docs = seed_table([seed0_scores, seed1_scores])    # seeds x documents on the documents all seeds share
+    means = doc_means([seed0_scores, seed1_scores])          # {doc_id: DocScore}, each document's seeds averaged
     a, b = paired_documents(row_a, row_b)                     # per-document means of two rows, same documents
 
 A samples line carries, per metric and filter, the score of one document. Two things are not scores and are
@@ -107,12 +108,19 @@ def seed_table(per_seed: Sequence[DocScores], where: str = "row") -> tuple[np.nd
     return np.array([[scores[d].value for d in docs] for scores in per_seed], dtype=float), docs
 
 
+def doc_means(per_seed: Sequence[DocScores], where: str = "row") -> DocScores:
+    """A row's per-document scores, each document's seeds averaged: the unit every paired test pairs."""
+    table, docs = seed_table(per_seed, where)
+    return {doc: DocScore(float(mean), per_seed[0][doc].doc_hash) for doc, mean in zip(docs, per_document(table))}
+
+
+def paired(a: DocScores, b: DocScores, where: str = "rows") -> tuple[np.ndarray, np.ndarray]:
+    """Two sides' per-document scores on the documents both scored, in one order (a differing doc refused)."""
+    shared = same_documents(a, b, where)
+    return np.array([a[d].value for d in shared]), np.array([b[d].value for d in shared])
+
+
 def paired_documents(a: Sequence[DocScores], b: Sequence[DocScores], where: str = "rows"
                      ) -> tuple[np.ndarray, np.ndarray]:
     """Two rows' per-document scores (each averaged over its seeds) on the documents both scored, in one order."""
-    table_a, docs_a = seed_table(a, where)
-    table_b, docs_b = seed_table(b, where)
-    shared = same_documents({d: a[0][d] for d in docs_a}, {d: b[0][d] for d in docs_b}, where)
-    index_a, index_b = {d: i for i, d in enumerate(docs_a)}, {d: i for i, d in enumerate(docs_b)}
-    mean_a, mean_b = per_document(table_a), per_document(table_b)
-    return (np.array([mean_a[index_a[d]] for d in shared]), np.array([mean_b[index_b[d]] for d in shared]))
+    return paired(doc_means(a, where), doc_means(b, where), where)

@@ -280,7 +280,7 @@ class Leaderboard:
         tests = self.tests_markdown()
         return writer.dumps().rstrip() + "\n" + note + (f"\n{tests}" if tests else "")
 
-    def tests_markdown(self, ascii: bool = False) -> str:
+    def tests_markdown(self) -> str:
         """One line per comparison (row vs full, retrieval vs random), one column per metric: the p-values."""
         from pytablewriter import MarkdownTableWriter
         from typepy import String
