@@ -10,6 +10,7 @@ Usage::
     rh check --results out/leaderboard.json --baseline baseline.json
     rh plot niah samples.jsonl --out heatmap.png
     rh demo
+    rh report demo-out             # demo-out/report.html: one page to open, print and share
 
 Each subcommand lives in its own module that exposes ``configure(parser)`` and ``run(args) -> int``; this
 file only dispatches (imported lazily so ``rh --help`` stays instant). Bad input raises
@@ -34,6 +35,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "check": ("rh_eval.check", "CI gate: compare results to a baseline within a tolerance"),
     "plot": ("rh_eval.plot", "the NIAH length x depth heatmap from lm-eval samples or results"),
     "demo": ("rh_eval.demo", "detect -> compare -> leaderboard and plots on the embedded model"),
+    "report": ("rh_eval.report", "one self-contained HTML page of a finished rh compare / rh demo folder"),
     "bench": ("rh_eval.bench.overhead", "overhead of masking and recording vs stock lm-eval (see benchmarks/)"),
 }
 

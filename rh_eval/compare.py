@@ -19,7 +19,8 @@ Usage::
     out/conditions/<name>/condition.json      kind, K, seed, method, scope and the exact heads masked (KV
                                               conditions: the heads that keep the full context and the budget)
     out/leaderboard.{md,csv,html,tex,json}    see rh_eval.leaderboard
-    out/plots/*.png                           see rh_eval.plots.conditions
+    out/plots/*.png                           see rh_eval.plots.conditions (+ head_scores.png, the heads ranked by)
+    out/report.html                           one page of all the above, see rh_eval.report
 
 Why: the paper's evidence is a contrast between conditions, so every condition must run on the *same*
 weights, tasks, limits and prompts. The model is loaded once and only the head mask is swapped between
@@ -43,6 +44,7 @@ import argparse
 import hashlib
 import json
 import sys
+import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -70,22 +72,23 @@ from rh_eval.leaderboard import (
     write_leaderboard,
 )
 from rh_eval.fingerprint import numerics, versions, weights
+from rh_eval.provenance import run_entry
 from rh_eval.resume import clear_outputs, resume_record, save_record, settle
-from rh_eval.run_files import samples_name
+from rh_eval.run_files import RUN_FILE, samples_name
 from rh_models.atomic import write_text_atomic
 from rh_models.attention import MASK_METHODS, MASK_SCOPES
 from rh_models.compat import as_logged_sample
 from rh_models.errors import RHError
-from rh_models.files import require_file
+from rh_models.files import read_json, require_file
 from rh_models.head_means import check_means_request
 from rh_models.heads import TIE_BREAKS, HeadScores, check_ranking, parse_head_spec
 from rh_models.kv_budget import DEFAULT_SINK, DEFAULT_WINDOW
 from rh_models.zoo import DEFAULT_MODEL
 
-RUN_FILE = "run.json"
 NUMERICS = "numerics"  # the settings only a loaded model knows (dtype, device, attention): run.json records them then
 BACKENDS = ("hf", "vllm")
 DETECTED_SCORES = "head_scores.json"  # where a detection run by `rh compare` itself lands, in the output folder
+HEADS_PLOT = "head_scores.png"  # under plots/: the layers x heads map of the scores the conditions rank by
 
 
 # ------------------------------------------------------------------------------------------------- planning
@@ -288,7 +291,7 @@ def run_settings(config: CompareConfig, head_scores: Path | None) -> dict[str, A
 
 # what rh compare writes into its output folder: --force removes these (and only these)
 OUTPUTS = (RUN_FILE, "conditions", "plots", *(f"leaderboard.{ext}" for ext in EXTENSIONS), DETECTED_SCORES,
-           "head_scores.meta.json", "head_scores.tests.jsonl")
+           "head_scores.meta.json", "head_scores.tests.jsonl", "report.html")
 
 
 def start_over(config: CompareConfig) -> None:
@@ -572,14 +575,18 @@ def compare(
     log: str = "rh compare",
     show_table: bool = True,
     progress: TextIO | None = None,
+    report: bool = True,
 ) -> tuple[Leaderboard, list[Path]]:
-    """Evaluate the missing conditions, then write the leaderboard (and plots); returns (board, plot paths).
+    """Evaluate the missing conditions, then write the leaderboard, plots and report; returns (board, plot paths).
 
     ``get_lm`` returns the model to mask; it is called only when some condition is still missing, so a
     finished run re-renders its table without loading anything. ``rh demo`` passes the model it already
     loaded for detection; by default the model named by ``config.model`` is loaded here. ``show_table=False``
-    leaves printing the table to the caller; ``progress`` is where the conditions bar is drawn (stderr by default).
+    leaves printing the table to the caller; ``progress`` is where the conditions bar is drawn (stderr by default);
+    ``report=False`` leaves ``report.html`` to the caller (``rh demo`` writes it once its own files are there).
+    A run that evaluated something is recorded in ``run.json``'s ``runs`` (:mod:`rh_eval.provenance`).
     """
+    started = time.time()
     config.check()
     config.check_ranking(HeadScores.load(head_scores))  # a detection made here or by rh demo: checked before any use
     out_dir = Path(config.output_dir)
@@ -629,8 +636,20 @@ def compare(
     if config.plots:
         from rh_eval.plots.conditions import make_plots
 
+        from rh_eval.plots.heads import plot_head_scores
+
         plots = make_plots(board, out_dir / "plots", conditions_dir=out_dir / "conditions", tasks=tasks)
+        plots.append(plot_head_scores(HeadScores.load(head_scores), out_dir / "plots" / HEADS_PLOT,
+                                      title=f"retrieval score per head ({Path(head_scores).name})"))
         print(f"{log}: {len(plots)} plots in {out_dir / 'plots'}")
+    if pending:
+        record = read_json(out_dir / RUN_FILE, "resume record")
+        record.setdefault("runs", []).append(run_entry(started))
+        save_record(out_dir / RUN_FILE, record)
+    if report:
+        from rh_eval.report import write_report
+
+        print(f"{log}: report: {write_report(out_dir)}")
     return board, plots
 
 

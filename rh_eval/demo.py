@@ -10,8 +10,9 @@ Usage::
     demo-out/head_scores.json (+ .meta.json, .tests.jsonl)   stage 1: `rh detect` on a small grid
     demo-out/conditions/, run.json, leaderboard.*            stage 2: `rh compare` (full / retrieval@K / random@K)
     demo-out/plots/*.png                                     dose-response, CoT-vs-direct, NIAH heatmaps, heads
-    demo-out/demo.json                                       settings, timings and the shape check
+    demo-out/demo.json                                       settings, timings, runs and the shape check
     demo-out/summary.md                                      the table, the shape check and the plots, for docs
+    demo-out/report.html                                     one page of it all to open and share (rh_eval.report)
 
 Why: the project's claim fits in one table. Masking the few heads that copy from the context (Wu et al. 2024)
 should break needle-in-a-haystack retrieval, while masking as many *random* heads should barely matter, and
@@ -38,7 +39,10 @@ from typing import Any, Callable, TextIO
 from rh_eval.cli_args import parse_ints, parse_ks, parse_kv_budgets, parse_model_args
 from rh_eval.compare import BACKENDS, OUTPUTS, CompareConfig, compare, load_model, plan_conditions
 from rh_eval.console import quiet_console
-from rh_eval.leaderboard import KV_KINDS, Leaderboard, PairedTest, headline_column, row_name
+from rh_eval.leaderboard import Leaderboard
+from rh_eval.provenance import run_entry
+from rh_eval.run_files import DEMO_FILE
+from rh_eval.verdicts import cot_line, headline, kv_line, shape_checks
 from rh_eval.resume import clear_outputs, resume_record, save_record
 from rh_models.atomic import write_text_atomic
 from rh_models.errors import RHError
@@ -46,11 +50,9 @@ from rh_models.heads import TIE_BREAKS
 from rh_models.kv_budget import DEFAULT_SINK, DEFAULT_WINDOW
 from rh_models.zoo import DEFAULT_MODEL
 
-DEMO_FILE = "demo.json"
 SUMMARY_FILE = "summary.md"
 LOG_FILE = "demo.log"  # lm-eval's warnings, progress bars and per-condition tables
 SCORES_FILE = "head_scores.json"
-HEADS_PLOT = "head_scores.png"
 
 # Sized for SmolLM2-135M on 2 CPU cores (README, "What it finds", gives the measured time).
 DETECT_SAMPLES = 3  # needles per detection cell, as in the paper
@@ -284,114 +286,6 @@ def run_detection(out_dir: Path, state: dict[str, Any], get_lm: ModelOnce, termi
     return scores
 
 
-def plot_heads(scores: Path, out: Path) -> Path:
-    """The layers x heads heatmap of the detection, written atomically."""
-    from rh_eval.plots.heads import plot_head_scores
-    from rh_models.heads import HeadScores
-
-    return plot_head_scores(HeadScores.load(scores), out, title="retrieval score per head (rh demo detection)")
-
-
-# ---------------------------------------------------------------------------------------- headline table
-
-BREAKDOWN_PREFIXES = ("score_len_", "score_depth_", "score_cell_")  # NIAH per-length/-depth/-cell keys
-
-
-def headline(board: Leaderboard) -> Leaderboard:
-    """The board without NIAH's per-length/per-depth breakdown columns (they stay in leaderboard.*)."""
-    columns = [c for c in board.columns if not c.metric.startswith(BREAKDOWN_PREFIXES)]
-    return replace(board, columns=columns or board.columns)
-
-
-# ------------------------------------------------------------------------------------------- shape check
-
-
-@dataclass
-class ShapeCheck:
-    """Did masking the top-K retrieval heads hurt NIAH more than K random heads (and below full)?"""
-
-    column: str
-    k: int
-    full: float
-    retrieval: float
-    random_mean: float
-    random_seeds: dict[str, float]
-    test: PairedTest | None = None  # retrieval@K vs random@K on the same documents
-    method: str | None = None  # boards of several ablation methods: the method of the rows checked
-
-    @property
-    def holds(self) -> bool:
-        return self.retrieval < self.full and self.retrieval < self.random_mean
-
-    @property
-    def rows(self) -> tuple[str, str]:
-        """The retrieval row checked and its random control, as the leaderboard names them."""
-        return row_name("retrieval", self.k, method=self.method), row_name("random", self.k, method=self.method)
-
-    def line(self) -> str:
-        retrieval, random = self.rows
-        seeds = ", ".join(f"{value:.3f}" for value in self.random_seeds.values())
-        verdict = "expected shape holds" if self.holds else "expected shape does NOT hold"
-        tested = "" if self.test is None else (
-            f"; {retrieval} vs {random}: {self.test.effect:+.3f}, {self.test.test} "
-            f"p={self.test.p_value:.3g} on {self.test.n_docs} documents")
-        return (f"shape check ({self.column}): {retrieval} {self.retrieval:.3f} vs full {self.full:.3f} and "
-                f"{random} mean {self.random_mean:.3f} (seeds: {seeds}) -> {verdict}{tested}")
-
-
-def shape_checks(board: Leaderboard, task: str) -> list[ShapeCheck]:
-    """One check per retrieval row (per K, and per method on a board of several) from the leaderboard's numbers
-    (none without NIAH, full or a random row)."""
-    column = headline_column(board, task)
-    full = next((board.cell(r.name, column) for r in board.rows if r.kind == "full"), None) if column else None
-    if column is None or full is None:
-        return []
-    checks = []
-    for row in (r for r in board.rows if r.kind == "retrieval"):
-        control = row_name("random", row.k, method=row.method)
-        retrieval, random = board.cell(row.name, column), board.cell(control, column)
-        if retrieval is not None and random is not None:
-            test = next((t for t in board.tests if (t.row, t.against, t.column) == (row.name, control, column.id)),
-                        None)
-            checks.append(ShapeCheck(column.id, row.k, full.value, retrieval.value, random.value, dict(random.per_seed),
-                                     test, row.method))
-    return checks
-
-
-def cot_line(board: Leaderboard, cot_task: str, direct_task: str) -> str | None:
-    """How much chain-of-thought and direct answering lost under each retrieval@K (informational)."""
-    from rh_eval.plots.conditions import cot_column_pairs
-
-    pairs = [(c, d) for c, d in cot_column_pairs(board) if c.task == cot_task and d.task == direct_task]
-    if not pairs:
-        return None
-    cot, direct = pairs[0]
-    parts = []
-    for row in (r for r in board.rows if r.kind in ("retrieval", "random")):
-        c, d = board.cell(row.name, cot), board.cell(row.name, direct)
-        if c is not None and d is not None and c.drop is not None and d.drop is not None:
-            parts.append(f"{row.name}: CoT {-c.drop:+.3f}, direct {-d.drop:+.3f}")
-    full_c = next((board.cell(r.name, cot) for r in board.rows if r.kind == "full"), None)
-    full_d = next((board.cell(r.name, direct) for r in board.rows if r.kind == "full"), None)
-    if not parts or full_c is None or full_d is None:
-        return None
-    return (f"CoT vs direct ({cot.metric}): full CoT {full_c.value:.3f}, direct {full_d.value:.3f}; "
-            f"change vs full -- " + "; ".join(parts))
-
-
-def kv_line(board: Leaderboard, task: str) -> str | None:
-    """At each KV budget, the retrieval ranking against random rankings on ``task`` (informational)."""
-    column = headline_column(board, task)
-    if column is None:
-        return None
-    parts = []
-    for row in (r for r in board.rows if r.kind in KV_KINDS):
-        cell = board.cell(row.name, column)
-        if cell is not None and row.kv_budget is not None:
-            parts.append(f"{row.name} {cell.value:.3f} at {100 * row.kv_budget:.1f} % of the KV cache")
-    return f"KV budgets ({column.id}): " + "; ".join(parts) if parts else None
-
-
 # ------------------------------------------------------------------------------------------------ summary
 
 
@@ -471,7 +365,7 @@ def config_from_args(args: argparse.Namespace) -> DemoConfig:
 
 def demo(config: DemoConfig) -> int:
     """Detection, then every condition on the same loaded model, then the table, checks and plots."""
-    started = time.perf_counter()
+    started, wall_started = time.perf_counter(), time.time()
     config.check()
     if not config.ks:
         config = replace(config, ks=(share_of_heads(config.model),))
@@ -498,8 +392,7 @@ def demo(config: DemoConfig) -> int:
         print(f"rh demo: {len(plans)} conditions x {', '.join(comparison.tasks)} on the same model, only {swapped} "
               "swapped", file=terminal)
         board, plots = compare(comparison, scores, get_lm=get_eval_lm, log="rh demo",
-                               show_table=False, progress=terminal)
-        plots.append(plot_heads(scores, out_dir / "plots" / HEADS_PLOT))
+                               show_table=False, progress=terminal, report=False)
 
     checks = shape_checks(board, config.niah_task) if config.niah_task else []
     lines = [check.line() for check in checks]
@@ -514,7 +407,7 @@ def demo(config: DemoConfig) -> int:
     loaded = detection_loaded or get_lm.lm is not None or (engine is not None and engine.lm is not None)
     seconds = time.perf_counter() - started
     state.setdefault("runs", []).append({
-        "seconds": round(seconds, 1), "comparison_seconds": round(time.perf_counter() - compare_started, 1),
+        **run_entry(wall_started), "comparison_seconds": round(time.perf_counter() - compare_started, 1),
         "model_loaded": loaded, "cpu_count": os.cpu_count(),
     })
     state["shape_checks"] = [{**asdict(c), "holds": c.holds} for c in checks]
@@ -523,12 +416,16 @@ def demo(config: DemoConfig) -> int:
     state["wall_seconds"] = round(sum(r["seconds"] for r in state["runs"] if r["model_loaded"]), 1) or None
     save_state(out_dir, state)
     summary = write_summary(out_dir, board, lines, plots, state.get("wall_seconds"))
+    from rh_eval.report import write_report
+
+    report = write_report(out_dir)
 
     print()
     print(headline(board).markdown())
     for line in lines:
         print(f"rh demo: {line}")
-    print(f"rh demo: {len(plots)} plots in {out_dir / 'plots'}; summary in {summary}; full log in {log}")
+    print(f"rh demo: {len(plots)} plots in {out_dir / 'plots'}; summary in {summary}; report in {report}; "
+          f"full log in {log}")
     print(f"rh demo: finished in {seconds / 60:.1f} min" + ("" if loaded else " (everything re-used)"))
     return 0
 

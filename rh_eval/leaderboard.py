@@ -265,9 +265,14 @@ class Leaderboard:
         from pytablewriter import MarkdownTableWriter
 
         writer = self._writer(MarkdownTableWriter, margin=1)
+        tests = self.tests_markdown()
+        return writer.dumps().rstrip() + "\n\n" + self.cells_note() + (f"\n{tests}" if tests else "")
+
+    def cells_note(self) -> str:
+        """What a cell's text means (interval, marks, arrows; KV budgets on boards that have them): under every table."""
         level = round(self.confidence * 100)
         note = (
-            f"\nCells: score [{level} % interval] (change vs full). Intervals resample the documents (and, for rows "
+            f"Cells: score [{level} % interval] (change vs full). Intervals resample the documents (and, for rows "
             "over several seeds, the seeds first): a percentile bootstrap, inside the metric's range. "
             f"{BINOMIAL_MARK}: every document scored the same, exact binomial interval; {CONSTANT_MARK}: every "
             "document scored the same (no interval). ↑/↓ in a header: higher/lower is better.\n"
@@ -277,17 +282,12 @@ class Leaderboard:
                      "rh-hf simulates the eviction with attention masks). @P%: the top P % of heads by retrieval "
                      "score (random-kv: P % drawn at random) keep the full context, every other head a sink and a "
                      "recent window.\n")
-        tests = self.tests_markdown()
-        return writer.dumps().rstrip() + "\n" + note + (f"\n{tests}" if tests else "")
+        return note
 
-    def tests_markdown(self) -> str:
-        """One line per comparison (row vs full, retrieval vs random), one column per metric: the p-values."""
-        from pytablewriter import MarkdownTableWriter
-        from typepy import String
-
+    def tests_matrix(self) -> tuple[list[str], list[list[str]]]:
+        """Headers and text cells of the paired tests: one line per comparison (row vs full, retrieval vs random),
+        one column per metric tested, ``effect, p``; no lines without tests."""
         pairs = list(dict.fromkeys((t.row, t.against) for t in self.tests))
-        if not pairs:
-            return ""
         by_key = {(t.row, t.against, t.column): t for t in self.tests}
         columns = [c for c in self.columns if any((r, a, c.id) in by_key for r, a in pairs)]
         matrix = []
@@ -297,11 +297,18 @@ class Leaderboard:
                 test = by_key.get((row, against, column.id))
                 texts.append("–" if test is None else f"{test.effect:+.3f}, {_p_text(test.p_value)}")
             matrix.append(texts)
-        headers = ["paired test (documents)"] + [c.label for c in columns]
+        return ["paired test (documents)"] + [c.label for c in columns], matrix
+
+    def tests_markdown(self) -> str:
+        """:meth:`tests_matrix` as a markdown table with its note ("" without tests)."""
+        from pytablewriter import MarkdownTableWriter
+        from typepy import String
+
+        headers, matrix = self.tests_matrix()
+        if not matrix:
+            return ""
         writer = MarkdownTableWriter(headers=headers, value_matrix=matrix, margin=1, type_hints=[String] * len(headers))
-        return (writer.dumps().rstrip() + "\n\nPaired tests: change of the first row against the second and its "
-                "two-sided p-value, on the documents both scored (a document's seeds averaged first): exact McNemar "
-                "for 0/1 scores, a paired permutation test otherwise.\n")
+        return writer.dumps().rstrip() + "\n\n" + TESTS_NOTE + "\n"
 
     def latex(self) -> str:
         """pytablewriter's math-mode ``array`` of ``\\verb`` cells (ASCII only, so pdflatex accepts it)."""
@@ -556,6 +563,9 @@ def write_leaderboard(
     return paths
 
 
+TESTS_NOTE = ("Paired tests: change of the first row against the second and its two-sided p-value, on the documents "
+              "both scored (a document's seeds averaged first): exact McNemar for 0/1 scores, a paired permutation "
+              "test otherwise.")
 BINOMIAL_MARK = "ᵇ"  # every document scored the same 0/1 value: the exact binomial interval
 CONSTANT_MARK = "⁼"  # every document scored the same value: no interval
 

@@ -96,6 +96,29 @@ def tiny_llama_dir(tmp_path_factory, smollm_dir) -> Path:
     return path
 
 
+# The tiny llama's demo, run once a session: test_demo checks the workflow, test_report opens its report in Chromium.
+# A tiny random model answers no needle, so its detection ranks no head: --tie-break random draws the top-1 from the
+# unscored heads (and records it); without it the demo is refused.
+TINY_DEMO_ARGS = ["--k", "1", "--seeds", "2", "--detect-lengths", "200", "--detect-depths", "50", "--detect-samples",
+                  "1", "--niah-lengths", "200", "--niah-depths", "0,100", "--niah-samples", "1", "--limit", "2",
+                  "--tie-break", "random"]
+
+
+@pytest.fixture(scope="session")
+def tiny_demo(tmp_path_factory, tiny_llama_dir) -> tuple[Path, str, str]:
+    """``(folder, stdout, stderr)`` of ``rh demo`` on the tiny llama, in-process, NIAH and the CoT pair (~10 s)."""
+    import contextlib
+    import io
+
+    from rh_eval.cli import main
+
+    out = tmp_path_factory.mktemp("tiny-demo") / "out"
+    printed, terminal = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(terminal):
+        assert main(["demo", "--model", str(tiny_llama_dir), "--output-dir", str(out), *TINY_DEMO_ARGS]) == 0
+    return out, printed.getvalue(), terminal.getvalue()
+
+
 @pytest.fixture(scope="session")
 def tiny_task_dir(tmp_path_factory) -> Path:
     """A two-doc local generation task (`tiny_local`) for end-to-end CLI runs."""

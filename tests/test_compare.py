@@ -131,12 +131,16 @@ def test_second_run_reuses_conditions(tmp_path, scores, fake_eval, capsys):
     assert sample["target"] == "1" and sample["resps"] == [["a"]]
     record = json.loads((out / "conditions" / "random@2-seed1" / "condition.json").read_text())
     assert (record["kind"], record["k"], record["seed"], record["heads"]) == ("random", 2, 1, [[1, 1], [1, 2]])
+    [run] = json.loads((out / "run.json").read_text())["runs"]  # provenance of the run that evaluated
+    assert run["seconds"] >= 0 and run["machine"]["cpu_count"] and run["started"].endswith("+00:00")
+    assert f"report: {out / 'report.html'}" in first and (out / "report.html").read_text().count("<tr data-row=") > 4
 
     fake_eval["evaluate"].clear()
     assert _compare(out, scores) == 0
     second = capsys.readouterr().out
     assert fake_eval["evaluate"] == [] and fake_eval["load"] == 1  # nothing run, model not even loaded
     assert second.count("re-using") == 4 and "leaderboard updated" in second
+    assert len(json.loads((out / "run.json").read_text())["runs"]) == 1  # a run that only re-renders adds none
     board = json.loads((out / "leaderboard.json").read_text())
     assert board["values"]["random@2"]["t_a/acc,none"] == pytest.approx(0.775)
     assert board["conditions"]["retrieval@2"]["heads"] == [[0, 0], [0, 1]]

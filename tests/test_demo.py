@@ -63,6 +63,11 @@ class FakeEngine(FakeLM):
 @pytest.fixture
 def fakes(monkeypatch):
     """Fake detection, model and lm-eval: NIAH collapses under top:K, random:K barely moves."""
+    return install_fakes(monkeypatch)
+
+
+def install_fakes(monkeypatch) -> dict:
+    """:func:`fakes` for any monkeypatch (test_report builds one fake demo folder per module with it)."""
     calls = {"detect": [], "loads": 0, "evaluate": []}
     monkeypatch.setattr("rh_models.shape.model_config_sha256", lambda model, *rest: f"config-of-{model}")
 
@@ -92,7 +97,7 @@ def fakes(monkeypatch):
                 results[task] = {"alias": task, "score,none": score, "score_len_200,none": score}
                 samples[task] = [{"doc_id": i, "doc": {"length": 200 + 100 * (i % 2), "depth": 100 * (i // 2)},
                                   "target": "x", "arguments": [], "resps": [["x"]], "filtered_resps": ["x"],
-                                  "score": score} for i in range(4)]
+                                  "metrics": ["score"], "filter": "none", "score": score} for i in range(4)]
             else:
                 results[task] = {"alias": task, "exact_match,none": score / (2 if task.endswith("_cot") else 1)}
                 samples[task] = []
@@ -271,31 +276,23 @@ def test_chat_template_choice(tmp_path, smollm_dir):
 
 
 @pytest.mark.smollm
-def test_end_to_end_tiny_llama(tmp_path, tiny_llama_dir, capsys):
-    out = tmp_path / "out"
-    # a tiny random model answers no needle, so its detection ranks no head: --tie-break random draws the top-1 from
-    # the unscored heads (and records it); without it the demo is refused
-    args = ["demo", "--model", str(tiny_llama_dir), "--output-dir", str(out), "--k", "1", "--seeds", "1",
-            "--detect-lengths", "200", "--detect-depths", "50", "--detect-samples", "1",
-            "--niah-lengths", "200", "--niah-depths", "0,100", "--niah-samples", "1", "--limit", "2",
-            "--cot-task", "", "--direct-task", "", "--tie-break", "random"]
-    assert main(args) == 0
-    captured = capsys.readouterr()
-    printed = captured.out
+def test_end_to_end_tiny_llama(tiny_demo):
+    out, printed, err = tiny_demo  # conftest: rh demo on the tiny llama, --k 1 --seeds 2, NIAH and the CoT pair
     # the console shows our stage bars, the table and the checks; lm-eval's chatter is in the log
     log = (out / "demo.log").read_text()
-    assert "Running generate_until requests" in log and "Running generate_until" not in captured.err + printed
-    assert "rh detect" in captured.err and "conditions" in captured.err and "Custom kwargs" not in captured.err
+    assert "Running generate_until requests" in log and "Running generate_until" not in err + printed
+    assert "rh detect" in err and "conditions" in err and "Custom kwargs" not in err
     for name in ("head_scores.json", "head_scores.meta.json", "leaderboard.md", "leaderboard.json", "summary.md",
-                 "demo.json", "plots/head_scores.png", f"plots/dose_{NIAH}_score_none.png",
+                 "demo.json", "report.html", "plots/head_scores.png", f"plots/dose_{NIAH}_score_none.png",
                  f"plots/niah_{NIAH}_full.png", f"plots/niah_{NIAH}_random-1-seed0_minus_full.png"):
         assert (out / name).is_file(), name
     board = json.loads((out / "leaderboard.json").read_text())
     assert [r["name"] for r in board["rows"]] == ["full", "retrieval@1", "random@1"]
     assert f"{NIAH}/score,none" in board["values"]["random@1"]
+    assert "rh_factsum_cot/exact_match,strict-match" in board["values"]["full"]
     samples = (out / "conditions" / "full" / f"samples_{NIAH}.jsonl").read_text().splitlines()
     assert sorted(json.loads(s)["doc"]["depth"] for s in samples) == [0, 100]  # the demo's grid, not the default
-    assert "shape check" in printed
+    assert "shape check" in printed and "CoT vs direct" in printed
     retrieval = json.loads((out / "conditions" / "retrieval@1" / "condition.json").read_text())
     assert (len(retrieval["heads"]), retrieval["tie_break"], retrieval["unscored_heads"]) == (1, "random", 1)
 

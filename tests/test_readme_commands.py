@@ -59,6 +59,8 @@ from conftest import rh_error_lines, run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
+# pages whose ```sh commands are in COMMANDS besides the README's (until every docs/*.md page is read here)
+DOC_PAGES = (ROOT / "docs" / "report.md",)
 PNG = b"\x89PNG\r\n\x1a\n"
 # One thread per command: torch's two OpenMP threads on a 2-core machine shared with other jobs made a tiny model's
 # decoding step 20x slower (9.4 s vs 0.4 s for 32 tokens); the commands themselves are unchanged.
@@ -433,6 +435,29 @@ def check_lm_stock_hf(result, ws):
     assert data["results"]["rh_niah_paper"]["score,none"] >= 0.5  # the real model finds the needle at 200 tokens
 
 
+def _keep_report(folder: str) -> Callable:
+    """A ``prepare``: keep the page the folder's own run wrote, to compare `rh report`'s rebuild with."""
+    return lambda ws: shutil.copy(ws.dir / folder / "report.html", ws.dir / f"{folder}.report-before.html")
+
+
+def _check_report(result, ws, folder: str, rows: list[str]):
+    page = ws.dir / folder / "report.html"
+    assert result.stdout.startswith(f"rh report: wrote {folder}/report.html ("), result.stdout
+    assert page.stat().st_size < 3_000_000  # the demo's page stays under 3 MB (issue 29)
+    text = page.read_text(encoding="utf-8")
+    assert re.findall(r'<tr data-row="([^"]+)">', text)[:len(rows)] == rows, text[:2000]
+    assert text.count('<img src="data:image/png;base64,') == len(list((ws.dir / folder / "plots").glob("*.png")))
+    assert text == (ws.dir / f"{folder}.report-before.html").read_text(encoding="utf-8")  # the page the run wrote
+
+
+def check_report_demo(result, ws):
+    _check_report(result, ws, "demo-out", ["full", "retrieval@1", "random@1"])
+
+
+def check_report_compare(result, ws):
+    _check_report(result, ws, "out", ["full", "retrieval@2", "random@2"])
+
+
 # --- the table: every README command and how it is run -------------------------------------------------------
 
 COMMANDS: dict[str, Run | CheckedBy | ParseOnly] = {
@@ -564,6 +589,9 @@ COMMANDS: dict[str, Run | CheckedBy | ParseOnly] = {
     "benchmarks/results/peers-smollm2-135m_cpu-2core.json": CheckedBy(
         "tests/test_peers.py::test_every_masking_contender_equals_the_zeroed_weights_reference",
         "its contenders against an explicit reference on a tiny llama, in .venv-peers (skipped elsewhere)"),
+    # docs/report.md: rebuild the page rh demo / rh compare wrote (byte for byte) from their folders
+    "rh report demo-out": Run("report_demo", (), check_report_demo, needs=("demo",), prepare=_keep_report("demo-out")),
+    "rh report out": Run("report_compare", (), check_report_compare, needs=("compare",), prepare=_keep_report("out")),
 }
 RUNS = {entry.name: (command, entry) for command, entry in COMMANDS.items() if isinstance(entry, Run)}
 PARSE_ONLY = [command for command, entry in COMMANDS.items() if isinstance(entry, ParseOnly)]
@@ -582,7 +610,7 @@ def test_readme_parser_joins_continuations_and_drops_comments():
 
 
 def test_every_readme_command_has_an_entry():
-    commands = readme_commands(README.read_text(encoding="utf-8"))
+    commands = [c for page in (README, *DOC_PAGES) for c in readme_commands(page.read_text(encoding="utf-8"))]
     assert len(commands) == len(set(commands)), "a README command appears twice: one entry would cover both"
     missing = [c for c in commands if c not in COMMANDS]
     stale = [c for c in COMMANDS if c not in commands]
