@@ -28,9 +28,11 @@ from typing import Any
 
 
 def command_line(argv: list[str] | None = None) -> str:
-    """The process's command line as typed, the program by its name (``rh compare ...``), shell-quoted."""
+    """The process's command line, shell-quoted, the program by its name: ``rh compare ...`` (also when started as
+    ``python -m rh_eval.cli``), ``pytest ...`` for a test."""
     argv = list(sys.argv if argv is None else argv) or ["?"]
-    return shlex.join([Path(argv[0]).name, *argv[1:]])
+    program = "rh" if Path(argv[0]).resolve() == Path(__file__).with_name("cli.py").resolve() else Path(argv[0]).name
+    return shlex.join([program, *argv[1:]])
 
 
 def iso_time(seconds: float) -> str:

@@ -194,7 +194,7 @@ def question(board: Leaderboard, settings: dict[str, Any], folder: Path) -> str:
         if isinstance(detection, dict) and detection.get("lengths"):
             text += (f", a detection (rh detect) on {detection.get('needles', 'paper')} needles at lengths "
                      f"{', '.join(map(str, detection['lengths']))} tokens × depths "
-                     f"{', '.join(map(str, detection.get('depths', [])))} % ({detection.get('tests_seen', '?')} tests)")
+                     f"{', '.join(map(str, detection.get('depths', [])))} % ({_count(detection.get('tests_seen'), 'test')})")
         text += "."
     masked = [r for r in records if r.get("kind") in ("retrieval", "random")]
     if masked:
@@ -208,6 +208,10 @@ def question(board: Leaderboard, settings: dict[str, Any], folder: Path) -> str:
     if settings.get("tie_break") == "random":
         text += " Where a ranking ran past the heads that scored above 0, the rest were drawn at random (tie_break)."
     return text
+
+
+def _count(n: Any, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
 
 
 def verdicts(board: Leaderboard) -> list[str]:
