@@ -59,7 +59,7 @@ def test_bench_peers_recipe_is_the_readme_command():
     recipe = dict(re.findall(r"^([\w-]+):[^\n]*\n((?:\t[^\n]*\n)+)", makefile, re.M))
     command = "benchmarks/peers.py --threads 1 --output benchmarks/results/peers-smollm2-135m_cpu-2core.json"
     assert recipe["bench-peers"].strip() == f"$(OFFLINE) $(PPY) {command}"
-    assert f".venv-peers/bin/python {command}" in (ROOT / "README.md").read_text()
+    assert f".venv-peers/bin/python {command}" in (ROOT / "docs" / "performance.md").read_text()
     assert re.search(r"^bench-peers: setup-peers$", makefile, re.M) and "'.[peers,test]'" in makefile
 
 
