@@ -92,7 +92,8 @@ def run_import(args: argparse.Namespace) -> int:
 
 
 def run_compare(args: argparse.Namespace) -> int:
-    from rh_eval.heads_compare import agreement_table, compare_rankings, describe, kv_count, load_rankings, two_file_lines
+    from rh_eval.heads_compare import (agreement_table, compare_rankings, describe, kv_count, load_rankings,
+                                       two_file_lines)
 
     for flag, value in (("--top", args.top), ("--top-kv", args.top_kv), ("--kv-heads", args.kv_heads)):
         if value is not None and value < 1:

@@ -148,6 +148,22 @@ def compare_scores(a: HeadScores, b: HeadScores, top: int = 10) -> dict:
     }
 
 
+def tie_at_cut(scores: HeadScores, top: int) -> dict[str, Any] | None:
+    """Heads that share the K-th score with heads left out, or None when the top-K set is not an arbitrary pick.
+
+    Why: trained gates saturate (440 of the 1024 heads in DuoAttention's Mistral-7B file are exactly 1.0), and a
+    tie at the cut makes the top-K set the first tied heads by (layer, head): any overlap measured on it is partly
+    that order's, and must be said.
+    """
+    chosen = scores.above(0.0)[:top]
+    if len(chosen) < top:
+        return None
+    score = scores.mean(chosen[-1])
+    tied = [head for head in scores.above(0.0) if scores.mean(head) == score]
+    inside = sum(1 for head in chosen if scores.mean(head) == score)
+    return {"score": score, "tied": len(tied), "inside": inside} if len(tied) > inside else None
+
+
 def compare_rankings(rankings: list[Ranking], top: int = 10, n_kv_heads: int | None = None,
                      kv_source: str = "", top_kv: int | None = None) -> dict[str, Any]:
     """Every pair's agreement, per query head and (with a KV-head count) per KV head: what ``--output`` writes."""
@@ -168,7 +184,9 @@ def compare_rankings(rankings: list[Ranking], top: int = 10, n_kv_heads: int | N
     return {
         "n_layers": scores.n_layers, "n_heads": scores.n_heads, "top": top,
         "rankings": [{"name": r.name, "path": r.path, "made_by": r.provenance.get("protocol"),
-                      "heads_above_0": len(r.scores.above(0.0))} for r in rankings],
+                      "heads_above_0": len(r.scores.above(0.0)), "tie_at_cut": tie_at_cut(r.scores, top),
+                      **({"kv_tie_at_cut": tie_at_cut(per_kv[r.name], kv["top"])} if kv else {})}
+                     for r in rankings],
         "kv": kv, "kv_missing": None if kv is not None else kv_source,
         "pairs": pairs,
     }
@@ -208,6 +226,14 @@ def describe(result: dict[str, Any]) -> str:
                      f"mean of its {kv['group']} query heads; top-{kv['top']} KV heads")
     else:
         lines.append(f"per KV head: not computed ({result['kv_missing']})")
+    for ranking in result["rankings"]:
+        for key, what, top in (("tie_at_cut", "heads", result["top"]), ("kv_tie_at_cut", "KV heads",
+                                                                         kv["top"] if kv else 0)):
+            tie = ranking.get(key)
+            if tie:
+                lines.append(f"tie: {tie['tied']} {what} of {ranking['name']} share the top-{top} cut's score "
+                             f"{tie['score']:.4g}; its top-{top} takes the first {tie['inside']} of them by (layer, "
+                             "head), an arbitrary pick")
     return "\n".join(lines)
 
 

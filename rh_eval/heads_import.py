@@ -211,7 +211,8 @@ def describe_import(record: dict[str, Any], output: str | Path, top: int = 5) ->
         read = (f"read {record['n_layers']} layers x {record['n_kv_heads']} KV-head gates from {record['source']}; "
                 f"{record['kv_expansion']}")
     else:
-        read = f"read {record['heads_listed']} of {record['n_layers'] * record['n_heads']} heads from {record['source']}"
+        total = record["n_layers"] * record["n_heads"]
+        read = f"read {record['heads_listed']} of {total} heads from {record['source']}"
         if record["heads_unlisted"]:
             read += f"; the other {record['heads_unlisted']} get no score (they rank after every scored head)"
     scored = scores.above(0.0)

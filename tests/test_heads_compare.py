@@ -63,7 +63,8 @@ def test_three_rankings_agree_on_kv_groups_and_disagree_on_heads(three, tmp_path
     crossed = pairs[("copy", "other")]
     assert (crossed["query"]["overlap"], crossed["query"]["jaccard"]) == (0, 0.0)
     assert crossed["query"]["kendall_tau"] < 0.5  # the heads' order differs ...
-    assert (crossed["kv"]["overlap"], crossed["kv"]["jaccard"], crossed["kv"]["kendall_tau"]) == (2, 1.0, 1.0)  # ... the groups' not
+    kv = crossed["kv"]
+    assert (kv["overlap"], kv["jaccard"], kv["kendall_tau"]) == (2, 1.0, 1.0)  # ... the groups' does not
     assert crossed["kv"]["shared"] == "0-0;1-1"  # layer-KV head: (0.9 + 0) / 2 and (0.8 + 0) / 2 in both
     header, *rows = _table(out)
     assert header == ["a", "b", "top-3 overlap", "Jaccard", "Kendall tau", "KV top-2 overlap", "KV Jaccard",
@@ -137,3 +138,14 @@ def test_bad_comparisons_are_one_line(args, message, tmp_path, tiny_config_dirs,
     paths["wide"].write_text(json.dumps({"0-0": [1.0], "0-7": [0.5], "1-0": [0.1]}))
     code, _, err = _rh(capsys, *[arg.format(**paths) for arg in args])
     assert code == 2 and len(err.strip().splitlines()) == 1 and message.format(**paths) in err, err
+
+
+def test_a_tie_at_the_cut_is_said_not_hidden(tmp_path, capsys):
+    """Saturated gates (many of DuoAttention's are exactly 1.0): (layer, head) order picks the tied heads kept."""
+    gates = _write(tmp_path / "gates.json", {(0, 0): 1.0, (0, 1): 1.0, (1, 2): 1.0, (1, 3): 0.5}, n_kv=2)
+    code, out, _ = _rh(capsys, gates, _write(tmp_path / "a.json", COPY), "--top", 2, "--output", tmp_path / "r.json")
+    ranking = json.loads((tmp_path / "r.json").read_text())["rankings"][0]
+    assert code == 0 and ranking["tie_at_cut"] == {"score": 1.0, "tied": 3, "inside": 2}
+    assert ranking["kv_tie_at_cut"] is None  # KV heads (0,0) = 1.0 and (1,1) = 0.75: no tie at a top-1 cut
+    assert f"tie: 3 heads of {gates} share the top-2 cut's score 1; its top-2 takes the first 2 of them" in out
+    assert json.loads((tmp_path / "r.json").read_text())["rankings"][1]["tie_at_cut"] is None

@@ -107,7 +107,8 @@ def test_tables_with_and_without_header_and_any_delimiter(tmp_path, capsys):
     ("csv", "0,1,0.5\n", ("--model", "{llama}", "--heads", "4"), "give --model or --heads, not both"),
     ("csv", "0,1,0.5\n", ("--layers", "2", "--heads", "4", "--kv-heads", "3"), "4 query heads do not split into 3"),
 ])
-def test_a_file_of_another_shape_or_malformed_is_one_line(kind, text, args, message, tiny_config_dirs, tmp_path, capsys):
+def test_a_file_of_another_shape_or_malformed_is_one_line(kind, text, args, message, tiny_config_dirs, tmp_path,
+                                                           capsys):
     source = tmp_path / "in.txt"
     source.write_text(text)
     args = [a.format(**tiny_config_dirs) for a in args]
