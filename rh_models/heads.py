@@ -96,6 +96,23 @@ def parse_head(text: str, where: str = "mask_heads") -> Head:
     return int(match.group(1)), int(match.group(2))
 
 
+def score_meta_path(path: str | Path) -> Path:
+    """Where a score file's provenance lies: ``scores.json`` -> ``scores.meta.json`` (``rh detect`` and
+    ``rh heads import`` write it; a score file from elsewhere may have none)."""
+    return Path(path).with_suffix(".meta.json")
+
+
+def read_score_provenance(path: str | Path) -> dict:
+    """The provenance beside a score file, or ``{}`` when it has none; a malformed one is one line naming it."""
+    meta = score_meta_path(path)
+    if not meta.is_file():
+        return {}
+    record = read_json(meta, "score-file provenance")
+    if not isinstance(record, dict):
+        raise RHError(f"score-file provenance {meta} must be a JSON object")
+    return record
+
+
 class HeadScores:
     """Per-head retrieval scores: each head's list of per-test scores and its mean."""
 

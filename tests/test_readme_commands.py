@@ -500,6 +500,76 @@ def check_niah_variants(result, ws):
         assert data["n-samples"][task]["effective"] == 1 and 0.0 <= data["results"][task]["score,none"] <= 1.0
 
 
+# --- docs/rankings.md: rh heads import / rh heads compare ----------------------------------------------------
+
+DUO_MISTRAL = "attn_patterns/Mistral-7B-Instruct-v0.2/lr=0.02-reg=0.05-ctx=1000_32000-multi_passkey10"
+TINY_GATES = [[0.9, 0.1], [0.0, 0.6]]  # tiny llama: 2 layers x 2 KV heads (SmolLM2's file would be 30 x 3)
+HEADS_CSV = "layer,head,score\n0,1,0.8\n1,3,0.5\n0,2,0.2\n"
+
+
+def _write_gates(path: Path, gates: list[list[float]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join("\t".join(f"{g:.18e}" for g in row) + "\n" for row in gates))  # numpy.savetxt's layout
+
+
+def _mistral_gates() -> list[list[float]]:
+    import random
+
+    rng = random.Random(0)
+    return [[rng.choice([1.0, round(rng.random(), 4), -1e-4]) for _ in range(8)] for _ in range(32)]
+
+
+def prepare_duo_mistral(ws):
+    """A pattern folder laid out as DuoAttention's repository has it (synthetic gates of Mistral-7B's 32 x 8 shape)."""
+    folder = ws.dir / DUO_MISTRAL
+    _write_gates(folder / "full_attention_heads.tsv", _mistral_gates())
+    (folder / "config.json").write_text(json.dumps({"model_name": "models/Mistral-7B-Instruct-v0.2", "threshold": 0.5}))
+
+
+def check_import_duo_mistral(result, ws):
+    gates, scores = _mistral_gates(), _score_file(ws.dir / "duo-mistral.json", (32, 32))
+    assert all(scores[f"{l}-{h}"] == [gates[l][h // 4]] for l in range(32) for h in range(32))
+    meta = _json(ws.dir / "duo-mistral.meta.json")
+    assert (meta["n_kv_heads"], meta["per_kv_head"], meta["shape_from"]) == (8, True, "--layers/--heads/--kv-heads")
+    assert meta["duo_config"]["threshold"] == 0.5 and "its 4 query heads" in result.stdout
+
+
+def prepare_duo_tiny(ws):
+    _write_gates(ws.dir / "full_attention_heads.tsv", TINY_GATES)
+
+
+def check_import_duo(result, ws):
+    scores = _score_file(ws.dir / "duo.json")
+    assert all(scores[f"{l}-{h}"] == [TINY_GATES[l][h // 2]] for l in range(2) for h in range(4))
+    meta = _json(ws.dir / "duo.meta.json")
+    assert (meta["model"], meta["n_kv_heads"], meta["heads_unlisted"]) == (ws.models["tiny_llama"], 2, 0)
+    assert result.stdout.splitlines()[-1] == "wrote duo.json and duo.meta.json"
+
+
+def prepare_heads_csv(ws):
+    (ws.dir / "heads.csv").write_text(HEADS_CSV)
+
+
+def check_import_csv(result, ws):
+    scores = _score_file(ws.dir / "mine.json")
+    assert (scores["0-1"], scores["1-3"], scores["0-2"], scores["0-0"]) == ([0.8], [0.5], [0.2], [])
+    meta = _json(ws.dir / "mine.meta.json")
+    assert (meta["heads_listed"], meta["heads_unlisted"], meta["header"]) == (3, 5, ["layer", "head", "score"])
+
+
+def check_heads_compare_n(result, ws):
+    data = _json(ws.dir / "agreement.json")
+    assert [r["name"] for r in data["rankings"]] == ["copy", "duo", "mine"]
+    assert data["kv"]["source"] == f"--model {ws.models['tiny_llama']}" and data["kv"]["top"] == 5  # 10 / group 2
+    pairs = {(p["a"], p["b"]): p for p in data["pairs"]}
+    assert list(pairs) == [("copy", "duo"), ("copy", "mine"), ("duo", "mine")]
+    assert pairs[("copy", "duo")]["query"]["top_a"] == 0  # TIE: the tiny detection ranks no head: it shares none
+    duo_mine = pairs[("duo", "mine")]  # mine's 3 heads are among duo's 6 above 0; per KV head, the same 3 groups
+    assert (duo_mine["query"]["overlap"], duo_mine["query"]["jaccard"], duo_mine["kv"]["jaccard"]) == (3, 0.5, 1.0)
+    assert (ws.dir / "agreement.png").read_bytes()[:8] == PNG
+    assert "| duo  | mine | 3/10" in result.stdout and "wrote agreement.png" in result.stdout
+
+
 # --- the table: every README command and how it is run -------------------------------------------------------
 
 COMMANDS: dict[str, Run | CheckedBy | ParseOnly] = {
@@ -665,6 +735,16 @@ COMMANDS: dict[str, Run | CheckedBy | ParseOnly] = {
     "'{\"lengths\":[1000,2000]}'": Run(
         "lm_eval_variants", (Sub("GRID", "--metadata", '{{"lengths":[200]}}'), Sub("GRID", "--limit", "1"),
                              _out("variants")), check_niah_variants),
+    # docs/rankings.md: rh heads import / rh heads compare
+    f"rh heads import duo {DUO_MISTRAL} --layers 32 --heads 32 --kv-heads 8 --output duo-mistral.json": Run(
+        "import_duo_mistral", (), check_import_duo_mistral, prepare=prepare_duo_mistral, smollm=False),
+    "rh heads import duo full_attention_heads.tsv --model smollm2-135m --output duo.json": Run(
+        "import_duo", (TINY,), check_import_duo, prepare=prepare_duo_tiny),
+    "rh heads import csv heads.csv --model smollm2-135m --output mine.json": Run(
+        "import_csv", (TINY,), check_import_csv, prepare=prepare_heads_csv),
+    "rh heads compare copy=scores.json duo=duo.json mine=mine.json --top 10 --model smollm2-135m --output "
+    "agreement.json --plot agreement.png": Run(
+        "heads_compare_n", (TINY,), check_heads_compare_n, needs=("detect", "import_duo", "import_csv")),
 }
 RUNS = {entry.name: (command, entry) for command, entry in COMMANDS.items() if isinstance(entry, Run)}
 PARSE_ONLY = [command for command, entry in COMMANDS.items() if isinstance(entry, ParseOnly)]
