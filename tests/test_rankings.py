@@ -202,6 +202,9 @@ def test_refused_before_the_model_loads(tmp_path, files, fake_model, capsys):
 
 
 def test_one_line_per_ranking_and_random_as_a_band(tmp_path, files, fake_model, monkeypatch):
+    from matplotlib.collections import PolyCollection
+    from matplotlib.colors import to_rgb
+
     from rh_eval.plots import conditions as plots
 
     drawn = {}
@@ -219,10 +222,11 @@ def test_one_line_per_ranking_and_random_as_a_band(tmp_path, files, fake_model, 
                         ("kv_budget_t_acc_none.png", ["copy: top heads keep full KV", "attention: top heads keep full KV",
                                                       "random heads keep full KV (mean of 2 seeds)"])):
         axes = drawn[name].axes[0]
-        assert [line.get_label() for line in axes.get_lines()] == lines, name
-        colors = [line.get_color() for line in axes.get_lines()[:3]]
-        assert len(set(colors)) == 3, colors  # each ranking its own colour, random its own
-        assert len(axes.collections) >= 1  # the random seeds' interval: a band
+        assert sorted(text.get_text() for text in axes.get_legend().get_texts()) == sorted(lines), name
+        rankings = axes.containers  # error bars: one line per ranking, each its own colour
+        assert [c.get_label() for c in rankings] == lines[:2] and len({c.lines[0].get_color() for c in rankings}) == 2
+        bands = [c for c in axes.collections if isinstance(c, PolyCollection)]  # fill_between: the random band
+        assert len(bands) == 1 and tuple(bands[0].get_facecolor()[0][:3]) == to_rgb("tab:blue"), name
 
 
 # ------------------------------------------------------------------------------------------------- rh check

@@ -56,11 +56,19 @@ def _line_of(row: Row, board: Leaderboard) -> tuple[str, tuple[str, str, str]]:
 
 def _draw_series(axes, board: Leaderboard, kind: str, points: list[tuple[float, float, float, float]], color: str,
                  marker: str, label: str, seeded: bool, linestyle: str = "-") -> None:
-    """One line of (x, mean, low, high) points with its interval (documents, and seeds for a seeded kind) as a band."""
+    """One line of (x, mean, low, high) points with its interval (documents, and seeds for a seeded kind) as a band.
+
+    A ranking's line (``kind`` ``retrieval:<ranking>``, boards of several rankings) shows its interval as error bars
+    and hollow markers instead: several overlapping bands would hide each other, and rankings that agree sit on
+    the same points; the random control keeps its band."""
     xs, means, lows, highs = zip(*points)
     if seeded:
         seeds = max((len(r.seeds) for r in board.rows if r.kind == kind), default=0)
         label += f" (mean of {seeds} seeds)" if seeds > 1 else ""
+    if ":" in kind:
+        axes.errorbar(xs, means, yerr=[[m - l for m, l in zip(means, lows)], [h - m for m, h in zip(means, highs)]],
+                      color=color, marker=marker, markerfacecolor="none", label=label, linestyle=linestyle, capsize=3)
+        return
     if any(h > l for l, h in zip(lows, highs)):
         axes.fill_between(xs, lows, highs, color=color, alpha=0.15, linewidth=0)
     axes.plot(xs, means, color=color, marker=marker, label=label, linestyle=linestyle)
@@ -83,7 +91,8 @@ def _finish(figure, axes, board: Leaderboard, column: Column, xlabel: str, title
     axes.set_xlabel(xlabel)
     axes.set_ylabel(column.metric + direction)
     level = round(board.confidence * 100)
-    axes.set_title(f"{column.label}:\n{title}; bands: {level} % intervals over documents (and seeds)",
+    marks = "bands and bars" if any(row.ranking is not None for row in board.rows) else "bands"  # see _draw_series
+    axes.set_title(f"{column.label}:\n{title}; {marks}: {level} % intervals over documents (and seeds)",
                    fontsize="medium")  # two lines: long labels fit the figure
     axes.legend(fontsize="small")
     axes.grid(alpha=0.3)
