@@ -355,9 +355,8 @@ def check_settings(out_dir: Path, settings: dict[str, Any]) -> bool:
     """Record the settings in ``run.json``, or verify them on resume; True when resuming.
 
     Settings without ``head_scores_sha256`` or ``rankings`` (detection not run yet) are checked without it and not
-    saved: a
-    folder made by another run is refused before hours of detection, not after. Finished conditions with no
-    ``run.json`` beside them cannot say what made them, so they are refused too.
+    saved: a folder made by another run is refused before hours of detection, not after. Finished conditions with
+    no ``run.json`` beside them cannot say what made them, so they are refused too.
     """
     path = out_dir / RUN_FILE
     resuming = path.exists()

@@ -163,6 +163,10 @@ def test_rankings_rows_controls_tests_and_resume(tmp_path, files, fake_model, ca
     assert ("attention@2", "copy@2") not in pairs and ("copy@2", "copy-kv@25%") not in pairs
     table = (out / "leaderboard.md").read_text()
     assert "| copy@2 vs attention@2 " in table and "Rankings (copy, attention): " in table
+    baseline = tmp_path / "baseline.json"  # rh check on the run itself, through its per-sample copies
+    assert main(["check", "--update-baseline", "--results", str(out), "--baseline", str(baseline)]) == 0
+    assert main(["check", "--results", str(out / "leaderboard.json"), "--baseline", str(baseline)]) == 0
+    assert (tmp_path / "baseline.samples" / "attention-kv@25%").is_dir()
     settings = json.loads((out / "run.json").read_text())["settings"]
     assert set(settings["rankings"]) == {"copy", "attention"} and "head_scores_sha256" not in settings
     assert settings["detection"] is None
@@ -198,6 +202,11 @@ def test_refused_before_the_model_loads(tmp_path, files, fake_model, capsys):
         assert main(args) == 2, extra
         errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("rh compare: error:")]
         assert len(errors) == 1 and message in errors[0], (extra, errors)
+    inside = tmp_path / "o" / "plots" / "copy.json"  # --force would delete a ranking's own file: refused too
+    inside.parent.mkdir(parents=True)
+    inside.write_bytes(files["copy"].read_bytes())
+    assert _compare(tmp_path / "o", f"copy={inside},attention={files['attention']}", "--force") == 2
+    assert f"--rankings copy {inside} lies inside" in capsys.readouterr().err and inside.is_file()
     assert fake_model == []
 
 
