@@ -56,7 +56,8 @@ def parse_rankings(text: str | None) -> tuple[Ranking, ...]:
     for item in parse_list(text, "--rankings"):
         name, equals, path = (part.strip() for part in item.partition("="))
         if not equals or not path:
-            raise RHError(f"--rankings takes NAME=FILE items, e.g. copy=copy.json,attention=attention.json; got {item!r}")
+            raise RHError(f"--rankings takes NAME=FILE items, e.g. copy=copy.json,attention=attention.json; got "
+                          f"{item!r}")
         if not NAME.match(name) or name in RESERVED:
             raise RHError(f"--rankings: {name!r} cannot name a ranking: use letters, digits and _ (starting with a "
                           f"letter), other than {', '.join(RESERVED)}")

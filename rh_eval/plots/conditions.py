@@ -8,8 +8,8 @@ Usage::
 Why: the paper's finding is a *shape*. Scores should fall steeply as more retrieval heads are masked and
 barely move for as many random heads; a curve with the random seeds' interval as a band shows that at a
 glance, where a table needs careful reading. A comparison of several rankings (``rh compare --rankings``) draws
-one line per ranking on the same axes, against the same random band. Chain-of-thought is predicted to suffer more than direct
-answering, hence bars of each ``<task>_cot`` next to ``<task>``. For needle-in-a-haystack, *where* the
+one line per ranking on the same axes, against the same random band. Chain-of-thought is predicted to suffer
+more than direct answering, hence bars of each ``<task>_cot`` next to ``<task>``. For needle-in-a-haystack, *where* the
 needle is lost (context length x depth) matters, hence a heatmap per condition and its difference to full.
 
 Figures come from :mod:`rh_eval.plots.figures` (matplotlib's object API, written atomically).
