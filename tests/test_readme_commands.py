@@ -570,6 +570,38 @@ def check_heads_compare_n(result, ws):
     assert "| duo  | mine | 3/10" in result.stdout and "wrote agreement.png" in result.stdout
 
 
+RANKING_FILES = {  # docs/compare-rankings.md's two rankings, for the tiny llama (2 x 4 heads): different top heads
+    "copy": {"0-1": 0.9, "1-2": 0.5, "0-0": 0.2, "0-2": 0.1, "0-3": 0.05, "1-0": 0.04, "1-1": 0.03, "1-3": 0.02},
+    "attention": {"1-3": 0.8, "0-1": 0.6, "1-2": 0.3, "0-0": 0.2, "0-2": 0.1, "0-3": 0.05, "1-0": 0.04, "1-1": 0.03},
+}
+
+
+def prepare_rankings(ws):
+    """copy.json, attention.json: the score files the page takes for granted (`rh detect` and the other scores)."""
+    for name, scores in RANKING_FILES.items():
+        (ws.dir / f"{name}.json").write_text(json.dumps({head: [score] for head, score in scores.items()}))
+
+
+def check_compare_rankings(result, ws):
+    out = ws.dir / "rankings"
+    rows = ["full", "copy@2", "attention@2", "random@2", "streaming", "copy-kv@25%", "attention-kv@25%", "random-kv@25%"]
+    board = _board(out, rows, "rh_niah_paper/score,none")
+    records = board["conditions"]
+    assert records["copy@2"]["heads"] == [[0, 1], [1, 2]] and records["attention@2"]["heads"] == [[1, 3], [0, 1]]
+    assert records["copy@2"]["mask"]["spec"] == "top:2" and records["attention@2"]["mask"]["head_scores"] == "attention.json"
+    assert records["copy-kv@25%"]["kv"]["selected_heads"] == [[0, 1], [1, 2]]  # rh-hf's own KV selection
+    assert records["attention-kv@25%"]["kv"]["full_query_heads"] == [[0, 0], [0, 1], [1, 2], [1, 3]]  # GQA groups
+    random = records["random@2-seed0"]
+    assert random["excluded_heads"] == [[0, 1], [1, 2], [1, 3]] and len(random["heads"]) == 2
+    assert not {tuple(h) for h in random["heads"]} & {(0, 1), (1, 2), (1, 3)} and random["mask"]["method"] == "zero"
+    tests = {(t["row"], t["against"]) for t in board["tests"]}
+    assert {("copy@2", "attention@2"), ("copy-kv@25%", "attention-kv@25%"), ("attention@2", "random@2")} <= tests
+    assert set(_json(out / "run.json")["settings"]["rankings"]) == {"copy", "attention"}
+    for plot in ("dose", "kv_budget"):
+        assert (out / "plots" / f"{plot}_rh_niah_paper_score_none.png").read_bytes()[:8] == PNG
+    assert "| copy@2 vs attention@2 " in (out / "leaderboard.md").read_text()
+
+
 # --- the table: every README command and how it is run -------------------------------------------------------
 
 COMMANDS: dict[str, Run | CheckedBy | ParseOnly] = {
@@ -745,6 +777,15 @@ COMMANDS: dict[str, Run | CheckedBy | ParseOnly] = {
     "rh heads compare copy=scores.json duo=duo.json mine=mine.json --top 10 --model smollm2-135m --output "
     "agreement.json --plot agreement.png": Run(
         "heads_compare_n", (TINY,), check_heads_compare_n, needs=("detect", "import_duo", "import_csv")),
+    # docs/compare-rankings.md
+    "rh compare --model smollm2-135m --rankings copy=copy.json,attention=attention.json --tasks "
+    "rh_niah_paper,rh_factsum_cot,rh_factsum --k 8 --kv-budgets 10%,25%,50% --seeds 3 --output-dir rankings "
+    "--batch-size 48 --limit 48 --prefix-reuse --metadata '{\"lengths\": [500, 1000], \"depths\": [0, 50, 100], "
+    "\"samples\": 2, \"seed\": 1}'": Run(
+        "compare_rankings", (TINY, Sub("GRID", "--tasks", "rh_niah_paper"), Sub("K", "--k", "2"),
+                             Sub("GRID", "--kv-budgets", "25%"), Sub("GRID", "--seeds", "1"),
+                             Sub("GRID", "--metadata", '{{"lengths": [200], "depths": [0, 100], "samples": 1, "seed": 1}}')),
+        check_compare_rankings, prepare=prepare_rankings),
 }
 RUNS = {entry.name: (command, entry) for command, entry in COMMANDS.items() if isinstance(entry, Run)}
 PARSE_ONLY = [command for command, entry in COMMANDS.items() if isinstance(entry, ParseOnly)]
