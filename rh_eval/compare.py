@@ -9,6 +9,8 @@ Usage::
     rh compare --head-scores scores.json --head-means means.json --methods zero,uniform,mean --tasks rh_niah ...
         # one retrieval@K and random@K rows per ablation method (means from `rh means`)
         # KV budgets by head: full, streaming, retrieval-kv@P%, random-kv@P% (see rh_models.kv_budget)
+    rh compare --rankings copy=copy.json,attention=attention.json --tasks rh_niah --k 8 --kv-budgets 10% ...
+        # rows copy@8, attention@8, random@8, copy-kv@10%, attention-kv@10%, ... (see rh_eval.rankings)
 
     from rh_eval.compare import CompareConfig, compare
     config = CompareConfig(model="smollm2-135m", tasks=("rh_niah",), output_dir=Path("out"), ks=(6,))
@@ -32,6 +34,10 @@ refused instead of silently mixing two experiments in one table.
 KV budgets (``--kv-budgets``) ask the compression question with the same machinery: ``streaming`` (no head keeps
 the full context), ``retrieval-kv@P%`` (the top P % of heads by retrieval score keep it) and ``random-kv@P%``
 (P % drawn uniformly from all heads, per seed), each with the share of key/value entries it kept.
+
+Several rankings (``--rankings NAME=FILE,...``, any score files) replace ``--head-scores``: each ranking gets its
+own ``<ranking>@K`` and ``<ranking>-kv@P%`` rows beside one ``full``, ``streaming`` and random rows, on one loaded
+model; which heads the random rows exclude is said in :mod:`rh_eval.rankings`.
 
 Rankings stop where the scores stop: a score file in which no head scored above 0 is refused, and so is a K or a
 share P % asking for more heads than scored above 0, before the first condition, unless ``--tie-break random``
@@ -73,6 +79,15 @@ from rh_eval.leaderboard import (
 )
 from rh_eval.fingerprint import numerics, versions, weights
 from rh_eval.provenance import run_entry
+from rh_eval.rankings import (
+    Ranking,
+    check_random_pool,
+    check_rankings,
+    load_rankings,
+    parse_rankings,
+    random_control,
+    ranking_hashes,
+)
 from rh_eval.resume import clear_outputs, resume_record, save_record, settle
 from rh_eval.run_files import RUN_FILE, samples_name
 from rh_models.atomic import write_text_atomic
@@ -103,6 +118,7 @@ class ConditionPlan:
     seed: int | None = None
     share: float | None = None  # KV kinds: percentage of heads that keep the full context
     method: str | None = None  # with several --methods: this row's ablation method (named in the row)
+    ranking: str | None = None  # with --rankings: the ranking a retrieval / retrieval-kv condition ranks by
 
     @property
     def is_kv(self) -> bool:
@@ -110,7 +126,7 @@ class ConditionPlan:
 
     @property
     def name(self) -> str:
-        return condition_name(self.kind, self.k, self.share, self.method, self.seed)
+        return condition_name(self.kind, self.k, self.share, self.method, self.seed, self.ranking)
 
     @property
     def spec(self) -> str:
@@ -128,19 +144,21 @@ class ConditionPlan:
 
 
 def plan_conditions(ks: list[int], seeds: int, kv_budgets: list[float] = (),
-                    methods: tuple[str, ...] = ("zero",)) -> list[ConditionPlan]:
+                    methods: tuple[str, ...] = ("zero",), rankings: tuple[str, ...] = ()) -> list[ConditionPlan]:
     """``full``; per K (and per method, when there are several: ``retrieval@K-mean``, ...): ``retrieval@K``,
     ``random@K-seed0..S-1``; with KV budgets: ``streaming``, then per share P: ``retrieval-kv@P%``,
-    ``random-kv@P%-seed0..S-1``. One method keeps the names without it (and earlier runs' folders)."""
+    ``random-kv@P%-seed0..S-1``. One method keeps the names without it (and earlier runs' folders). With
+    ``rankings`` (their names), one ``<ranking>@K`` / ``<ranking>-kv@P%`` per ranking replaces the retrieval one."""
+    ranked = rankings or (None,)
     plans = [ConditionPlan("full")]
     for k in ks:
         for method in methods if len(methods) > 1 else (None,):
-            plans.append(ConditionPlan("retrieval", k, method=method))
+            plans.extend(ConditionPlan("retrieval", k, method=method, ranking=ranking) for ranking in ranked)
             plans.extend(ConditionPlan("random", k, seed, method=method) for seed in range(seeds))
     if kv_budgets:
         plans.append(ConditionPlan("streaming"))
     for share in kv_budgets:
-        plans.append(ConditionPlan("retrieval-kv", share=share))
+        plans.extend(ConditionPlan("retrieval-kv", share=share, ranking=ranking) for ranking in ranked)
         plans.extend(ConditionPlan("random-kv", seed=seed, share=share) for seed in range(seeds))
     return plans
 
@@ -181,6 +199,7 @@ class CompareConfig:
     kv_sink: int = DEFAULT_SINK
     kv_window: int = DEFAULT_WINDOW
     tie_break: str = "none"  # random: top:K past the heads that scored above 0 draws the rest (none: refused)
+    rankings: tuple[Ranking, ...] = ()  # several score files compared (replaces head_scores; see rh_eval.rankings)
 
     def __post_init__(self) -> None:
         # one order (zero, uniform, mean) from here on: the order typed changes neither rows nor settings
@@ -226,6 +245,8 @@ class CompareConfig:
             raise RHError(f"--tie-break {self.tie_break} is not one of {', '.join(TIE_BREAKS)}")
         if self.head_scores is not None:
             self.check_ranking(HeadScores.load(self.head_scores))
+        if self.rankings:
+            self.check_rankings()
 
     def check_ranking(self, scores: HeadScores) -> None:
         """Every ranking the conditions will read, checked on the score file before the first condition: a file
@@ -235,6 +256,26 @@ class CompareConfig:
                 check_ranking(parse_head_spec(plan.spec), scores, self.tie_break, random_match=self.random_match)
             if plan.kv_spec not in (None, "none"):  # random-kv draws from every head (random_exclude=0)
                 check_ranking(parse_head_spec(plan.kv_spec), scores, self.tie_break, random_exclude=0)
+
+    def check_rankings(self) -> None:
+        """``--rankings``: the files, each ranking's top K / top P % (as :meth:`check_ranking`), and enough heads
+        outside every ranking's top K for random@K, all before the model loads."""
+        if self.head_scores is not None:
+            raise RHError("--rankings names every score file the rows rank by; drop --head-scores")
+        if self.random_match is not None:
+            raise RHError("--random-match layer matches the layers of one ranking; with --rankings the random rows "
+                          "exclude every ranking's top K instead (see docs/compare-rankings.md)")
+        scores = check_rankings(self.rankings)
+        for plan in plan_conditions(list(self.ks), 0, list(self.kv_budgets)):
+            spec = plan.kv_spec if plan.is_kv else plan.spec
+            if plan.kind in ("retrieval", "retrieval-kv"):
+                for ranking in scores.values():
+                    check_ranking(parse_head_spec(spec), ranking, self.tie_break)
+        check_random_pool(self.ks, scores, self.tie_break)
+
+    def ranking_file(self, name: str) -> Path:
+        """The score file of the ranking called ``name``."""
+        return next(Path(r.path) for r in self.rankings if r.name == name)
 
 
 def canonical_methods(methods: list[str]) -> tuple[str, ...]:
@@ -275,7 +316,7 @@ def run_settings(config: CompareConfig, head_scores: Path | None) -> dict[str, A
         "versions": versions(config.backend),  # the rest of the fingerprint (dtype, device, attention) once loaded
         "weights": weights(config.model),  # an alias's data package version and GGUF hash
         # detection run by rh compare itself (no --head-scores): its grid, since its score file is re-used as is
-        "detection": None if config.head_scores is not None else
+        "detection": None if config.head_scores is not None or config.rankings else
         [list(config.detect_lengths or []), list(config.detect_depths or []), config.detect_samples],
     }
     if config.kv_budgets:  # a setting only where it is used
@@ -286,6 +327,8 @@ def run_settings(config: CompareConfig, head_scores: Path | None) -> dict[str, A
         settings["head_means_sha256"] = hashlib.sha256(Path(config.head_means).read_bytes()).hexdigest()
     if head_scores is not None:
         settings["head_scores_sha256"] = hashlib.sha256(head_scores.read_bytes()).hexdigest()
+    if config.rankings:  # a setting only where it is used: every ranking's name and file (random@K excludes them all)
+        settings["rankings"] = ranking_hashes(config.rankings)
     return settings
 
 
@@ -299,29 +342,31 @@ def start_over(config: CompareConfig) -> None:
     ``.meta.json`` / ``.tests.jsonl`` beside it), and refuse when that file lies inside a folder it would remove."""
     out_dir = Path(config.output_dir)
     keep: set[Path] = set()
-    if config.head_scores is not None:
-        scores = Path(config.head_scores).resolve()
-        keep = {scores, scores.with_suffix(".meta.json"), scores.with_suffix(".tests.jsonl")}
+    given = [("--head-scores", Path(config.head_scores))] if config.head_scores is not None else []
+    given += [(f"--rankings {r.name}", Path(r.path)) for r in config.rankings]
+    for option, path in given:
+        scores = path.resolve()
+        keep |= {scores, scores.with_suffix(".meta.json"), scores.with_suffix(".tests.jsonl")}
         for name in OUTPUTS:
             if (out_dir / name).is_dir() and (out_dir / name).resolve() in scores.parents:
-                raise RHError(f"--head-scores {config.head_scores} lies inside {out_dir / name}, which --force "
-                              f"would remove; move it out first")
+                raise RHError(f"{option} {path} lies inside {out_dir / name}, which --force would remove; move it "
+                              f"out first")
     clear_outputs(out_dir, [name for name in OUTPUTS if (out_dir / name).resolve() not in keep])
 
 
 def check_settings(out_dir: Path, settings: dict[str, Any]) -> bool:
     """Record the settings in ``run.json``, or verify them on resume; True when resuming.
 
-    Settings without ``head_scores_sha256`` (detection not run yet) are checked without it and not saved: a
-    folder made by another run is refused before hours of detection, not after. Finished conditions with no
-    ``run.json`` beside them cannot say what made them, so they are refused too.
+    Settings without ``head_scores_sha256`` or ``rankings`` (detection not run yet) are checked without it and not
+    saved: a folder made by another run is refused before hours of detection, not after. Finished conditions with
+    no ``run.json`` beside them cannot say what made them, so they are refused too.
     """
     path = out_dir / RUN_FILE
     resuming = path.exists()
     if not resuming and any((out_dir / "conditions").glob("*/results.json")):
         raise RHError(f"{out_dir} holds finished conditions but no {RUN_FILE} saying what made them; "
                       f"pass --force to start over, or use another --output-dir")
-    if "head_scores_sha256" not in settings:  # detection still to run: check, save once its file exists
+    if "head_scores_sha256" not in settings and "rankings" not in settings:  # detection to run: save once done
         if resuming:
             resume_record(path, settings, "rh compare", not_yet_known=("head_scores_sha256", NUMERICS))
         return resuming
@@ -426,16 +471,23 @@ def evaluate(lm: Any, tasks: list[str], config: CompareConfig, manager: Any) -> 
     return output
 
 
-def run_condition(lm: Any, plan: ConditionPlan, config: CompareConfig, manager: Any) -> tuple[dict, dict]:
+def run_condition(lm: Any, plan: ConditionPlan, config: CompareConfig, manager: Any,
+                  rankings: dict[str, HeadScores] | None = None) -> tuple[dict, dict]:
     """Swap the mask (or KV budget) in, evaluate, and return (condition record, lm-eval output).
 
     A random-kv draw is uniform over *all* heads (``random_exclude=0``): it stands for "any ranking", whereas a
-    random mask control excludes the retrieval heads it is contrasted with.
+    random mask control excludes the retrieval heads it is contrasted with (with ``--rankings``: every ranking's
+    top K, ``rankings`` being their scores on the loaded model's shape).
     """
     if config.kv_budgets:
         lm.set_kv(None)  # the mask's self-check runs on full attention
+    if config.rankings:  # each ranked row ranks by its own file; the others name the first (their record says which)
+        lm.use_head_scores(config.ranking_file(plan.ranking or config.rankings[0].name))
     method = plan.method or config.methods[0]  # full and KV rows: the first method (masking nothing)
-    lm.set_mask(plan.spec, method=method, scope=config.scope, seed=plan.seed or 0, random_match=config.random_match,
+    mask, excluded = plan.spec, None
+    if config.rankings and plan.kind == "random":
+        mask, excluded = random_control(plan.k, rankings.values(), plan.seed or 0, config.tie_break, plan.spec)
+    lm.set_mask(mask, method=method, scope=config.scope, seed=plan.seed or 0, random_match=config.random_match,
                 tie_break=config.tie_break)
     if plan.is_kv:
         lm.set_kv(plan.kv_spec, config.kv_sink, config.kv_window, seed=plan.seed or 0, random_exclude=0,
@@ -457,6 +509,11 @@ def run_condition(lm: Any, plan: ConditionPlan, config: CompareConfig, manager: 
         "unscored_heads": info.get("unscored_heads"),  # top:K's places the tie rule filled (KV rows: from kv)
         "mask": info,
     }
+    if plan.ranking is not None:  # only under --rankings: earlier records stay as they were
+        record.update(ranking=plan.ranking, ranking_file=str(config.ranking_file(plan.ranking)))
+    if excluded is not None:  # the random control of rankings: drawn outside every ranking's top K
+        record.update(spec=plan.spec, random_exclude=f"top:{plan.k} of {', '.join(r.name for r in config.rankings)}",
+                      excluded_heads=[list(h) for h in sorted(excluded)])
     if plan.kind in ("retrieval", "random") and len(record["heads"]) != plan.k:
         raise RHError(f"{plan.name}: the mask holds {len(record['heads'])} heads, expected {plan.k}")
     if config.kv_budgets:
@@ -485,6 +542,10 @@ def write_condition(folder: Path, record: dict[str, Any], output: dict[str, Any]
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=DEFAULT_MODEL, help="alias (see `rh models`) or a local HF folder")
     parser.add_argument("--head-scores", help="score file from `rh detect`; without it detection runs first")
+    parser.add_argument("--rankings", default=None,
+                        help="instead of --head-scores: several score files as NAME=FILE,..., e.g. "
+                             "copy=copy.json,attention=attention.json; rows <name>@K and <name>-kv@P%% per ranking, "
+                             "random@K drawn outside every ranking's top K (docs/compare-rankings.md)")
     parser.add_argument("--detect-lengths", default=None,
                         help="without --head-scores: detection lengths in tokens (default: the paper's grid up to the "
                              "model's context)")
@@ -563,6 +624,7 @@ def config_from_args(args: argparse.Namespace) -> CompareConfig:
         kv_sink=args.kv_sink,
         kv_window=args.kv_window,
         tie_break=args.tie_break,
+        rankings=parse_rankings(args.rankings),
     )
     config.check()
     return config
@@ -570,7 +632,7 @@ def config_from_args(args: argparse.Namespace) -> CompareConfig:
 
 def compare(
     config: CompareConfig,
-    head_scores: Path,
+    head_scores: Path | None = None,
     get_lm: Callable[[], Any] | None = None,
     log: str = "rh compare",
     show_table: bool = True,
@@ -585,15 +647,20 @@ def compare(
     leaves printing the table to the caller; ``progress`` is where the conditions bar is drawn (stderr by default);
     ``report=False`` leaves ``report.html`` to the caller (``rh demo`` writes it once its own files are there).
     A run that evaluated something is recorded in ``run.json``'s ``runs`` (:mod:`rh_eval.provenance`).
+    With ``config.rankings`` there is no ``head_scores``: the rankings' files are the score files.
     """
     started = time.time()
     config.check()
-    config.check_ranking(HeadScores.load(head_scores))  # a detection made here or by rh demo: checked before any use
+    if not config.rankings:  # a detection made here or by rh demo: checked before any use
+        if head_scores is None:
+            raise RHError("rh compare needs --head-scores, --rankings or a detection first")
+        config.check_ranking(HeadScores.load(head_scores))
     out_dir = Path(config.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     tasks = list(config.tasks)
-    check_settings(out_dir, run_settings(config, head_scores))
-    plans = plan_conditions(sorted(config.ks), config.seeds, sorted(config.kv_budgets), config.methods)
+    check_settings(out_dir, run_settings(config, None if config.rankings else head_scores))
+    plans = plan_conditions(sorted(config.ks), config.seeds, sorted(config.kv_budgets), config.methods,
+                            tuple(r.name for r in config.rankings))
     folders = {plan.name: out_dir / "conditions" / plan.name for plan in plans}
     pending = [plan for plan in plans if not (folders[plan.name] / "results.json").is_file()]
     for plan in plans:
@@ -607,15 +674,17 @@ def compare(
         manager = task_manager(tasks, config.model, config.metadata, config.include_path)
         if config.scope == "decode":
             refuse_decode_scope_without_generation(tasks, manager)
-        lm = get_lm() if get_lm is not None else load_model(config, head_scores)
+        lm = get_lm() if get_lm is not None else load_model(
+            config, Path(config.rankings[0].path) if config.rankings else head_scores)
         settle(out_dir / RUN_FILE, NUMERICS, numerics(lm), "rh compare")
         if config.head_means is not None:
             lm.use_head_means(config.head_means)
+        rankings = load_rankings(config.rankings, lm.n_layers, lm.n_heads)  # another model's files: refused here
         bar = tqdm(pending, desc="conditions", unit="condition", file=progress or sys.stderr)
         with lm.settings(prefix_reuse=True) if config.prefix_reuse else nullcontext():
             for plan in bar:
                 bar.set_postfix_str(plan.name)
-                record, output = run_condition(lm, plan, config, manager)
+                record, output = run_condition(lm, plan, config, manager, rankings)
                 write_condition(folders[plan.name], record, output)
                 if plan.is_kv:
                     budget = record["kv_budget"]
@@ -634,13 +703,16 @@ def compare(
     print(f"{log}: leaderboard {'updated' if replacing else 'written'}: {paths['md'].with_suffix('.*')}")
     plots: list[Path] = []
     if config.plots:
-        from rh_eval.plots.conditions import make_plots
-
+        from rh_eval.plots.conditions import make_plots, safe_name
         from rh_eval.plots.heads import plot_head_scores
 
         plots = make_plots(board, out_dir / "plots", conditions_dir=out_dir / "conditions", tasks=tasks)
-        plots.append(plot_head_scores(HeadScores.load(head_scores), out_dir / "plots" / HEADS_PLOT,
-                                      title=f"retrieval score per head ({Path(head_scores).name})"))
+        # the score map the conditions rank heads by: one, or one per ranking (head_scores_<ranking>.png)
+        maps = [(HEADS_PLOT, head_scores)] if head_scores is not None and not config.rankings else []
+        maps += [(f"{Path(HEADS_PLOT).stem}_{safe_name(r.name)}.png", Path(r.path)) for r in config.rankings]
+        for name, scores in maps:
+            plots.append(plot_head_scores(HeadScores.load(scores), out_dir / "plots" / name,
+                                          title=f"retrieval score per head ({Path(scores).name})"))
         print(f"{log}: {len(plots)} plots in {out_dir / 'plots'}")
     if pending:
         record = read_json(out_dir / RUN_FILE, "resume record")
@@ -658,6 +730,9 @@ def run(args: argparse.Namespace) -> int:
     if args.force:
         start_over(config)
     Path(config.output_dir).mkdir(parents=True, exist_ok=True)
+    if config.rankings:  # every score file given: nothing to detect
+        compare(config)
+        return 0
     if config.head_scores is None:  # a folder of another run is refused now, not after a detection
         check_settings(Path(config.output_dir), run_settings(config, None))
     head_scores = existing_head_scores(config)

@@ -21,7 +21,7 @@ from pathlib import Path
 from rh_eval.leaderboard import Leaderboard, headline_column, value_text
 from rh_models.errors import RHError
 from rh_models.files import read_json
-from rh_models.heads import DEFAULT_RETRIEVAL_THRESHOLD, HeadScores, format_head
+from rh_models.heads import DEFAULT_RETRIEVAL_THRESHOLD, HeadScores, format_head, read_score_provenance
 
 TOP = 5  # heads shown per model, and whose depth is reported
 
@@ -102,8 +102,4 @@ def summary_table(scores: list[str], results: list[str] | None = None) -> str:
 
 
 def _model_name(scores_path: Path) -> str:
-    meta = scores_path.with_suffix(".meta.json")
-    if meta.is_file():
-        record = read_json(meta, "score-file metadata")
-        return str(record.get("model") or scores_path.stem) if isinstance(record, dict) else scores_path.stem
-    return scores_path.stem
+    return str(read_score_provenance(scores_path).get("model") or scores_path.stem)

@@ -20,6 +20,9 @@ A *condition* is one lm-eval run with one mask: its record (``name``, ``kind`` =
 ``k``, ``seed``, ``heads``, ``method``, ``scope``) plus the ``results`` mapping of ``simple_evaluate``.
 KV-budget conditions (``rh compare --kv-budgets``) have kinds streaming/retrieval-kv/random-kv, a ``share`` (the
 percentage of heads that keep the full context) and the measured ``kv_budget``; their rows show it in a column.
+A comparison of several rankings (``rh compare --rankings``, :mod:`rh_eval.rankings`) gives its retrieval and
+retrieval-kv conditions a ``ranking``: the rows are named after it (``copy@8``, ``copy-kv@10%``), each is tested
+against the random control like a retrieval row, and the rankings of one K (or share) against each other.
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ MASK_KINDS = ("full", "retrieval", "random")
 KV_KINDS = ("streaming", "retrieval-kv", "random-kv")
 KINDS = MASK_KINDS + KV_KINDS
 SEEDED_KINDS = ("random", "random-kv")  # rows that average over random draws
+RANKED_KINDS = ("retrieval", "retrieval-kv")  # rows that take a ranking's name under rh compare --rankings
 METHODS = ("zero", "uniform", "mean")  # rows of one K, several ablation methods: in this order
 EXTENSIONS = ("md", "csv", "html", "tex", "json")
 _NOT_METRICS = {"alias", "name", "sample_len", "sample_count", "samples"}
@@ -126,7 +130,7 @@ class ConditionResult:
     def row_name(self) -> str:
         record = self.record
         return row_name(record["kind"], record["k"], record.get("share"),
-                        record.get("method") if record.get("method_in_name") else None)
+                        record.get("method") if record.get("method_in_name") else None, record.get("ranking"))
 
     @classmethod
     def from_dir(cls, path: str | Path, root: str | Path | None = None) -> "ConditionResult":
@@ -141,24 +145,28 @@ class ConditionResult:
         return cls(record, output["results"], output.get("higher_is_better") or {}, relative, read_doc_scores(path))
 
 
-def row_name(kind: str, k: int = 0, share: float | None = None, method: str | None = None) -> str:
+def row_name(kind: str, k: int = 0, share: float | None = None, method: str | None = None,
+             ranking: str | None = None) -> str:
     """The one naming of leaderboard rows: ``full``, ``streaming``, ``retrieval@8``, ``random@8``, ``retrieval@8
-    (mean)`` (``method``: on boards of several ablation methods), ``retrieval-kv@10%``, ``random-kv@10%``.
+    (mean)`` (``method``: on boards of several ablation methods), ``retrieval-kv@10%``, ``random-kv@10%``; under
+    ``rh compare --rankings`` a ranked row carries its ``ranking`` instead: ``copy@8``, ``copy-kv@10%``.
     The conditions behind a row are named by :func:`condition_name`."""
     if kind in ("full", "streaming"):
         return kind
-    if kind in KV_KINDS:
-        return f"{kind}@{share_text(share)}"
-    return f"{kind}@{k}" + ("" if method is None else f" ({method})")
+    size = f"@{share_text(share)}" if kind in KV_KINDS else f"@{k}" + ("" if method is None else f" ({method})")
+    if ranking is not None and kind in RANKED_KINDS:
+        kind = ranking if kind == "retrieval" else f"{ranking}-kv"
+    return kind + size
 
 
 def condition_name(kind: str, k: int = 0, share: float | None = None, method: str | None = None,
-                   seed: int | None = None) -> str:
-    """A condition's name (its folder under ``conditions/``): its row's kind and size, then ``-seedS`` and
-    ``-method``: ``random@8-seed0``, ``retrieval@8-mean``, ``random-kv@10%-seed1``; ``full`` and ``streaming``."""
+                   seed: int | None = None, ranking: str | None = None) -> str:
+    """A condition's name (its folder under ``conditions/``): its row's kind (or ranking) and size, then
+    ``-seedS`` and ``-method``: ``random@8-seed0``, ``retrieval@8-mean``, ``random-kv@10%-seed1``, ``copy@8``;
+    ``full`` and ``streaming``."""
     if kind in ("full", "streaming"):
         return kind
-    return (row_name(kind, k, share) + ("" if seed is None else f"-seed{seed}")
+    return (row_name(kind, k, share, ranking=ranking) + ("" if seed is None else f"-seed{seed}")
             + ("" if method is None else f"-{method}"))
 
 
@@ -195,6 +203,11 @@ class Row:
     share: float | None = None  # KV rows: percentage of heads asked to keep the full context
     kv_budget: float | None = None  # share of key/value entries kept (mean over seeds); None: not measured
     method: str | None = None  # boards of several ablation methods: this row's (named in the row); else None
+    ranking: str | None = None  # rh compare --rankings: the ranking a retrieval / retrieval-kv row ranks by
+
+    def to_json(self) -> dict[str, Any]:
+        """The row's fields; ``ranking`` only where there is one (boards without rankings: as before it)."""
+        return {key: value for key, value in self.__dict__.items() if key != "ranking" or value is not None}
 
 
 @dataclass
@@ -282,11 +295,16 @@ class Leaderboard:
                      "rh-hf simulates the eviction with attention masks). @P%: the top P % of heads by retrieval "
                      "score (random-kv: P % drawn at random) keep the full context, every other head a sink and a "
                      "recent window.\n")
+        rankings = list(dict.fromkeys(row.ranking for row in self.rows if row.ranking is not None))
+        if rankings:
+            note += (f"Rankings ({', '.join(rankings)}): <ranking>@K masks that ranking's top K heads, "
+                     "<ranking>-kv@P% lets its top P % keep the full context; random@K masks K heads drawn from those "
+                     "in no ranking's top K, random-kv@P% lets P % drawn from all heads keep it.\n")
         return note
 
     def tests_matrix(self) -> tuple[list[str], list[list[str]]]:
-        """Headers and text cells of the paired tests: one line per comparison (row vs full, retrieval vs random),
-        one column per metric tested, ``effect, p``; no lines without tests."""
+        """Headers and text cells of the paired tests: one line per comparison (row vs full, retrieval vs random,
+        ranking vs ranking), one column per metric tested, ``effect, p``; no lines without tests."""
         pairs = list(dict.fromkeys((t.row, t.against) for t in self.tests))
         by_key = {(t.row, t.against, t.column): t for t in self.tests}
         columns = [c for c in self.columns if any((r, a, c.id) in by_key for r, a in pairs)]
@@ -362,7 +380,7 @@ class Leaderboard:
             "format": FORMAT,
             "version": FORMAT_VERSION,
             "confidence": self.confidence,
-            "rows": [row.__dict__ for row in self.rows],
+            "rows": [row.to_json() for row in self.rows],
             "columns": [
                 {"id": c.id, "task": c.task, "metric": c.metric, "filter": c.filter,
                  "higher_is_better": self.higher_is_better.get(c.id)}
@@ -386,7 +404,7 @@ class Leaderboard:
         try:
             columns = [Column(c["task"], c["metric"], c["filter"]) for c in data["columns"]]
             rows = [Row(r["name"], r["kind"], int(r["k"]), list(r["conditions"]), list(r["seeds"]), r.get("share"),
-                        r.get("kv_budget"), r.get("method")) for r in data["rows"]]
+                        r.get("kv_budget"), r.get("method"), r.get("ranking")) for r in data["rows"]]
             if any(row.kv_budget is not None and not is_number(row.kv_budget) for row in rows):
                 raise RHError(f"{where}: a row's kv_budget is not a number")
             cells: dict[tuple[str, str], Cell] = {}
@@ -415,7 +433,8 @@ class Leaderboard:
 
 def build_leaderboard(conditions: Iterable[ConditionResult], confidence: float = CONFIDENCE) -> Leaderboard:
     """Group conditions into rows (random@K over seeds); means, intervals over documents and seeds, changes vs
-    full, and the paired tests (each row vs full, each retrieval row vs its random control)."""
+    full, and the paired tests (each row vs full, each retrieval row vs its random control, rankings vs each
+    other)."""
     conditions = list(conditions)
     if not conditions:
         raise RHError("no conditions to build a leaderboard from")
@@ -460,7 +479,7 @@ def build_leaderboard(conditions: Iterable[ConditionResult], confidence: float =
         row = Row(group[0].row_name, first["kind"], int(first["k"]), [c.name for c in group],
                   [c.record.get("seed") for c in group], first.get("share"),
                   sum(budgets) / len(budgets) if budgets and all(is_number(b) for b in budgets) else None,
-                  first.get("method") if first.get("method_in_name") else None)
+                  first.get("method") if first.get("method_in_name") else None, first.get("ranking"))
         rows.append(row)
         for column in columns:
             per_seed = {
@@ -510,10 +529,19 @@ def random_counterpart(row: Row, rows: list[Row]) -> Row | None:
                  and r.method == row.method), None) if kind else None
 
 
+def ranking_pairs(rows: list[Row]) -> list[tuple[Row, Row]]:
+    """Every two rankings' rows of the same kind, K (or share) and method, in board order (``copy@8`` vs
+    ``attention@8``): the rankings compared with each other on the same documents. None without rankings."""
+    ranked = [row for row in rows if row.kind in RANKED_KINDS and row.ranking is not None]
+    return [(row, other) for i, row in enumerate(ranked) for other in ranked[i + 1:]
+            if (other.kind, other.k, other.share, other.method) == (row.kind, row.k, row.share, row.method)]
+
+
 def _paired_tests(rows: list[Row], columns: list[Column], groups: dict[str, list[ConditionResult]]) -> list[PairedTest]:
     full = next((row for row in rows if row.kind == "full"), None)
     pairs = [(row, full) for row in rows if full is not None and row is not full]
     pairs += [(row, other) for row in rows if (other := random_counterpart(row, rows)) is not None]
+    pairs += ranking_pairs(rows)
     tests = []
     for row, against in pairs:
         for column in columns:

@@ -176,38 +176,53 @@ def leaderboard_table(board: Leaderboard) -> Table:
 
 def question(board: Leaderboard, settings: dict[str, Any], folder: Path) -> str:
     """The question in one paragraph: model (config hash), tasks, conditions, how the heads were chosen."""
-    model = settings["model"]
     config = str(settings.get("model_config_sha256") or "")[:12]
     rows = [f"{row.name} ({len(row.seeds)} seeds)" if len(row.seeds) > 1 else row.name for row in board.rows]
-    text = (f"What happens to {', '.join(settings['tasks'])} when heads of {model}"
+    text = (f"What happens to {', '.join(settings['tasks'])} when heads of {settings['model']}"
             f"{f' (config sha256 {config}…)' if config else ''} are silenced? {len(board.rows)} rows, "
             f"{len(board.conditions)} conditions on the same loaded model: {', '.join(rows)}.")
     records = list(board.conditions.values())
-    scores = next((r.get("mask", {}).get("head_scores") for r in records if r.get("mask", {}).get("head_scores")),
-                  "head_scores.json" if (folder / "head_scores.json").is_file() else None)  # a detection in the folder
-    if scores:
-        digest = str(settings.get("head_scores_sha256") or "")[:12]
-        text += f" Heads are ranked by their retrieval scores in {Path(scores).name}" + (
-            f" (sha256 {digest}…)" if digest else "")
-        meta = folder / "head_scores.meta.json"
-        detection = read_json(meta) if meta.is_file() and Path(scores).name == "head_scores.json" else {}
-        if isinstance(detection, dict) and detection.get("lengths"):
-            text += (f", a detection (rh detect) on {detection.get('needles', 'paper')} needles at lengths "
-                     f"{', '.join(map(str, detection['lengths']))} tokens × depths "
-                     f"{', '.join(map(str, detection.get('depths', [])))} % ({_count(detection.get('tests_seen'), 'test')})")
-        text += "."
+    rankings = settings.get("rankings") if isinstance(settings.get("rankings"), dict) else {}
+    text += _ranked_by(records, settings, folder, rankings)
     masked = [r for r in records if r.get("kind") in ("retrieval", "random")]
     if masked:
         methods = ", ".join(dict.fromkeys(str(r.get("method")) for r in masked))
-        text += (f" retrieval@K masks the K top-scoring heads, random@K K heads drawn per seed "
-                 f"{'from the same layers' if settings.get('random_match') == 'layer' else 'from the other heads'}; "
-                 f"a masked head's output is replaced by {methods} (scope {settings.get('scope', 'all')}).")
+        drawn = ("from the same layers" if settings.get("random_match") == "layer" else
+                 "from those in no ranking's top K" if rankings else "from the other heads")
+        masks = "<ranking>@K masks that ranking's" if rankings else "retrieval@K masks the"
+        text += (f" {masks} K top-scoring heads, random@K K heads drawn per seed {drawn}; a masked head's output is "
+                 f"replaced by {methods} "
+                 f"(scope {settings.get('scope', 'all')}).")
     if any(r.get("kind") in KV_KINDS for r in records):
-        text += (" KV budgets by head: retrieval-kv@P% lets the top P % of heads keep the full context, random-kv@P% "
-                 "P % drawn at random, streaming none; every other head keeps a sink and a recent window.")
+        text += (f" KV budgets by head: {'<ranking>' if rankings else 'retrieval'}-kv@P% lets the top P % of heads "
+                 "keep the full context, random-kv@P% P % drawn at random, streaming none; every other head keeps a "
+                 "sink and a recent window.")
     if settings.get("tie_break") == "random":
         text += " Where a ranking ran past the heads that scored above 0, the rest were drawn at random (tie_break)."
     return text
+
+
+def _ranked_by(records: list[dict[str, Any]], settings: dict[str, Any], folder: Path, rankings: dict[str, str]) -> str:
+    """Which score file(s) the heads are ranked by, with their hashes, and the detection grid where it ran here."""
+    files = {r.get("ranking"): Path(r["mask"]["head_scores"]).name for r in records
+             if r.get("ranking") and (r.get("mask") or {}).get("head_scores")}
+    if rankings:
+        named = [f"{name} ({files.get(name, 'its score file')}, sha256 {str(digest)[:12]}…)"
+                 for name, digest in rankings.items()]
+        return f" Heads are ranked by {len(named)} rankings, each row named after its own: {', '.join(named)}."
+    scores = next((r["mask"]["head_scores"] for r in records if (r.get("mask") or {}).get("head_scores")),
+                  "head_scores.json" if (folder / "head_scores.json").is_file() else None)  # a detection in the folder
+    if not scores:
+        return ""
+    digest = str(settings.get("head_scores_sha256") or "")[:12]
+    text = f" Heads are ranked by their retrieval scores in {Path(scores).name}" + (f" (sha256 {digest}…)" if digest else "")
+    meta = folder / "head_scores.meta.json"
+    detection = read_json(meta) if meta.is_file() and Path(scores).name == "head_scores.json" else {}
+    if isinstance(detection, dict) and detection.get("lengths"):
+        text += (f", a detection (rh detect) on {detection.get('needles', 'paper')} needles at lengths "
+                 f"{', '.join(map(str, detection['lengths']))} tokens × depths "
+                 f"{', '.join(map(str, detection.get('depths', [])))} % ({_count(detection.get('tests_seen'), 'test')})")
+    return text + "."
 
 
 def _count(n: Any, noun: str) -> str:

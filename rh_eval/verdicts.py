@@ -46,6 +46,7 @@ class ShapeCheck:
     random_seeds: dict[str, float]
     test: PairedTest | None = None  # retrieval@K vs random@K on the same documents
     method: str | None = None  # boards of several ablation methods: the method of the rows checked
+    ranking: str | None = None  # rh compare --rankings: the ranking whose row is checked (``copy@8``)
 
     @property
     def holds(self) -> bool:
@@ -54,7 +55,8 @@ class ShapeCheck:
     @property
     def rows(self) -> tuple[str, str]:
         """The retrieval row checked and its random control, as the leaderboard names them."""
-        return row_name("retrieval", self.k, method=self.method), row_name("random", self.k, method=self.method)
+        return (row_name("retrieval", self.k, method=self.method, ranking=self.ranking),
+                row_name("random", self.k, method=self.method))
 
     def line(self) -> str:
         retrieval, random = self.rows
@@ -82,7 +84,7 @@ def shape_checks(board: Leaderboard, task: str) -> list[ShapeCheck]:
             test = next((t for t in board.tests if (t.row, t.against, t.column) == (row.name, control, column.id)),
                         None)
             checks.append(ShapeCheck(column.id, row.k, full.value, retrieval.value, random.value, dict(random.per_seed),
-                                     test, row.method))
+                                     test, row.method, row.ranking))
     return checks
 
 

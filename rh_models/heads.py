@@ -96,6 +96,23 @@ def parse_head(text: str, where: str = "mask_heads") -> Head:
     return int(match.group(1)), int(match.group(2))
 
 
+def score_meta_path(path: str | Path) -> Path:
+    """Where a score file's provenance lies: ``scores.json`` -> ``scores.meta.json`` (``rh detect`` and
+    ``rh heads import`` write it; a score file from elsewhere may have none)."""
+    return Path(path).with_suffix(".meta.json")
+
+
+def read_score_provenance(path: str | Path) -> dict:
+    """The provenance beside a score file, or ``{}`` when it has none; a malformed one is one line naming it."""
+    meta = score_meta_path(path)
+    if not meta.is_file():
+        return {}
+    record = read_json(meta, "score-file provenance")
+    if not isinstance(record, dict):
+        raise RHError(f"score-file provenance {meta} must be a JSON object")
+    return record
+
+
 class HeadScores:
     """Per-head retrieval scores: each head's list of per-test scores and its mean."""
 
@@ -319,6 +336,18 @@ def retrieval_pool_excluded(scores: HeadScores | None, random_exclude: int | Non
     return set(scores.above(DEFAULT_RETRIEVAL_THRESHOLD))
 
 
+def draw_heads(k: int, n_layers: int, n_heads: int, excluded: set[Head], seed: int, text: str) -> HeadSet:
+    """K heads drawn uniformly with ``seed`` from the heads not ``excluded`` (a random control's draw).
+
+    Why public: ``random:K`` excludes the retrieval heads of one score file, and ``rh compare --rankings`` excludes
+    the top K of every ranking; both draw the same way, so the same seed over the same pool gives the same heads.
+    """
+    pool = [(l, h) for l in range(n_layers) for h in range(n_heads) if (l, h) not in excluded]
+    if k > len(pool):
+        raise RHError(f"{text}: K={k} is larger than the {len(pool)} heads left after excluding retrieval heads")
+    return HeadSet(tuple(sorted(random.Random(seed).sample(pool, k))), n_layers, n_heads)
+
+
 def _select_random(
     k: int,
     n_layers: int,
@@ -330,13 +359,11 @@ def _select_random(
     text: str,
     tie_break: str = "none",
 ) -> HeadSet:
-    rng = random.Random(seed)
     excluded = retrieval_pool_excluded(scores, random_exclude, tie_break)
-    pool = [(l, h) for l in range(n_layers) for h in range(n_heads) if (l, h) not in excluded]
     if random_match is None:
-        if k > len(pool):
-            raise RHError(f"{text}: K={k} is larger than the {len(pool)} heads left after excluding retrieval heads")
-        return HeadSet(tuple(sorted(rng.sample(pool, k))), n_layers, n_heads)
+        return draw_heads(k, n_layers, n_heads, excluded, seed, text)
+    rng = random.Random(seed)
+    pool = [(l, h) for l in range(n_layers) for h in range(n_heads) if (l, h) not in excluded]
     scores = require_scores(scores, f"{text} with random_match=layer")
     chosen: list[Head] = []
     ranked = top_heads(scores, k, f"{text} with random_match=layer", tie_break, RANKING_SEED)

@@ -79,16 +79,6 @@ def parse_kv_args(kv_full_heads: Any = None, kv_sink: Any = None, kv_window: Any
     return KVArgs(spec, sink, window)
 
 
-def kv_heads_of(config: Any) -> int:
-    """KV heads per layer (GQA/MQA); multi-head models have as many as query heads."""
-    text = text_config(config)
-    n_heads = int(text.num_attention_heads)
-    n_kv = getattr(text, "num_key_value_heads", None) or n_heads
-    if n_heads % int(n_kv):
-        raise RHError(f"{n_heads} query heads do not split into {n_kv} KV heads; cannot assign heads to caches")
-    return int(n_kv)
-
-
 def sliding_windows(modules: list[torch.nn.Module], config: Any) -> dict[int, int]:
     """Layer -> its own sliding window, for the layers whose attention the model already limits to one.
 

@@ -42,7 +42,6 @@ from rh_models.kv_budget import (
     DEFAULT_SINK,
     DEFAULT_WINDOW,
     StreamingHeads,
-    kv_heads_of,
     parse_kv_args,
     sliding_windows,
 )
@@ -50,7 +49,7 @@ from rh_models.mask_args import parse_mask_args
 from rh_models.masked_lm import MaskedLM
 from rh_models.prefix_cache import PrefixCache
 from rh_models.recorder import ScoreRecorder, is_needle_test
-from rh_models.shape import config_sha256
+from rh_models.shape import config_sha256, kv_heads_of
 from rh_models.zoo import DEFAULT_MODEL, is_alias, resolve_pretrained
 
 _PROBE_TOKENS = 16
@@ -497,6 +496,7 @@ class RHHFLM(MaskedLM, HFLM):
             **({"model_commit": commit} if commit is not None else {}),
             "n_layers": self.n_layers,
             "n_heads": self.n_heads,
+            "n_kv_heads": kv_heads_of(self.model.config),  # what `rh heads compare` groups query heads by
             "attention": self.control.base,
             "mask": self.mask_info(),
             "transformers_version": transformers.__version__,

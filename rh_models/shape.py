@@ -3,6 +3,8 @@
 Usage::
 
     n_layers, n_heads = head_shape(config)        # query heads per layer; multimodal configs: the text model's
+    kv_heads_of(config)                           # KV heads per layer (GQA/MQA); kv_head_of(q, 9, 3) -> q's group
+    read_config("smollm2-135m")                   # an alias, folder or hub id's config, without its weights
     context_length(config, tokenizer)             # what lm-eval's HFLM uses when max_length is not given
     config_sha256(config)                         # a fingerprint of the architecture, for provenance and resumes
 
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
 from typing import Any
 
 from rh_models.errors import RHError
@@ -32,6 +35,58 @@ def head_shape(config: Any) -> tuple[int, int]:
     if not n_layers or not n_heads:
         raise RHError(f"{type(config).__name__} has no attention heads; rh-eval cannot mask or record it")
     return int(n_layers), int(n_heads)
+
+
+def kv_heads_of(config: Any) -> int:
+    """KV heads per layer (GQA/MQA); multi-head models have as many as query heads."""
+    text = text_config(config)
+    n_heads = int(text.num_attention_heads)
+    n_kv = getattr(text, "num_key_value_heads", None) or n_heads
+    if n_heads % int(n_kv):
+        raise RHError(f"{n_heads} query heads do not split into {n_kv} KV heads; cannot assign heads to caches")
+    return int(n_kv)
+
+
+def kv_head_of(head: int, n_heads: int, n_kv_heads: int) -> int:
+    """The KV head query head ``head`` reads under GQA: consecutive query heads share one, as transformers'
+    ``repeat_kv`` lays them out (KV head ``g`` serves query heads ``g * group`` to ``(g + 1) * group - 1``)."""
+    if n_kv_heads < 1 or n_heads % n_kv_heads:
+        raise RHError(f"{n_heads} query heads do not split into {n_kv_heads} KV heads")
+    return head // (n_heads // n_kv_heads)
+
+
+@dataclass(frozen=True)
+class HeadShape:
+    """A model's attention heads: layers, query heads per layer and, where known, KV heads per layer.
+
+    Why a type: importing another tool's head list (one value per KV head) or comparing rankings per KV head needs
+    the three numbers together, from a model's config or from the command line, checked once.
+    """
+
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int | None = None  # None: not known (a score file alone does not say)
+
+    def __post_init__(self) -> None:
+        if self.n_layers < 1 or self.n_heads < 1:
+            raise RHError(f"a model has at least one layer and one head, not {self.n_layers} x {self.n_heads}")
+        if self.n_kv_heads is not None:
+            kv_head_of(0, self.n_heads, self.n_kv_heads)  # refuses a count that does not divide the query heads
+
+    @classmethod
+    def of_config(cls, config: Any) -> "HeadShape":
+        return cls(*head_shape(config), kv_heads_of(config))
+
+    @property
+    def group(self) -> int:
+        """Query heads per KV head (1 without GQA); needs the KV-head count."""
+        if self.n_kv_heads is None:
+            raise RHError("the KV-head count is not known")
+        return self.n_heads // self.n_kv_heads
+
+    def describe(self) -> str:
+        kv = f" ({self.n_kv_heads} KV heads per layer)" if self.n_kv_heads is not None else ""
+        return f"{self.n_layers} layers x {self.n_heads} heads{kv}"
 
 
 def head_dim(config: Any) -> int:
@@ -65,15 +120,19 @@ def config_sha256(config: Any) -> str:
     return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def model_config_sha256(pretrained: str, revision: str | None = None, trust_remote_code: bool = False) -> str:
-    """:func:`config_sha256` of a model name, alias or folder, from its config alone (no weights loaded)."""
+def read_config(pretrained: str, revision: str | None = None, trust_remote_code: bool = False) -> Any:
+    """The config of a model name, alias or folder, without loading its weights; one line when it cannot be read."""
     from transformers import AutoConfig
 
     from rh_models.zoo import resolve_pretrained
 
     try:
-        config = AutoConfig.from_pretrained(resolve_pretrained(pretrained), revision=revision,
-                                            trust_remote_code=trust_remote_code)
+        return AutoConfig.from_pretrained(resolve_pretrained(pretrained), revision=revision,
+                                          trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as error:
         raise RHError(f"cannot read the config of {pretrained!r}: {error}") from None
-    return config_sha256(config)
+
+
+def model_config_sha256(pretrained: str, revision: str | None = None, trust_remote_code: bool = False) -> str:
+    """:func:`config_sha256` of a model name, alias or folder, from its config alone (no weights loaded)."""
+    return config_sha256(read_config(pretrained, revision, trust_remote_code))

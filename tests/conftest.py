@@ -57,6 +57,16 @@ def tiny_model(arch: str, attn_implementation: str = "sdpa", seed: int = 0) -> t
 
 
 @pytest.fixture(scope="session")
+def tiny_config_dirs(tmp_path_factory) -> dict[str, Path]:
+    """arch -> a folder holding only that tiny model's config.json: a model's shape for ``--model``, no weights."""
+    folders = {}
+    for arch in ("llama", "gemma3", "phi3"):
+        folders[arch] = tmp_path_factory.mktemp(f"config-{arch}")
+        TINY_CONFIGS[arch]().save_pretrained(folders[arch])
+    return folders
+
+
+@pytest.fixture(scope="session")
 def smollm_dir() -> str:
     """Local folder of the embedded SmolLM2-135M-Instruct (converted from the GGUF on first use)."""
     from rh_models.zoo import resolve_pretrained

@@ -19,7 +19,8 @@ from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMa
 from rh_models.attention import HeadControl, attention_modules
 from rh_models.errors import RHError
 from rh_models.heads import HeadSet
-from rh_models.kv_budget import StreamingHeads, kv_heads_of, parse_kv_args, sliding_windows
+from rh_models.kv_budget import StreamingHeads, parse_kv_args, sliding_windows
+from rh_models.shape import kv_heads_of
 
 SINK, WINDOW = 3, 10
 PROMPT = 40

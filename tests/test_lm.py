@@ -90,6 +90,7 @@ def test_provenance_names_the_model_commit_only_where_transformers_recorded_one(
 
     lm = RHHFLM(pretrained=str(tiny_llama_dir), device="cpu")
     assert "model_commit" not in lm.provenance()  # a local folder (and any model on transformers 5.24): none known
+    assert (lm.provenance()["n_heads"], lm.provenance()["n_kv_heads"]) == (4, 2)  # what rh heads compare groups by
     monkeypatch.setattr(module, "model_commit", lambda config: "0" * 40)
     assert lm.provenance()["model_commit"] == "0" * 40
 

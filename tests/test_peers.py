@@ -59,8 +59,8 @@ def test_bench_peers_recipe_is_the_readme_command():
     recipe = dict(re.findall(r"^([\w-]+):[^\n]*\n((?:\t[^\n]*\n)+)", makefile, re.M))
     command = "benchmarks/peers.py --threads 1 --output benchmarks/results/peers-smollm2-135m_cpu-2core.json"
     assert recipe["bench-peers"].strip() == f"$(OFFLINE) $(PPY) {command}"
-    assert f".venv-peers/bin/python {command}" in (ROOT / "README.md").read_text()
-    assert re.search(r"^bench-peers: setup-peers$", makefile, re.M) and "'.[peers,test]'" in makefile
+    assert f".venv-peers/bin/python {command}" in (ROOT / "docs" / "performance.md").read_text()
+    assert re.search(r"^bench-peers: setup-peers$", makefile, re.M) and "EXTRAS_PEERS := peers,test" in makefile
 
 
 def test_ratio_summary_is_median_and_range_of_per_repeat_ratios():

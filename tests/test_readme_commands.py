@@ -1,9 +1,11 @@
-"""Every command in the README's ``sh`` blocks is run by a test, as a user types it, or says why it cannot be.
+"""Every command in the ``sh`` blocks of the README and of docs/ is run by a test, as a user types it, or says why
+it cannot be.
 
-The README is read here: each fenced ```sh block, backslash continuations joined, comment lines and trailing
-``# ...`` comments dropped, whitespace collapsed to one space. Every command found must be a key of ``COMMANDS``
-and every key must still be in the README (``test_every_readme_command_has_an_entry``): a command added to the
-README without a test fails, and so does a table entry whose command left it.
+The README and every docs/*.md page are read here: each fenced ```sh (or ```bash) block, backslash continuations
+joined, comment lines and trailing ``# ...`` comments dropped, whitespace collapsed to one space. Every command found
+must be a key of ``COMMANDS`` and every key must still be on some page (``test_every_readme_command_has_an_entry``):
+a command added to a page without a test fails, and so does a table entry whose command left them all. A command
+shown on several pages has one entry.
 
 Each entry says how its command is checked:
 
@@ -59,8 +61,12 @@ from conftest import rh_error_lines, run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
-# pages whose ```sh commands are in COMMANDS besides the README's (until every docs/*.md page is read here)
-DOC_PAGES = (ROOT / "docs" / "report.md",)
+
+
+def PAGES() -> list[Path]:
+    """The README and every page of docs/: the pages whose commands must run."""
+    return [README, *sorted((ROOT / "docs").glob("*.md"))]
+
 PNG = b"\x89PNG\r\n\x1a\n"
 # One thread per command: torch's two OpenMP threads on a 2-core machine shared with other jobs made a tiny model's
 # decoding step 20x slower (9.4 s vs 0.4 s for 32 tokens); the commands themselves are unchanged.
@@ -83,9 +89,9 @@ def _strip_comment(line: str) -> str:
 
 
 def readme_commands(text: str) -> list[str]:
-    """The commands of the ```sh blocks of ``text``, normalised (see the module docstring), in order."""
+    """The commands of the ```sh / ```bash blocks of ``text``, normalised (see the module docstring), in order."""
     commands = []
-    for block in re.findall(r"^```sh\n(.*?)^```", text, flags=re.M | re.S):
+    for block in re.findall(r"^```(?:sh|bash)\n(.*?)^```", text, flags=re.M | re.S):
         for line in re.sub(r"\\\n", " ", block).splitlines():
             command = " ".join(_strip_comment(line).split())
             if command:
@@ -435,6 +441,169 @@ def check_lm_stock_hf(result, ws):
     assert data["results"]["rh_niah_paper"]["score,none"] >= 0.5  # the real model finds the needle at 200 tokens
 
 
+# --- checks of the docs/ pages' commands ---------------------------------------------------------------------
+
+def check_ci_detect(result, ws):
+    _score_file(ws.dir / "ci" / "head_scores.json")
+    assert _json(ws.dir / "ci" / "head_scores.meta.json")["lengths"] == [200]
+
+
+def check_ci_compare(result, ws):
+    board = _board(ws.dir / "rh-out", ["full", "retrieval@2", "random@2"], "rh_niah_paper/score,none")
+    assert "rh_vartrack/exact_match,strict-match" in board["values"]["full"]  # the direct task ran beside NIAH
+    import hashlib
+
+    settings = _json(ws.dir / "rh-out" / "run.json")["settings"]  # the resume guard covers the given score file
+    assert settings["head_scores_sha256"] == hashlib.sha256((ws.dir / "ci" / "head_scores.json").read_bytes()).hexdigest()
+    assert settings["tasks"] == ["rh_niah", "rh_vartrack"], settings["tasks"]
+
+
+def check_ci_baseline(result, ws):
+    # docs/ci.md's step 3 after the README's `rh check` made ci/baseline.json from out/: it says it replaced one
+    assert result.stdout.strip() == ("rh check: baseline ci/baseline.json replaced from rh-out/leaderboard.json"), \
+        result.stdout
+    baseline = _json(ws.dir / "ci" / "baseline.json")
+    assert [row["name"] for row in baseline["rows"]] == ["full", "retrieval@2", "random@2"]
+    assert "rh_vartrack/exact_match,strict-match" in baseline["values"]["full"]
+    assert any((ws.dir / "ci" / "baseline.samples").iterdir())
+    again = run_cli("rh", "check", "--results", "rh-out", "--baseline", "ci/baseline.json", cwd=ws.dir, env=ENV)
+    assert again.returncode == 0 and again.stdout.startswith("rh check: OK: "), again.stdout + again.stderr
+
+
+def check_lm_factsum(result, ws):
+    data = _lm_results(ws, "factsum")
+    assert data["config"]["model"] == "hf" and data["config"]["model_args"]  # stock lm-eval
+    for task in ("rh_factsum_cot", "rh_factsum"):
+        assert data["n-samples"][task] == {"original": 50, "effective": 1}, data["n-samples"]  # cot_docs: 50
+        assert 0.0 <= data["results"][task]["exact_match,flexible-extract"] <= 1.0
+    assert data["config"].get("apply_chat_template") or data.get("chat_template"), sorted(data)
+
+
+def check_niah_doc(result, ws):
+    [path] = list((ws.dir / "niah-out").rglob("results_*.json"))
+    data = _json(path)
+    assert 0.0 <= data["results"]["rh_niah_paper"]["score,none"] <= 1.0
+    [samples] = list((ws.dir / "niah-out").rglob("samples_rh_niah_paper_*.jsonl"))
+    rows = [json.loads(line) for line in samples.read_text().splitlines()]
+    assert sorted(row["doc"]["depth"] for row in rows) == [0, 100]
+    assert all("<|im_start|>" in row["arguments"]["gen_args_0"]["arg_0"] for row in rows)  # the chat template
+
+
+def check_niah_plot(result, ws):
+    assert (ws.dir / "niah.png").read_bytes()[:8] == PNG
+    assert result.stdout.startswith("niah.png: 2 cells, mean score "), result.stdout
+
+
+def check_niah_variants(result, ws):
+    data = _lm_results(ws, "variants")
+    for task in ("rh_niah_kv", "rh_niah_multikey", "rh_niah_multivalue", "rh_niah_multiquery"):
+        assert data["n-samples"][task]["effective"] == 1 and 0.0 <= data["results"][task]["score,none"] <= 1.0
+
+
+# --- docs/rankings.md: rh heads import / rh heads compare ----------------------------------------------------
+
+DUO_MISTRAL = "attn_patterns/Mistral-7B-Instruct-v0.2/lr=0.02-reg=0.05-ctx=1000_32000-multi_passkey10"
+TINY_GATES = [[0.9, 0.1], [0.0, 0.6]]  # tiny llama: 2 layers x 2 KV heads (SmolLM2's file would be 30 x 3)
+HEADS_CSV = "layer,head,score\n0,1,0.8\n1,3,0.5\n0,2,0.2\n"
+
+
+def _write_gates(path: Path, gates: list[list[float]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join("\t".join(f"{g:.18e}" for g in row) + "\n" for row in gates))  # numpy.savetxt's layout
+
+
+def _mistral_gates() -> list[list[float]]:
+    import random
+
+    rng = random.Random(0)
+    return [[rng.choice([1.0, round(rng.random(), 4), -1e-4]) for _ in range(8)] for _ in range(32)]
+
+
+def prepare_duo_mistral(ws):
+    """A pattern folder laid out as DuoAttention's repository has it (synthetic gates of Mistral-7B's 32 x 8 shape)."""
+    folder = ws.dir / DUO_MISTRAL
+    _write_gates(folder / "full_attention_heads.tsv", _mistral_gates())
+    (folder / "config.json").write_text(json.dumps({"model_name": "models/Mistral-7B-Instruct-v0.2", "threshold": 0.5}))
+
+
+def check_import_duo_mistral(result, ws):
+    gates, scores = _mistral_gates(), _score_file(ws.dir / "duo-mistral.json", (32, 32))
+    assert all(scores[f"{l}-{h}"] == [gates[l][h // 4]] for l in range(32) for h in range(32))
+    meta = _json(ws.dir / "duo-mistral.meta.json")
+    assert (meta["n_kv_heads"], meta["per_kv_head"], meta["shape_from"]) == (8, True, "--layers/--heads/--kv-heads")
+    assert meta["duo_config"]["threshold"] == 0.5 and "its 4 query heads" in result.stdout
+
+
+def prepare_duo_tiny(ws):
+    _write_gates(ws.dir / "full_attention_heads.tsv", TINY_GATES)
+
+
+def check_import_duo(result, ws):
+    scores = _score_file(ws.dir / "duo.json")
+    assert all(scores[f"{l}-{h}"] == [TINY_GATES[l][h // 2]] for l in range(2) for h in range(4))
+    meta = _json(ws.dir / "duo.meta.json")
+    assert (meta["model"], meta["n_kv_heads"], meta["heads_unlisted"]) == (ws.models["tiny_llama"], 2, 0)
+    assert result.stdout.splitlines()[-1] == "wrote duo.json and duo.meta.json"
+
+
+def prepare_heads_csv(ws):
+    (ws.dir / "heads.csv").write_text(HEADS_CSV)
+
+
+def check_import_csv(result, ws):
+    scores = _score_file(ws.dir / "mine.json")
+    assert (scores["0-1"], scores["1-3"], scores["0-2"], scores["0-0"]) == ([0.8], [0.5], [0.2], [])
+    meta = _json(ws.dir / "mine.meta.json")
+    assert (meta["heads_listed"], meta["heads_unlisted"], meta["header"]) == (3, 5, ["layer", "head", "score"])
+
+
+def check_heads_compare_n(result, ws):
+    data = _json(ws.dir / "agreement.json")
+    assert [r["name"] for r in data["rankings"]] == ["copy", "duo", "mine"]
+    assert data["kv"]["source"] == f"--model {ws.models['tiny_llama']}" and data["kv"]["top"] == 5  # 10 / group 2
+    pairs = {(p["a"], p["b"]): p for p in data["pairs"]}
+    assert list(pairs) == [("copy", "duo"), ("copy", "mine"), ("duo", "mine")]
+    assert pairs[("copy", "duo")]["query"]["top_a"] == 0  # TIE: the tiny detection ranks no head: it shares none
+    duo_mine = pairs[("duo", "mine")]  # mine's 3 heads are among duo's 6 above 0; per KV head, the same 3 groups
+    assert (duo_mine["query"]["overlap"], duo_mine["query"]["jaccard"], duo_mine["kv"]["jaccard"]) == (3, 0.5, 1.0)
+    assert (ws.dir / "agreement.png").read_bytes()[:8] == PNG
+    assert "| duo  | mine | 3/10" in result.stdout and "wrote agreement.png" in result.stdout
+
+
+RANKING_FILES = {  # docs/compare-rankings.md's two rankings, for the tiny llama (2 x 4 heads): different top heads
+    "copy": {"0-1": 0.9, "1-2": 0.5, "0-0": 0.2, "0-2": 0.1, "0-3": 0.05, "1-0": 0.04, "1-1": 0.03, "1-3": 0.02},
+    "attention": {"1-3": 0.8, "0-1": 0.6, "1-2": 0.3, "0-0": 0.2, "0-2": 0.1, "0-3": 0.05, "1-0": 0.04, "1-1": 0.03},
+}
+
+
+def prepare_rankings(ws):
+    """copy.json, attention.json: the score files the page takes for granted (`rh detect` and the other scores)."""
+    for name, scores in RANKING_FILES.items():
+        (ws.dir / f"{name}.json").write_text(json.dumps({head: [score] for head, score in scores.items()}))
+
+
+def check_compare_rankings(result, ws):
+    out = ws.dir / "rankings"
+    rows = ["full", "copy@2", "attention@2", "random@2", "streaming", "copy-kv@25%", "attention-kv@25%", "random-kv@25%"]
+    board = _board(out, rows, "rh_niah_paper/score,none")
+    records = board["conditions"]
+    assert records["copy@2"]["heads"] == [[0, 1], [1, 2]] and records["attention@2"]["heads"] == [[1, 3], [0, 1]]
+    assert records["copy@2"]["mask"]["spec"] == "top:2" and records["attention@2"]["mask"]["head_scores"] == "attention.json"
+    assert records["copy-kv@25%"]["kv"]["selected_heads"] == [[0, 1], [1, 2]]  # rh-hf's own KV selection
+    assert records["attention-kv@25%"]["kv"]["full_query_heads"] == [[0, 0], [0, 1], [1, 2], [1, 3]]  # GQA groups
+    random = records["random@2-seed0"]
+    assert random["excluded_heads"] == [[0, 1], [1, 2], [1, 3]] and len(random["heads"]) == 2
+    assert not {tuple(h) for h in random["heads"]} & {(0, 1), (1, 2), (1, 3)} and random["mask"]["method"] == "zero"
+    tests = {(t["row"], t["against"]) for t in board["tests"]}
+    assert {("copy@2", "attention@2"), ("copy-kv@25%", "attention-kv@25%"), ("attention@2", "random@2")} <= tests
+    assert set(_json(out / "run.json")["settings"]["rankings"]) == {"copy", "attention"}
+    for plot in ("dose", "kv_budget"):
+        assert (out / "plots" / f"{plot}_rh_niah_paper_score_none.png").read_bytes()[:8] == PNG
+    assert "| copy@2 vs attention@2 " in (out / "leaderboard.md").read_text()
+
+
+# --- checks of docs/report.md's commands -----------------------------------------------------------------
+
 def _keep_report(folder: str) -> Callable:
     """A ``prepare``: keep the page the folder's own run wrote, to compare `rh report`'s rebuild with."""
     return lambda ws: shutil.copy(ws.dir / folder / "report.html", ws.dir / f"{folder}.report-before.html")
@@ -461,13 +630,13 @@ def check_report_compare(result, ws):
 # --- the table: every README command and how it is run -------------------------------------------------------
 
 COMMANDS: dict[str, Run | CheckedBy | ParseOnly] = {
-    # Two commands
+    # README: Two commands
     "make demo": CheckedBy("tests/test_demo.py::test_end_to_end_tiny_llama",
                            "its recipe is `rh demo --output-dir demo-out` (checked in the Makefile), run below on the "
                            "tiny model; the full SmolLM2 demo takes 4.3 min"),
     "make test": CheckedBy("tests/", "its recipe is `pytest -q` over testpaths tests/ (checked in the Makefile and "
                            "pyproject.toml): the suite this file belongs to"),
-    # Universal and sparse
+    # docs/model-families.md
     "rh demo --output-dir demo-out": Run("demo", (TINY, *DEMO_GRID, TIE), check_demo),
     "rh demo --model gemma3-270m --output-dir g3": Run(
         "demo_gemma3", (TINY_GEMMA3, *DEMO_GRID, Sub("GRID", "--cot-task", ""), Sub("GRID", "--direct-task", ""), TIE),
@@ -480,7 +649,7 @@ COMMANDS: dict[str, Run | CheckedBy | ParseOnly] = {
         check_compare_gemma3, needs=("demo_gemma3",)),
     "rh heads summary demo-out/head_scores.json g3/head_scores.json --results demo-out g3cmp": Run(
         "summary_universal", (), check_summary_universal, needs=("demo", "demo_gemma3", "compare_gemma3")),
-    # Using it from lm-eval
+    # README: Using it from lm-eval
     "lm_eval --model rh-hf --model_args pretrained=smollm2-135m,head_scores=scores.json,mask_heads=top:6,"
     "mask_method=uniform --tasks rh_niah --metadata '{\"lengths\":[1000,2000],\"depths\":[0,50,100]}'": Run(
         "lm_eval_top", (TINY_ARG, NIAH_GRID, _out("top6"), TIE_ARG), check_lm_top, needs=("detect",)),
@@ -494,7 +663,7 @@ COMMANDS: dict[str, Run | CheckedBy | ParseOnly] = {
     "lm_eval --model rh-hf --model_args pretrained=smollm2-135m,head_scores=scores.json,kv_full_heads=top:10%,"
     "kv_window=64 --tasks rh_niah": Run("lm_eval_kv", (TINY_ARG, NIAH_GRID, _out("kv10"), TIE_ARG), check_lm_kv,
                                         needs=("detect",)),
-    # KV budgets by head
+    # docs/kv-budgets.md
     "rh demo --output-dir demo-kv --kv-budgets 10%,25%,50% --seeds 2 --tie-break random": Run(
         "demo_kv", (TINY, *DEMO_GRID, Sub("GRID", "--kv-budgets", "25%")), check_demo_kv),
     "rh compare --model gemma3-270m --tasks rh_niah_paper,rh_factsum_cot,rh_factsum --detect-lengths 500,1000 "
@@ -507,7 +676,7 @@ COMMANDS: dict[str, Run | CheckedBy | ParseOnly] = {
                               Sub("GRID", "--metadata", '{{"lengths": [200], "depths": [0, 100], "samples": 1, "seed": 1}}'),
                               TIE),
         check_compare_kv_gemma3),
-    # Mean ablation
+    # docs/ablation-methods.md
     "rh means --model smollm2-135m --output methods-means.json --apply-chat-template": Run(
         "means_chat", (TINY, Sub("GRID", "--lengths", "150,250")), check_means_chat),
     "rh compare --model smollm2-135m --tasks rh_niah_paper,rh_factsum_cot,rh_factsum --detect-lengths 500,1000 "
@@ -534,7 +703,7 @@ COMMANDS: dict[str, Run | CheckedBy | ParseOnly] = {
         "tests/test_recording.py::test_multiprocess_recording_gathers_on_rank_zero",
         "the same launch on 2 CPU processes (ACCELERATE_USE_CPU=true, as the README's comment says) on the tiny "
         "model; `--multi_gpu` itself needs GPUs"),
-    # Scale: rh-vllm
+    # docs/vllm.md
     "lm_eval --model rh-vllm --model_args pretrained=meta-llama/Llama-3.1-70B-Instruct,head_scores=llama70b.json,"
     "mask_heads=top:20,tensor_parallel_size=4 --tasks rh_gsm8k_cot --apply_chat_template": ParseOnly(
         "vLLM, 4 GPUs (tensor_parallel_size=4) and a gated hub model"),
@@ -549,7 +718,7 @@ COMMANDS: dict[str, Run | CheckedBy | ParseOnly] = {
     "'{\"lengths\":[500,1000],\"depths\":[0,25,50,75,100],\"samples\":1}'": ParseOnly(
         "vLLM's own venv (`make setup-vllm`); rh-vllm through this CLI is run by tests/test_vllm.py "
         "under `make test-vllm`"),
-    # The `rh` command
+    # README and docs/commands.md, detect.md, compare.md, heads.md, demo.md: the `rh` command
     "rh models": Run("models", (), check_models, smollm=False),
     "rh detect --model smollm2-135m --output scores.json --lengths 500,1000,2000 --depths 0,25,50,75,100 "
     "--plot heads.png": Run(
@@ -574,7 +743,7 @@ COMMANDS: dict[str, Run | CheckedBy | ParseOnly] = {
     "rh bench": CheckedBy("tests/test_bench.py::test_bench_end_to_end_on_a_tiny_model",
                           "both tables, each contender's memory measured in a fresh process: 76 s for one length "
                           "and one repeat of the overhead table alone, on the tiny model"),
-    # Performance
+    # docs/performance.md
     "python benchmarks/overhead.py --lengths 1000,2000,4000,8000 --new-tokens 32 --repeats 5": CheckedBy(
         "tests/test_bench.py::test_bench_end_to_end_on_a_tiny_model",
         "the script is `rh bench` (its --help run here says so); the same tables on the tiny model"),
@@ -589,6 +758,59 @@ COMMANDS: dict[str, Run | CheckedBy | ParseOnly] = {
     "benchmarks/results/peers-smollm2-135m_cpu-2core.json": CheckedBy(
         "tests/test_peers.py::test_every_masking_contender_equals_the_zeroed_weights_reference",
         "its contenders against an explicit reference on a tiny llama, in .venv-peers (skipped elsewhere)"),
+    # docs/ci.md: the one-time setup of a CI gate (its rh check after the README's, which made ci/baseline.json)
+    "rh detect --model smollm2-135m --output ci/head_scores.json --lengths 500,1000 --depths 0,50,100": Run(
+        "ci_detect", (TINY, Sub("GRID", "--lengths", "200"), Sub("GRID", "--depths", "0,100"),
+                      Sub("GRID", "--samples", "1")), check_ci_detect),
+    "rh compare --model smollm2-135m --head-scores ci/head_scores.json --tasks rh_niah,rh_vartrack,rh_vartrack_cot "
+    "--k 6 --seeds 2 --limit 8 --output-dir rh-out": Run(
+        "ci_compare", (TINY, Sub("GRID", "--tasks", "rh_niah,rh_vartrack"), Sub("K", "--k", "2"),
+                       Sub("GRID", "--seeds", "1"), Sub("GRID", "--limit", "2"), NIAH_GRID, TIE),
+        check_ci_compare, needs=("ci_detect",)),
+    "rh check --update-baseline --results rh-out/leaderboard.json --baseline ci/baseline.json": Run(
+        "ci_baseline", (), check_ci_baseline, needs=("ci_compare", "check")),
+    # docs/cot.md
+    "lm_eval --model hf --model_args pretrained=$(rh models path smollm2-135m) --tasks rh_cot --batch_size 8": CheckedBy(
+        "tests/test_cot.py::test_stock_cli_runs_the_suite_end_to_end",
+        "the whole suite through the stock CLI on the tiny model (--limit 2); SmolLM2's 600 generations take ~10 min"),
+    "lm_eval --model hf --model_args pretrained=$(rh models path smollm2-135m) --tasks rh_factsum_cot,rh_factsum "
+    "--metadata '{\"cot_docs\": 50, \"cot_seed\": 7}' --apply_chat_template": Run(
+        "lm_eval_factsum", (Sub("GRID", "--limit", "1"), _out("factsum")), check_lm_factsum),
+    "lm_eval --model hf --model_args pretrained=$(rh models path smollm2-135m) --tasks rh_gsm8k_pair "
+    "--metadata '{\"gsm8k_path\": \"/data/gsm8k/test.jsonl\"}'": CheckedBy(
+        "tests/test_cot.py::test_gsm8k_from_local_jsonl_matches_lm_eval_config",
+        "GSM8K at the user's path: the same tasks from ../shared/data/gsm8k/test.jsonl, checked against lm-eval's "
+        "configs, prompts and scoring"),
+    # docs/niah.md
+    "lm_eval --model hf --model_args pretrained=$(rh models path smollm2-135m) --tasks rh_niah --metadata "
+    "'{\"lengths\":[1000,2000,4000],\"depths\":[0,25,50,75,100],\"needles\":\"paper\",\"haystack\":\"pg_essays\"}' "
+    "--apply_chat_template --log_samples --output_path niah-out": Run(
+        "lm_eval_niah_doc", (Sub("GRID", "--metadata", '{{"lengths":[200],"depths":[0,100],"needles":"paper",'
+                                                      '"haystack":"pg_essays","samples":1}}'),), check_niah_doc),
+    "rh plot niah niah-out --out niah.png": Run("niah_plot", (), check_niah_plot, needs=("lm_eval_niah_doc",)),
+    "lm_eval --model hf --model_args pretrained=$(rh models path smollm2-135m) --tasks rh_niah_variants --metadata "
+    "'{\"lengths\":[1000,2000]}'": Run(
+        "lm_eval_variants", (Sub("GRID", "--metadata", '{{"lengths":[200]}}'), Sub("GRID", "--limit", "1"),
+                             _out("variants")), check_niah_variants),
+    # docs/rankings.md: rh heads import / rh heads compare
+    f"rh heads import duo {DUO_MISTRAL} --layers 32 --heads 32 --kv-heads 8 --output duo-mistral.json": Run(
+        "import_duo_mistral", (), check_import_duo_mistral, prepare=prepare_duo_mistral, smollm=False),
+    "rh heads import duo full_attention_heads.tsv --model smollm2-135m --output duo.json": Run(
+        "import_duo", (TINY,), check_import_duo, prepare=prepare_duo_tiny),
+    "rh heads import csv heads.csv --model smollm2-135m --output mine.json": Run(
+        "import_csv", (TINY,), check_import_csv, prepare=prepare_heads_csv),
+    "rh heads compare copy=scores.json duo=duo.json mine=mine.json --top 10 --model smollm2-135m --output "
+    "agreement.json --plot agreement.png": Run(
+        "heads_compare_n", (TINY,), check_heads_compare_n, needs=("detect", "import_duo", "import_csv")),
+    # docs/compare-rankings.md
+    "rh compare --model smollm2-135m --rankings copy=copy.json,attention=attention.json --tasks "
+    "rh_niah_paper,rh_factsum_cot,rh_factsum --k 8 --kv-budgets 10%,25%,50% --seeds 3 --output-dir rankings "
+    "--batch-size 48 --limit 48 --prefix-reuse --metadata '{\"lengths\": [500, 1000], \"depths\": [0, 50, 100], "
+    "\"samples\": 2, \"seed\": 1}'": Run(
+        "compare_rankings", (TINY, Sub("GRID", "--tasks", "rh_niah_paper"), Sub("K", "--k", "2"),
+                             Sub("GRID", "--kv-budgets", "25%"), Sub("GRID", "--seeds", "1"),
+                             Sub("GRID", "--metadata", '{{"lengths": [200], "depths": [0, 100], "samples": 1, "seed": 1}}')),
+        check_compare_rankings, prepare=prepare_rankings),
     # docs/report.md: rebuild the page rh demo / rh compare wrote (byte for byte) from their folders
     "rh report demo-out": Run("report_demo", (), check_report_demo, needs=("demo",), prepare=_keep_report("demo-out")),
     "rh report out": Run("report_compare", (), check_report_compare, needs=("compare",), prepare=_keep_report("out")),
@@ -609,13 +831,24 @@ def test_readme_parser_joins_continuations_and_drops_comments():
     assert readme_commands(text) == ["rh demo --k 2", "lm_eval --model_args a=1,b=\"x;y\" --metadata '{\"n\": \"#1\"}'"]
 
 
+def documented_commands() -> dict[str, list[str]]:
+    """{command: the pages that show it}, over the README and every page of docs/."""
+    found: dict[str, list[str]] = {}
+    for page in PAGES():
+        commands = readme_commands(page.read_text(encoding="utf-8"))
+        name = str(page.relative_to(ROOT))
+        assert len(commands) == len(set(commands)), f"a command appears twice in {name}: one entry would cover both"
+        for command in commands:
+            found.setdefault(command, []).append(name)
+    return found
+
+
 def test_every_readme_command_has_an_entry():
-    commands = [c for page in (README, *DOC_PAGES) for c in readme_commands(page.read_text(encoding="utf-8"))]
-    assert len(commands) == len(set(commands)), "a README command appears twice: one entry would cover both"
-    missing = [c for c in commands if c not in COMMANDS]
+    commands = documented_commands()
+    missing = [f"{c}   ({', '.join(pages)})" for c, pages in commands.items() if c not in COMMANDS]
     stale = [c for c in COMMANDS if c not in commands]
-    assert not missing, "README commands no test runs (add them to COMMANDS):\n" + "\n".join(missing)
-    assert not stale, "COMMANDS entries no longer in the README:\n" + "\n".join(stale)
+    assert not missing, "documented commands no test runs (add them to COMMANDS):\n" + "\n".join(missing)
+    assert not stale, "COMMANDS entries no longer in the README or docs/:\n" + "\n".join(stale)
     assert len(RUNS) == sum(isinstance(e, Run) for e in COMMANDS.values())  # run names are unique
     for name, (_, entry) in RUNS.items():
         assert set(entry.needs) <= set(RUNS), (name, entry.needs)
@@ -660,10 +893,14 @@ def _check_model_args(model: str, model_args: dict):
     mask_keys = set(inspect.signature(parse_mask_args).parameters)
     parse_mask_args(**{k: v for k, v in model_args.items() if k in mask_keys})
     rest = set(model_args) - mask_keys
-    if model == "rh-hf":
+    if model in ("rh-hf", "hf"):
         from lm_eval.models.huggingface import HFLM
 
-        known = set(inspect.signature(RHHFLM.__init__).parameters) | set(inspect.signature(HFLM.__init__).parameters)
+        known = set(inspect.signature(HFLM.__init__).parameters)
+        if model == "rh-hf":
+            known |= set(inspect.signature(RHHFLM.__init__).parameters)
+        else:
+            assert not model_args.keys() & mask_keys, f"stock hf takes no rh-eval arguments: {model_args}"
     else:
         assert model == "rh-vllm", model
         import lm_eval
@@ -685,7 +922,8 @@ def _check_lm_eval(argv: list[str], monkeypatch):
 
 
 def _check_parses(command: str, monkeypatch):
-    argv = shlex.split(command)
+    # a ``$(...)`` is a value the shell fills in (a folder, for ``rh models path``): any one word parses the same
+    argv = shlex.split(re.sub(r"\$\(([^)]*)\)", "/substituted/by/the/shell", command))
     program = Path(argv[0]).name
     if program == "lm_eval":
         _check_lm_eval(argv[1:], monkeypatch)
@@ -893,3 +1131,29 @@ def test_readme_command(name, workspace):
     result = workspace.result(name)
     print(f"{name}: {workspace.seconds[name]:.1f} s: {shlex.join(result.args[1:])}")  # shown with -rA / -s
     RUNS[name][1].check(result, workspace)
+
+
+# --- the pages link up ---------------------------------------------------------------------------------------
+
+def _links(page: Path) -> list[str]:
+    """Relative link targets of a page (markdown links and images, html src), without anchors."""
+    text = page.read_text(encoding="utf-8")
+    targets = re.findall(r"\]\(([^)\s]+)\)", text) + re.findall(r'src="([^"]+)"', text)
+    return [t.split("#")[0] for t in targets if not re.match(r"^[a-z]+:", t) and t.split("#")[0]]
+
+
+def test_every_link_of_the_pages_resolves_and_every_docs_page_is_reachable_from_the_readme():
+    broken = [f"{page.relative_to(ROOT)} -> {target}" for page in PAGES() for target in _links(page)
+              if not (page.parent / target).exists()]
+    assert not broken, "links to nothing:\n" + "\n".join(broken)
+    reached, todo = {README.resolve()}, [README]
+    while todo:
+        page = todo.pop()
+        for target in _links(page):
+            path = (page.parent / target).resolve()
+            if path.suffix == ".md" and path not in reached:
+                reached.add(path)
+                todo.append(path)
+    unreached = [str(p.relative_to(ROOT)) for p in PAGES() if p.resolve() not in reached]
+    assert not unreached, f"docs pages no link leads to from the README: {unreached}"
+    assert len(README.read_text(encoding="utf-8").splitlines()) <= 250  # the front door stays short

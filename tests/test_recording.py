@@ -12,7 +12,7 @@ import pytest
 import torch
 from lm_eval.api.instance import Instance
 
-from rh_eval.heads_cli import compare_scores
+from rh_eval.heads_compare import compare_scores
 from rh_models.attention import TopOneRows
 from rh_models.errors import RHError
 from rh_models.heads import HeadScores

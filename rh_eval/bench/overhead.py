@@ -194,7 +194,8 @@ class Workload:
     def _streaming(self, ours):
         """The KV budget of the ``kv`` contender: ``kv_full_heads`` keep the full context, the rest sink 4 + window 64."""
         from rh_models.heads import select_heads
-        from rh_models.kv_budget import DEFAULT_SINK, DEFAULT_WINDOW, StreamingHeads, kv_heads_of, sliding_windows
+        from rh_models.kv_budget import DEFAULT_SINK, DEFAULT_WINDOW, StreamingHeads, sliding_windows
+        from rh_models.shape import kv_heads_of
 
         heads = select_heads(self.kv_full_heads, ours.n_layers, ours.n_heads)
         return StreamingHeads(heads, DEFAULT_SINK, DEFAULT_WINDOW, kv_heads_of(ours.model.config),

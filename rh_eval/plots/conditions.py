@@ -7,8 +7,9 @@ Usage::
 
 Why: the paper's finding is a *shape*. Scores should fall steeply as more retrieval heads are masked and
 barely move for as many random heads; a curve with the random seeds' interval as a band shows that at a
-glance, where a table needs careful reading. Chain-of-thought is predicted to suffer more than direct
-answering, hence bars of each ``<task>_cot`` next to ``<task>``. For needle-in-a-haystack, *where* the
+glance, where a table needs careful reading. A comparison of several rankings (``rh compare --rankings``) draws
+one line per ranking on the same axes, against the same random band. Chain-of-thought is predicted to suffer
+more than direct answering, hence bars of each ``<task>_cot`` next to ``<task>``. For needle-in-a-haystack, *where* the
 needle is lost (context length x depth) matters, hence a heatmap per condition and its difference to full.
 
 Figures come from :mod:`rh_eval.plots.figures` (matplotlib's object API, written atomically).
@@ -21,10 +22,13 @@ from pathlib import Path
 from typing import Iterable
 
 from rh_eval.plots.figures import new_figure, save_figure
-from rh_eval.leaderboard import Column, Leaderboard
+from rh_eval.leaderboard import Column, Leaderboard, Row
 from rh_eval.run_files import samples_by_task, samples_name
 
 COT_SUFFIX = "_cot"
+# one colour and marker per ranking, in the order of --rankings (random keeps tab:blue, retrieval tab:red)
+RANKING_STYLES = (("tab:red", "o"), ("tab:green", "^"), ("tab:purple", "D"), ("tab:orange", "v"), ("tab:brown", "P"),
+                  ("tab:pink", "X"), ("tab:olive", "*"), ("tab:cyan", "h"))
 
 
 def safe_name(text: str) -> str:
@@ -34,13 +38,37 @@ def safe_name(text: str) -> str:
 # ------------------------------------------------------------------------------------------ dose-response
 
 
+def _line_of(row: Row, board: Leaderboard) -> tuple[str, tuple[str, str, str]]:
+    """The line a ranked or random row belongs to, and its (colour, marker, label): ``retrieval`` and ``random``
+    as without rankings; a ranking (``rh compare --rankings``) its own colour, in the board's order of rankings."""
+    if row.ranking is None:
+        return row.kind, {
+            "retrieval": ("tab:red", "o", "retrieval heads masked"),
+            "random": ("tab:blue", "s", "random heads masked"),
+            "retrieval-kv": ("tab:red", "o", "top heads by retrieval score keep full KV"),
+            "random-kv": ("tab:blue", "s", "random heads keep full KV"),
+        }[row.kind]
+    rankings = list(dict.fromkeys(r.ranking for r in board.rows if r.ranking is not None))
+    color, marker = RANKING_STYLES[rankings.index(row.ranking) % len(RANKING_STYLES)]
+    what = "top heads masked" if row.kind == "retrieval" else "top heads keep full KV"
+    return f"{row.kind}:{row.ranking}", (color, marker, f"{row.ranking}: {what}")
+
+
 def _draw_series(axes, board: Leaderboard, kind: str, points: list[tuple[float, float, float, float]], color: str,
                  marker: str, label: str, seeded: bool, linestyle: str = "-") -> None:
-    """One line of (x, mean, low, high) points with its interval (documents, and seeds for a seeded kind) as a band."""
+    """One line of (x, mean, low, high) points with its interval (documents, and seeds for a seeded kind) as a band.
+
+    A ranking's line (``kind`` ``retrieval:<ranking>``, boards of several rankings) shows its interval as error bars
+    and hollow markers instead: several overlapping bands would hide each other, and rankings that agree sit on
+    the same points; the random control keeps its band."""
     xs, means, lows, highs = zip(*points)
     if seeded:
         seeds = max((len(r.seeds) for r in board.rows if r.kind == kind), default=0)
         label += f" (mean of {seeds} seeds)" if seeds > 1 else ""
+    if ":" in kind:
+        axes.errorbar(xs, means, yerr=[[m - l for m, l in zip(means, lows)], [h - m for m, h in zip(means, highs)]],
+                      color=color, marker=marker, markerfacecolor="none", label=label, linestyle=linestyle, capsize=3)
+        return
     if any(h > l for l, h in zip(lows, highs)):
         axes.fill_between(xs, lows, highs, color=color, alpha=0.15, linewidth=0)
     axes.plot(xs, means, color=color, marker=marker, label=label, linestyle=linestyle)
@@ -63,7 +91,8 @@ def _finish(figure, axes, board: Leaderboard, column: Column, xlabel: str, title
     axes.set_xlabel(xlabel)
     axes.set_ylabel(column.metric + direction)
     level = round(board.confidence * 100)
-    axes.set_title(f"{column.label}:\n{title}; bands: {level} % intervals over documents (and seeds)",
+    marks = "bands and bars" if any(row.ranking is not None for row in board.rows) else "bands"  # see _draw_series
+    axes.set_title(f"{column.label}:\n{title}; {marks}: {level} % intervals over documents (and seeds)",
                    fontsize="medium")  # two lines: long labels fit the figure
     axes.legend(fontsize="small")
     axes.grid(alpha=0.3)
@@ -71,29 +100,30 @@ def _finish(figure, axes, board: Leaderboard, column: Column, xlabel: str, title
 
 
 def dose_response(board: Leaderboard, column: Column, out: str | Path) -> Path | None:
-    """Score vs K: the retrieval line and the random mean with its interval band (a pair of lines per ablation
-    method when the board has several); None without K > 0 rows."""
+    """Score vs K: the retrieval line (one per ranking on a board of several) and the random mean with its
+    interval band (a set of lines per ablation method when the board has several); None without K > 0 rows."""
     full = next((board.cell(r.name, column) for r in board.rows if r.kind == "full"), None)
     series: dict[tuple[str, str | None], list[tuple[int, float, float, float]]] = {}
+    styles: dict[str, tuple[str, str, str]] = {}
     for row in board.rows:
         cell = board.cell(row.name, column)
         if row.kind in ("retrieval", "random") and cell is not None:
             low, high = cell.interval if cell.interval else (cell.value, cell.value)
-            series.setdefault((row.kind, row.method), []).append((row.k, cell.value, low, high))
+            line, styles[line] = _line_of(row, board)
+            series.setdefault((line, row.method), []).append((row.k, cell.value, low, high))
     if not series:
         return None
 
     figure = new_figure()
     axes = figure.add_subplot()
-    styles = {"retrieval": ("tab:red", "o", "retrieval heads masked"), "random": ("tab:blue", "s", "random heads masked")}
     linestyles = {None: "-", "zero": "-", "uniform": "--", "mean": "-."}  # ":" is the unmasked line
-    for (kind, method), points in series.items():
+    for (line, method), points in series.items():
         if full is not None:
             points = [(0, full.value, *(full.interval or (full.value, full.value))), *points]
         points.sort()
-        color, marker, label = styles[kind]
-        _draw_series(axes, board, kind, points, color, marker, label + (f" ({method})" if method else ""),
-                     seeded=kind == "random", linestyle=linestyles.get(method, (0, (1, 3))))
+        color, marker, label = styles[line]
+        _draw_series(axes, board, line, points, color, marker, label + (f" ({method})" if method else ""),
+                     seeded=line == "random", linestyle=linestyles.get(method, (0, (1, 3))))
     if full is not None:
         axes.axhline(full.value, color="gray", linestyle=":", linewidth=1, label="full (no mask)")
     axes.set_xticks(sorted({0, *(k for points in series.values() for k, *_ in points)}))
@@ -104,36 +134,35 @@ def dose_response(board: Leaderboard, column: Column, out: str | Path) -> Path |
 
 
 def kv_budget_curve(board: Leaderboard, column: Column, out: str | Path) -> Path | None:
-    """Score vs KV budget (share of key/value entries kept): the retrieval ranking against random rankings.
+    """Score vs KV budget (share of key/value entries kept): the retrieval ranking (one line per ranking on a
+    board of several) against random rankings.
 
     Each point sits at the budget the run measured, so rankings that keep different GQA groups whole are still
     compared at the memory they really keep; ``streaming`` and ``full`` are the two ends. None without KV rows.
     """
-    series: dict[str, list[tuple[float, float, float, float]]] = {"retrieval-kv": [], "random-kv": []}
+    series: dict[str, list[tuple[float, float, float, float]]] = {}
+    styles: dict[str, tuple[str, str, str]] = {}
     ends: dict[str, tuple[float, float]] = {}
     for row in board.rows:
         cell = board.cell(row.name, column)
         if cell is None or row.kv_budget is None:
             continue
         budget = 100 * row.kv_budget
-        if row.kind in series:
+        if row.kind in ("retrieval-kv", "random-kv"):
             low, high = cell.interval if cell.interval else (cell.value, cell.value)
-            series[row.kind].append((budget, cell.value, low, high))
+            line, styles[line] = _line_of(row, board)
+            series.setdefault(line, []).append((budget, cell.value, low, high))
         elif row.kind in ("full", "streaming"):
             ends[row.kind] = (budget, cell.value)
-    if not series["retrieval-kv"] and not series["random-kv"]:
+    if not series:
         return None
 
     figure = new_figure()
     axes = figure.add_subplot()
-    styles = {"retrieval-kv": ("tab:red", "o", "top heads by retrieval score keep full KV"),
-              "random-kv": ("tab:blue", "s", "random heads keep full KV")}
-    for kind, points in series.items():
-        if not points:
-            continue
+    for line, points in series.items():
         points = sorted([*([ends["streaming"] + (ends["streaming"][1],) * 2] if "streaming" in ends else []), *points,
                          *([ends["full"] + (ends["full"][1],) * 2] if "full" in ends else [])])
-        _draw_series(axes, board, kind, points, *styles[kind], seeded=kind == "random-kv")
+        _draw_series(axes, board, line, points, *styles[line], seeded=line == "random-kv")
     for kind, (budget, value) in ends.items():
         axes.annotate(kind, (budget, value), textcoords="offset points", xytext=(4, 6), fontsize="small")
     return _finish(figure, axes, board, column, "KV budget: % of key/value entries kept", "score vs KV budget", out)
