@@ -77,6 +77,12 @@ class Table:
     headers: list[str]
     rows: list[list[tuple[str, float | None, str | None]]]
 
+    @classmethod
+    def of_texts(cls, table: tuple[list[str], list[list[str]]]) -> "Table":
+        """A table of text cells only (no values to sort by), e.g. :meth:`Leaderboard.tests_matrix`."""
+        headers, matrix = table
+        return cls(headers, [[(text, None, None) for text in row] for row in matrix])
+
 
 # ------------------------------------------------------------------------------------------------ reading
 
@@ -294,15 +300,10 @@ def render_report(folder: str | Path) -> str:
         question=question(board, settings, folder), board_note=board_note, verdicts=verdicts(board),
         table=leaderboard_table(main),
         full_table=leaderboard_table(board) if main.columns != board.columns else None,
-        cells_note=board.cells_note(), tests=Table(*_text_table(main.tests_matrix())), tests_note=TESTS_NOTE,
+        cells_note=board.cells_note(), tests=Table.of_texts(main.tests_matrix()), tests_note=TESTS_NOTE,
         groups=groups, conditions=conditions_table(board, folder), provenance=provenance(settings, folder),
         demo=(folder / DEMO_FILE).is_file(),
     )
-
-
-def _text_table(table: tuple[list[str], list[list[str]]]) -> tuple[list[str], list[list[tuple[str, None, None]]]]:
-    headers, matrix = table
-    return headers, [[(text, None, None) for text in row] for row in matrix]
 
 
 def write_report(folder: str | Path) -> Path:
