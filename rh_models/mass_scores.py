@@ -1,0 +1,126 @@
+"""Attention-mass head scores: which rows each score reads, onto which keys, and the one forward that reads them.
+
+Usage::
+
+    test = question_test(tokenizer, lm.tok_encode(doc["prompt"]), doc)          # attention: one needle test
+    tests = repeat_tests(candidates, lm.tok_encode(""), length=100, samples=3, seed=0, score="induction")
+    per_test = measure(model, control, test)                                    # (tests, layers, heads)
+
+Three scores beside the paper's copy score (:mod:`rh_models.scores`), each a mean attention weight, per head:
+
+* ``attention`` (QRHead's query-focused score, calibrated): on a needle test, the weight each head puts on the
+  needle's tokens from the question's positions (every token after the haystack: closing tag, question, answer
+  prefix), averaged over those positions, minus the same with the question's tokens replaced by a *null question*
+  of the same token count (``N/A`` repeated, QRHead's null query). The calibration removes what a head gives the
+  needle whatever is asked (a sink, a recency habit); what is left is attention the question itself directs there.
+  Question and null question run as one batch of two rows with identical positions, so they differ only there.
+* ``induction`` / ``echo`` (RazorAttention's, data-free): on ``length`` distinct random tokens repeated twice, at
+  each position of the second copy, the weight on the token *after* the same token's previous occurrence
+  (induction: the head predicts the repeat) or on that previous occurrence itself (echo). Distinct tokens make the
+  previous occurrence unique; special tokens are never drawn; the model's own start token (lm-eval's, if it adds
+  one) leads the sequence, since models without it put their attention sink elsewhere.
+
+No generation, no answer filter: every test counts (a head's list holds one score per test, the paper's format).
+The rows are read by :class:`rh_models.observers.TargetMass` in step 1 of the attention function, from one forward
+over the whole sequence without a cache.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+
+from rh_models.errors import RHError
+from rh_models.observers import TargetMass
+from rh_models.recorder import span_tokens
+
+MASS_SCORES = ("attention", "induction", "echo")
+NULL_QUESTION = "N/A"  # QRHead's null query: cycled over the question's token count
+
+
+@dataclass(frozen=True)
+class MassTest:
+    """One forward's inputs: ``ids`` (rows of one length), the query positions read, and each one's target keys.
+
+    ``calibrated``: ``ids`` is (question, null question) and the test's score is the first row's minus the second's.
+    """
+
+    ids: torch.Tensor  # (batch, length) long
+    rows: torch.Tensor  # (r,) long
+    targets: torch.Tensor  # (r, length) bool
+    calibrated: bool = False
+
+
+def question_test(tokenizer: Any, encoded: Sequence[int], doc: dict, null_question: str = NULL_QUESTION) -> MassTest:
+    """The ``attention`` score's test of one NIAH doc: its prompt as the model reads it (``encoded``, lm-eval's
+    tokens, a start token included) and the same prompt with the question's tokens replaced by the null question."""
+    prompt = doc["prompt"]
+    encoding = tokenizer(prompt, add_special_tokens=False, return_offsets_mapping=True)
+    plain, offsets = list(encoding["input_ids"]), encoding["offset_mapping"]
+    shift = len(encoded) - len(plain)  # the tokens lm-eval puts before the prompt's own (a start token)
+    if shift < 0 or list(encoded[shift:]) != plain:
+        raise RHError("the prompt's tokens differ from a standalone tokenization; cannot locate needle and question")
+    needle = sorted({shift + i for start, end in doc["needle_spans"] for i in span_tokens(offsets, start, end)})
+    after = [shift + i for i, (start, _) in enumerate(offsets) if start >= doc["hay_end"]]
+    question = [shift + i for i in span_tokens(offsets, *doc["question_span"])]
+    if not needle or not question or not after or question[0] < after[0]:
+        raise RHError(f"doc {doc.get('cell', '?')}: needle, question or the text after the haystack has no token of "
+                      "its own in the prompt")
+    null = tokenizer(null_question, add_special_tokens=False)["input_ids"]
+    if not null:
+        raise RHError(f"the null question {null_question!r} has no tokens")
+    null_ids = list(encoded)
+    for n, position in enumerate(question):
+        null_ids[position] = null[n % len(null)]
+    length = len(encoded)
+    rows = torch.tensor(after)
+    targets = torch.zeros(len(after), length, dtype=torch.bool)
+    targets[:, needle] = True
+    return MassTest(torch.tensor([list(encoded), null_ids]), rows, targets, calibrated=True)
+
+
+def token_candidates(tokenizer: Any, vocab_size: int) -> torch.Tensor:
+    """Token ids a random sequence may use: the model's and the tokenizer's vocabulary, special tokens left out."""
+    size = min(vocab_size, len(tokenizer))
+    keep = torch.ones(size, dtype=torch.bool)
+    special = [i for i in tokenizer.all_special_ids if i < size]
+    keep[special] = False
+    return keep.nonzero().flatten()
+
+
+def repeat_tests(candidates: torch.Tensor, prefix: Sequence[int], length: int, samples: int, seed: int,
+                 score: str) -> MassTest:
+    """``samples`` sequences of ``length`` distinct random tokens (seeded by ``seed`` and ``length``), each repeated
+    twice after ``prefix``: one batch, whose rows are the second copy's positions, each targeting the key after
+    (``induction``) or at (``echo``) its token's first occurrence."""
+    if score not in ("induction", "echo"):
+        raise RHError(f"repeat_tests scores induction or echo, not {score!r}")
+    if length < 2 or length > len(candidates):
+        raise RHError(f"a repeated random sequence needs 2 .. {len(candidates)} distinct tokens, got length {length}")
+    if samples < 1:
+        raise RHError("--samples must be at least 1")
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + length)
+    start = torch.tensor(list(prefix), dtype=torch.long)
+    rows_ids = []
+    for _ in range(samples):
+        block = candidates[torch.randperm(len(candidates), generator=generator)[:length]]
+        rows_ids.append(torch.cat([start, block, block]))
+    first = len(start)
+    rows = torch.arange(first + length, first + 2 * length)
+    previous = rows - length  # the same token's first occurrence
+    targets = torch.zeros(length, first + 2 * length, dtype=torch.bool)
+    targets[torch.arange(length), previous + 1 if score == "induction" else previous] = True
+    return MassTest(torch.stack(rows_ids), rows, targets)
+
+
+def measure(model: torch.nn.Module, control: Any, test: MassTest) -> torch.Tensor:
+    """``(tests, layers, heads)`` scores of one :class:`MassTest`: one forward of the decoder (no logits, no cache)
+    with a :class:`TargetMass` observing."""
+    mass = TargetMass(test.rows, test.targets, test.ids.shape[1], control.n_layers)
+    device = next(model.parameters()).device
+    with torch.no_grad(), control.observing(mass):
+        model.base_model(input_ids=test.ids.to(device), use_cache=False)
+    per_row = mass.result()
+    return per_row[:1] - per_row[1:2] if test.calibrated else per_row

@@ -1,0 +1,149 @@
+"""Step 1 of the attention function: observers that read chosen query rows of each head, before any edit.
+
+Usage::
+
+    control.start_recording(); model.generate(...); top1 = control.stop_recording()   # copy: TopOneRows
+    mass = TargetMass(rows, targets, n_layers)             # rows: query positions; targets: (rows, keys) bool
+    with control.observing(mass):
+        model.base_model(input_ids=ids, use_cache=False)   # one forward over the whole sequence
+    mass.result()                                          # (batch, layers, heads): mean weight on the targets
+
+Why rows and not maps: a score needs a few rows of each head's attention (the copy score the last one, an
+attention-mass score the question's, induction and echo the second copy's), so an observer computes ``q . K`` for
+those rows only, with the keys the model's own mask lets each row see -- never eager attention or
+``output_attentions``, which would materialise every row of every head. :func:`row_logits` is that one computation
+(scale, soft cap, position bias and mask as the model's eager attention applies them); TopOneRows takes its
+arg-max, TargetMass its softmax. Observers read the unedited query and keys (step 1 of
+:mod:`rh_models.attention`), so a masked head is observed as it would look, in the model as masked so far.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+
+from rh_models.errors import RHError
+from rh_models.kv_budget import visible_keys
+
+ROW_BLOCK = 256  # query rows per softmax: a block's (batch, heads, rows, keys) weights, not the whole map
+
+
+class Observer(Protocol):
+    """What step 1 calls on every layer's attention call while the observer is attached."""
+
+    def observe(self, layer: int, module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor,
+                attention_mask: torch.Tensor | None, kwargs: dict[str, Any]) -> None: ...
+
+
+def row_logits(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, attention_mask: torch.Tensor | None,
+               kwargs: dict[str, Any], rows: torch.Tensor) -> torch.Tensor:
+    """``(batch, heads, len(rows), kv)``: the attention logits of query rows ``rows`` (indices into this call's
+    queries), as the model's eager attention computes them, ``-inf`` where its mask hides a key.
+
+    Under GQA query head ``h`` reads KV head ``h // (heads / kv_heads)``, as transformers' ``repeat_kv`` lays them out.
+    """
+    batch, n_heads, q_length, head_dim = query.shape
+    kv_heads, kv_length = key.shape[1], key.shape[2]
+    if attention_mask is not None and attention_mask.ndim == 2 and kwargs.get("sliding_window") is not None:
+        raise RHError(f"{type(module).__name__} slides a window over a padding-only mask; its attention rows cannot "
+                      "be read from the mask")
+    rows = rows.to(query.device)
+    chosen = query.index_select(2, rows).reshape(batch, kv_heads, (n_heads // kv_heads) * len(rows), head_dim)
+    logits = torch.matmul(chosen, key.transpose(-1, -2)).reshape(batch, n_heads, len(rows), kv_length)
+    scaling = kwargs.get("scaling")
+    logits = logits * (scaling if scaling is not None else head_dim**-0.5)  # as eager does: same ties
+    softcap = kwargs.get("softcap")
+    if softcap is not None:
+        logits = torch.tanh(logits / softcap) * softcap
+    bias = kwargs.get("position_bias")
+    if bias is not None:
+        logits = logits + bias.index_select(-2, rows)
+    visible = visible_keys(attention_mask, batch, q_length, kv_length, query.device, rows=rows)
+    return logits.masked_fill(~visible[:, None], float("-inf"))
+
+
+@dataclass
+class TopOneRows:
+    """The copy score's observer: top-1 attended positions of the last query row, one entry per (forward, layer).
+
+    ``positions[step][layer]`` is a ``(batch, heads)`` tensor of key indices into that layer's cache;
+    ``kv_lengths[step][layer]`` is the cache length it indexes (shorter than the sequence for sliding
+    layers that keep only a window), so absolute position = index + seq_len_at_step - kv_length. A masked head's
+    entry is its pattern before its own mask (see :mod:`rh_models.attention`).
+    """
+
+    positions: list[list[torch.Tensor]] = field(default_factory=list)
+    kv_lengths: list[list[int]] = field(default_factory=list)
+    n_layers: int = 0
+
+    def observe(self, layer, module, query, key, attention_mask, kwargs) -> None:
+        last = torch.tensor([query.shape[2] - 1], device=query.device)
+        scores = row_logits(module, query, key, attention_mask, kwargs, last)[:, :, 0]
+        if layer == 0 or not self.positions:
+            self.positions.append([None] * self.n_layers)
+            self.kv_lengths.append([0] * self.n_layers)
+        self.positions[-1][layer] = scores.argmax(dim=-1)
+        self.kv_lengths[-1][layer] = key.shape[2]
+
+    def absolute(self, prompt_length: int) -> torch.Tensor:
+        """``(steps, batch, layers, heads)`` absolute positions in the padded prompt+generation sequence."""
+        steps = []
+        for step, (layers, lengths) in enumerate(zip(self.positions, self.kv_lengths)):
+            seen = prompt_length + step
+            if max(lengths) > seen:  # a preallocated (static) cache: indices are not "the last n positions"
+                raise RHError(f"a layer's cache held {max(lengths)} keys at step {step} of a {seen}-token sequence "
+                              "(a static cache?); recorded positions cannot be mapped back to the prompt")
+            steps.append(torch.stack([p + (seen - n) for p, n in zip(layers, lengths)], dim=1))
+        return torch.stack(steps).cpu()
+
+
+_SINK_TERMS = ("s_aux", "sinks")  # a learned sink logit joins the softmax: weights over the keys no longer sum to 1
+
+
+class TargetMass:
+    """Attention-mass scores' observer: at query positions ``rows`` of a ``length``-token sequence, each head's
+    attention weight on the key positions ``targets[i]`` marks for row ``i``, averaged over the rows.
+
+    It reads the one forward that feeds the whole sequence at once (``length`` queries over ``length`` keys: a
+    prefill without a cache); other forwards of the block (a generation's decoding steps) are not its rows and are
+    passed over. :meth:`result` refuses a block in which some layer was not read exactly once.
+    """
+
+    def __init__(self, rows: torch.Tensor, targets: torch.Tensor, length: int, n_layers: int) -> None:
+        if rows.ndim != 1 or not len(rows) or targets.shape != (len(rows), length) or targets.dtype != torch.bool:
+            raise RHError(f"TargetMass needs rows (r,) and bool targets (r, {length}); got {tuple(rows.shape)} and "
+                          f"{tuple(targets.shape)} {targets.dtype}")
+        if int(rows.max()) >= length or int(rows.min()) < 0:
+            raise RHError(f"TargetMass rows must be positions of the {length}-token sequence")
+        self.rows, self.targets, self.length, self.n_layers = rows.long(), targets, length, n_layers
+        self.sums: list[torch.Tensor | None] = [None] * n_layers
+        self.reads = [0] * n_layers
+
+    def observe(self, layer, module, query, key, attention_mask, kwargs) -> None:
+        if query.shape[2] != self.length:
+            return  # not the forward of the whole sequence (e.g. a decoding step after it)
+        if key.shape[2] != self.length:
+            raise RHError(f"layer {layer} attends {key.shape[2]} keys from a {self.length}-token sequence; attention "
+                          "mass is read from one forward over the whole sequence, without a cache before it")
+        found = [name for name in _SINK_TERMS if kwargs.get(name) is not None]
+        if found:
+            raise RHError(f"{type(module).__name__} adds a sink logit ({', '.join(found)}) to its softmax; attention "
+                          "mass over its keys is not supported for it")
+        targets = self.targets.to(query.device)
+        total = torch.zeros(query.shape[0], query.shape[1], dtype=torch.float32, device=query.device)
+        for start in range(0, len(self.rows), ROW_BLOCK):
+            rows = self.rows[start : start + ROW_BLOCK]
+            weights = torch.softmax(row_logits(module, query, key, attention_mask, kwargs, rows), dim=-1,
+                                    dtype=torch.float32)  # as eager: softmax in float32
+            total += (weights * targets[start : start + ROW_BLOCK]).sum(dim=(-1, -2))
+        self.sums[layer] = total / len(self.rows)
+        self.reads[layer] += 1
+
+    def result(self) -> torch.Tensor:
+        """``(batch, layers, heads)`` mean attention weight on the targets over the rows, float32 on the CPU."""
+        if any(reads != 1 for reads in self.reads):
+            raise RHError(f"attention mass read each layer {sorted(set(self.reads))} times, not once: the block must run "
+                          f"exactly one forward over the whole {self.length}-token sequence")
+        return torch.stack([s.cpu() for s in self.sums], dim=1)  # type: ignore[union-attr]
