@@ -114,7 +114,7 @@ def detect_mass(
               file=bar_file) as bar:
         for key, job in todo:
             test = question_test(lm.tokenizer, lm.tok_encode(job["prompt"]), job) if score == "attention" else job
-            per_test = measure(lm.model, lm.control, test)
+            per_test = measure(lm.model, lm.control, test, lm.cached_prompt)
             labels = ([dict(job["rh_labels"])] if score == "attention"
                       else [{"length": int(key.split("|")[1]), "sample": n} for n in range(len(per_test))])
             done[key] = {"key": key, "tests": labels, "scores": [s.flatten().tolist() for s in per_test]}

@@ -321,7 +321,7 @@ class HeadControl:
     def _observe(self, layer, module, query, key, attention_mask, kwargs) -> None:
         """Step 1, before any edit: observers read the head's own pattern, whatever its mask (module doc)."""
         for observer in self.observers:
-            observer.observe(layer, module, query, key, attention_mask, kwargs)
+            observer.observe(layer, module, query, key, attention_mask, kwargs, self.phase)
 
     def _edit_query(self, masked: torch.Tensor | None, module, query: torch.Tensor, kwargs) -> torch.Tensor:
         """Step 2, ``uniform``: q = 0 -> every visible logit equals 0 (softcap/scale keep it 0) -> uniform attention."""

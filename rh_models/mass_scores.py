@@ -3,7 +3,7 @@
 Usage::
 
     test = question_test(tokenizer, lm.tok_encode(doc["prompt"]), doc)          # attention: one needle test
-    tests = repeat_tests(candidates, lm.tok_encode(""), length=100, samples=3, seed=0, score="induction")
+    tests = repeat_tests(candidates, lm.tok_encode(""), length=200, samples=3, seed=0, score="induction")
     per_test = measure(model, control, test)                                    # (tests, layers, heads)
 
 Three scores beside the paper's copy score (:mod:`rh_models.scores`), each a mean attention weight, per head:
@@ -13,8 +13,9 @@ Three scores beside the paper's copy score (:mod:`rh_models.scores`), each a mea
   prefix), averaged over those positions, minus the same with the question's tokens replaced by a *null question*
   of the same token count (``N/A`` repeated, QRHead's null query). The calibration removes what a head gives the
   needle whatever is asked (a sink, a recency habit); what is left is attention the question itself directs there.
-  Question and null question run as one batch of two rows with identical positions, so they differ only there.
-* ``induction`` / ``echo`` (RazorAttention's, data-free): on ``length`` distinct random tokens repeated twice, at
+  Question and null question continue one cache of the prompt before the question's positions, as a batch of two
+  rows with identical positions, so they differ only in the question.
+* ``induction`` / ``echo`` (RazorAttention's, data-free): on distinct random tokens repeated twice, at
   each position of the second copy, the weight on the token *after* the same token's previous occurrence
   (induction: the head predicts the repeat) or on that previous occurrence itself (echo). Distinct tokens make the
   previous occurrence unique; special tokens are never drawn; the model's own start token (lm-eval's, if it adds
@@ -28,7 +29,7 @@ over the whole sequence without a cache.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -42,15 +43,18 @@ NULL_QUESTION = "N/A"  # QRHead's null query: cycled over the question's token c
 
 @dataclass(frozen=True)
 class MassTest:
-    """One forward's inputs: ``ids`` (rows of one length), the query positions read, and each one's target keys.
+    """One test's inputs: ``ids`` (rows of one length), the query positions read, and each one's target keys.
 
     ``calibrated``: ``ids`` is (question, null question) and the test's score is the first row's minus the second's.
+    ``shared``: the leading positions every row holds alike (the prompt before the question's positions), run once
+    into a cache that the rows continue from; what is read is the same as over whole rows.
     """
 
     ids: torch.Tensor  # (batch, length) long
     rows: torch.Tensor  # (r,) long
     targets: torch.Tensor  # (r, length) bool
     calibrated: bool = False
+    shared: int = 0
 
 
 def question_test(tokenizer: Any, encoded: Sequence[int], doc: dict, null_question: str = NULL_QUESTION) -> MassTest:
@@ -78,7 +82,7 @@ def question_test(tokenizer: Any, encoded: Sequence[int], doc: dict, null_questi
     rows = torch.tensor(after)
     targets = torch.zeros(len(after), length, dtype=torch.bool)
     targets[:, needle] = True
-    return MassTest(torch.tensor([list(encoded), null_ids]), rows, targets, calibrated=True)
+    return MassTest(torch.tensor([list(encoded), null_ids]), rows, targets, calibrated=True, shared=after[0])
 
 
 def token_candidates(tokenizer: Any, vocab_size: int) -> torch.Tensor:
@@ -92,35 +96,51 @@ def token_candidates(tokenizer: Any, vocab_size: int) -> torch.Tensor:
 
 def repeat_tests(candidates: torch.Tensor, prefix: Sequence[int], length: int, samples: int, seed: int,
                  score: str) -> MassTest:
-    """``samples`` sequences of ``length`` distinct random tokens (seeded by ``seed`` and ``length``), each repeated
-    twice after ``prefix``: one batch, whose rows are the second copy's positions, each targeting the key after
-    (``induction``) or at (``echo``) its token's first occurrence."""
+    """``samples`` sequences of ``length`` tokens (a context length, as NIAH's): ``prefix`` (the model's start
+    token), then ``(length - len(prefix)) // 2`` distinct random tokens (seeded by ``seed`` and ``length``) twice. One
+    batch; its rows are the second copy's positions, each targeting the key after (``induction``) or at (``echo``)
+    its token's first occurrence."""
     if score not in ("induction", "echo"):
         raise RHError(f"repeat_tests scores induction or echo, not {score!r}")
-    if length < 2 or length > len(candidates):
-        raise RHError(f"a repeated random sequence needs 2 .. {len(candidates)} distinct tokens, got length {length}")
+    block = (length - len(prefix)) // 2
+    if block < 2 or block > len(candidates):
+        raise RHError(f"a repeated random sequence of length {length} holds {block} distinct tokens twice; it needs "
+                      f"2 .. {len(candidates)} (lengths {len(prefix) + 4} .. {len(prefix) + 2 * len(candidates)})")
     if samples < 1:
         raise RHError("--samples must be at least 1")
     generator = torch.Generator().manual_seed(seed * 1_000_003 + length)
     start = torch.tensor(list(prefix), dtype=torch.long)
-    rows_ids = []
+    sequences = []
     for _ in range(samples):
-        block = candidates[torch.randperm(len(candidates), generator=generator)[:length]]
-        rows_ids.append(torch.cat([start, block, block]))
+        tokens = candidates[torch.randperm(len(candidates), generator=generator)[:block]]
+        sequences.append(torch.cat([start, tokens, tokens]))
     first = len(start)
-    rows = torch.arange(first + length, first + 2 * length)
-    previous = rows - length  # the same token's first occurrence
-    targets = torch.zeros(length, first + 2 * length, dtype=torch.bool)
-    targets[torch.arange(length), previous + 1 if score == "induction" else previous] = True
-    return MassTest(torch.stack(rows_ids), rows, targets)
+    rows = torch.arange(first + block, first + 2 * block)
+    previous = rows - block  # the same token's first occurrence
+    targets = torch.zeros(block, first + 2 * block, dtype=torch.bool)
+    targets[torch.arange(block), previous + 1 if score == "induction" else previous] = True
+    return MassTest(torch.stack(sequences), rows, targets)
 
 
-def measure(model: torch.nn.Module, control: Any, test: MassTest) -> torch.Tensor:
-    """``(tests, layers, heads)`` scores of one :class:`MassTest`: one forward of the decoder (no logits, no cache)
-    with a :class:`TargetMass` observing."""
+def measure(model: torch.nn.Module, control: Any, test: MassTest,
+            cached_prompt: Callable[[torch.Tensor], Any] | None = None) -> torch.Tensor:
+    """``(tests, layers, heads)`` scores of one :class:`MassTest`: the decoder only (no logits), with a
+    :class:`TargetMass` observing the forward that ends the rows, after the shared prefix's, run once if there is
+    one (by ``cached_prompt``, e.g. ``RHHFLM.cached_prompt``'s prefix reuse, else in full)."""
+    from rh_models.compat import cache_kwarg
+
     mass = TargetMass(test.rows, test.targets, test.ids.shape[1], control.n_layers)
-    device = next(model.parameters()).device
-    with torch.no_grad(), control.observing(mass):
-        model.base_model(input_ids=test.ids.to(device), use_cache=False)
+    ids = test.ids.to(next(model.parameters()).device)
+    with torch.no_grad():
+        if test.shared:
+            shared = ids[:1, : test.shared]
+            cache = (cached_prompt(shared) if cached_prompt is not None
+                     else model.base_model(input_ids=shared, use_cache=True).past_key_values)
+            cache.batch_repeat_interleave(ids.shape[0])
+            with control.observing(mass):
+                model.base_model(input_ids=ids[:, test.shared :], use_cache=True, **{cache_kwarg(): cache})
+        else:
+            with control.observing(mass):
+                model.base_model(input_ids=ids, use_cache=False)
     per_row = mass.result()
     return per_row[:1] - per_row[1:2] if test.calibrated else per_row

@@ -5,7 +5,7 @@ Usage::
     control.start_recording(); model.generate(...); top1 = control.stop_recording()   # copy: TopOneRows
     mass = TargetMass(rows, targets, n_layers)             # rows: query positions; targets: (rows, keys) bool
     with control.observing(mass):
-        model.base_model(input_ids=ids, use_cache=False)   # one forward over the whole sequence
+        model.base_model(input_ids=ids, use_cache=False)   # the prefill that ends the sequence (a cache may precede)
     mass.result()                                          # (batch, layers, heads): mean weight on the targets
 
 Why rows and not maps: a score needs a few rows of each head's attention (the copy score the last one, an
@@ -34,7 +34,7 @@ class Observer(Protocol):
     """What step 1 calls on every layer's attention call while the observer is attached."""
 
     def observe(self, layer: int, module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor,
-                attention_mask: torch.Tensor | None, kwargs: dict[str, Any]) -> None: ...
+                attention_mask: torch.Tensor | None, kwargs: dict[str, Any], phase: str) -> None: ...
 
 
 def row_logits(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, attention_mask: torch.Tensor | None,
@@ -78,7 +78,7 @@ class TopOneRows:
     kv_lengths: list[list[int]] = field(default_factory=list)
     n_layers: int = 0
 
-    def observe(self, layer, module, query, key, attention_mask, kwargs) -> None:
+    def observe(self, layer, module, query, key, attention_mask, kwargs, phase: str = "prefill") -> None:
         last = torch.tensor([query.shape[2] - 1], device=query.device)
         scores = row_logits(module, query, key, attention_mask, kwargs, last)[:, :, 0]
         if layer == 0 or not self.positions:
@@ -103,12 +103,14 @@ _SINK_TERMS = ("s_aux", "sinks")  # a learned sink logit joins the softmax: weig
 
 
 class TargetMass:
-    """Attention-mass scores' observer: at query positions ``rows`` of a ``length``-token sequence, each head's
-    attention weight on the key positions ``targets[i]`` marks for row ``i``, averaged over the rows.
+    """Attention-mass scores' observer: at positions ``rows`` of a ``length``-token sequence, each head's attention
+    weight on the key positions ``targets[i]`` marks for row ``i``, averaged over the rows.
 
-    It reads the one forward that feeds the whole sequence at once (``length`` queries over ``length`` keys: a
-    prefill without a cache); other forwards of the block (a generation's decoding steps) are not its rows and are
-    passed over. :meth:`result` refuses a block in which some layer was not read exactly once.
+    It reads the *prefill* forward(s) of its block (decoding steps, told apart by :meth:`HeadControl.generating`, are
+    not its rows): one forward that ends the sequence and holds every row, its queries the last ``q`` positions and
+    its keys the last ``kv`` (all of them, or a sliding layer's cached window: keys it does not hold, it cannot see).
+    A shared prefix may come from a cache filled before the block. :meth:`result` refuses a block in which some layer
+    was not read exactly once.
     """
 
     def __init__(self, rows: torch.Tensor, targets: torch.Tensor, length: int, n_layers: int) -> None:
@@ -117,27 +119,37 @@ class TargetMass:
                           f"{tuple(targets.shape)} {targets.dtype}")
         if int(rows.max()) >= length or int(rows.min()) < 0:
             raise RHError(f"TargetMass rows must be positions of the {length}-token sequence")
-        self.rows, self.targets, self.length, self.n_layers = rows.long(), targets, length, n_layers
+        self.rows, self.length, self.n_layers = rows.long(), length, n_layers
+        # each row's target positions, padded to one width (-1: no target): a gather, not a (rows, keys) product
+        counts = targets.sum(dim=1)
+        width = max(1, int(counts.max()))
+        order = torch.sort(targets.to(torch.int8), dim=1, descending=True, stable=True).indices[:, :width]
+        self.targets = torch.where(torch.arange(width)[None, :] < counts[:, None], order, -1)
         self.sums: list[torch.Tensor | None] = [None] * n_layers
         self.reads = [0] * n_layers
 
-    def observe(self, layer, module, query, key, attention_mask, kwargs) -> None:
-        if query.shape[2] != self.length:
-            return  # not the forward of the whole sequence (e.g. a decoding step after it)
-        if key.shape[2] != self.length:
-            raise RHError(f"layer {layer} attends {key.shape[2]} keys from a {self.length}-token sequence; attention "
-                          "mass is read from one forward over the whole sequence, without a cache before it")
+    def observe(self, layer, module, query, key, attention_mask, kwargs, phase: str = "prefill") -> None:
+        if phase != "prefill":
+            return  # a decoding step after the sequence: not its rows
+        q_length, kv_length = query.shape[2], key.shape[2]
+        first_query, first_key = self.length - q_length, self.length - kv_length
+        if first_key < 0 or first_query < 0 or first_query > int(self.rows.min()):
+            raise RHError(f"layer {layer} attends {q_length} queries over {kv_length} keys; attention mass reads one "
+                          f"prefill forward that ends the {self.length}-token sequence and holds every row read")
         found = [name for name in _SINK_TERMS if kwargs.get(name) is not None]
         if found:
             raise RHError(f"{type(module).__name__} adds a sink logit ({', '.join(found)}) to its softmax; attention "
                           "mass over its keys is not supported for it")
-        targets = self.targets.to(query.device)
-        total = torch.zeros(query.shape[0], query.shape[1], dtype=torch.float32, device=query.device)
+        batch, n_heads = query.shape[:2]
+        total = torch.zeros(batch, n_heads, dtype=torch.float32, device=query.device)
         for start in range(0, len(self.rows), ROW_BLOCK):
-            rows = self.rows[start : start + ROW_BLOCK]
-            weights = torch.softmax(row_logits(module, query, key, attention_mask, kwargs, rows), dim=-1,
-                                    dtype=torch.float32)  # as eager: softmax in float32
-            total += (weights * targets[start : start + ROW_BLOCK]).sum(dim=(-1, -2))
+            rows = self.rows[start : start + ROW_BLOCK].to(query.device)
+            targets = self.targets[start : start + ROW_BLOCK].to(query.device) - first_key  # key indices
+            held = targets >= 0  # padding (-1), or a key a sliding layer's cache no longer holds (nor could it see)
+            logits = row_logits(module, query, key, attention_mask, kwargs, rows - first_query).float()
+            picked = logits.gather(-1, targets.clamp(min=0).expand(batch, n_heads, *targets.shape))
+            weights = torch.exp(picked - torch.logsumexp(logits, dim=-1, keepdim=True))  # softmax, as eager: float32
+            total += weights.masked_fill(~held, 0.0).sum(dim=(-1, -2))
         self.sums[layer] = total / len(self.rows)
         self.reads[layer] += 1
 

@@ -26,7 +26,8 @@ from rh_models.observers import TargetMass
 
 SLIDING_MISTRAL = "mistral-window12"
 MASS_ARCHITECTURES = [*ARCHITECTURES, SLIDING_MISTRAL]
-REPEAT = 12  # tokens per copy: longer than both sliding windows, so windows cut the previous occurrence off
+REPEAT = 12  # tokens per copy: a window of 12 sees the induction target (11 back), not the echo one (12 back)
+LENGTH = 1 + 2 * REPEAT  # a start token, then the copies
 
 
 def _model(arch: str, attn_implementation: str = "sdpa"):
@@ -78,17 +79,18 @@ def test_question_test_reads_the_rows_after_the_haystack_onto_the_needle(smollm_
 
 def test_repeat_tests_are_distinct_random_tokens_repeated_twice():
     candidates = torch.arange(3, VOCAB)
-    induction = repeat_tests(candidates, [1], REPEAT, samples=3, seed=4, score="induction")
-    echo = repeat_tests(candidates, [1], REPEAT, samples=3, seed=4, score="echo")
+    induction = repeat_tests(candidates, [1], LENGTH, samples=3, seed=4, score="induction")
+    echo = repeat_tests(candidates, [1], LENGTH, samples=3, seed=4, score="echo")
     assert torch.equal(induction.ids, echo.ids) and induction.ids.shape == (3, 1 + 2 * REPEAT)
     for row in induction.ids:
         first, second = row[1 : 1 + REPEAT], row[1 + REPEAT :]
         assert row[0] == 1 and torch.equal(first, second) and len(set(first.tolist())) == REPEAT and first.min() >= 3
-    assert not torch.equal(induction.ids, repeat_tests(candidates, [1], REPEAT, 3, seed=5, score="echo").ids)
+    assert not torch.equal(induction.ids, repeat_tests(candidates, [1], LENGTH, 3, seed=5, score="echo").ids)
+    assert repeat_tests(candidates, [1], LENGTH + 1, 1, 0, "echo").ids.shape == (1, LENGTH)  # at most the length
     for test, shift in ((induction, 1), (echo, 0)):  # row p targets p - REPEAT + 1 (induction) or p - REPEAT (echo)
         assert [t.nonzero().item() for t in test.targets] == [p - REPEAT + shift for p in test.rows.tolist()]
-    with pytest.raises(RHError, match="distinct tokens"):
-        repeat_tests(candidates, [1], VOCAB, 1, 0, "induction")
+    with pytest.raises(RHError, match="holds 128 distinct tokens twice; it needs 2 .. 125"):
+        repeat_tests(candidates, [1], 2 * VOCAB + 1, 1, 0, "induction")
 
 
 def test_token_candidates_leave_special_tokens_out(smollm_tokenizer):
@@ -104,16 +106,17 @@ def test_every_mass_score_equals_the_eager_reference(arch, smollm_tokenizer):
 
     _, needle = _needle_test(smollm_tokenizer)
     ids = needle.ids % (VOCAB - 3) + 3  # the same positions in the tiny vocabulary
-    test = MassTest(ids, needle.rows, needle.targets, calibrated=True)
     maps = _eager_maps(arch, ids)
     on_needle = maps[:, :, :, needle.rows][..., needle.targets[0]].sum(-1).mean(-1)  # (batch, layers, heads)
     expected = on_needle[:1] - on_needle[1:]
-    torch.testing.assert_close(measure(model, control, test), expected, rtol=1e-4, atol=1e-7)
+    for shared in (needle.shared, 0):  # rows continuing a cache of the prompt before them (as detection runs), or not
+        test = MassTest(ids, needle.rows, needle.targets, calibrated=True, shared=shared)
+        torch.testing.assert_close(measure(model, control, test), expected, rtol=1e-4, atol=1e-7)
     # the question moves where heads look, far beyond the tolerance; the all-sliding mistral's cannot see the needle
     assert expected.abs().max() > 1e-5 if arch != SLIDING_MISTRAL else not expected.any()
 
     for score, shift in (("induction", 1), ("echo", 0)):
-        test = repeat_tests(torch.arange(3, VOCAB), [1], REPEAT, samples=2, seed=0, score=score)
+        test = repeat_tests(torch.arange(3, VOCAB), [1], LENGTH, samples=2, seed=0, score=score)
         maps = _eager_maps(arch, test.ids)
         rows = torch.arange(1 + REPEAT, 1 + 2 * REPEAT)
         expected = maps[:, :, :, rows, rows - REPEAT + shift].mean(-1)  # weight on each row's target, averaged
@@ -121,12 +124,13 @@ def test_every_mass_score_equals_the_eager_reference(arch, smollm_tokenizer):
         assert expected.max() > 1e-2 if (arch, score) != (SLIDING_MISTRAL, "echo") else not expected.any()
 
 
-def test_the_observer_reads_a_masked_model_before_its_own_mask_and_refuses_a_cached_forward():
+def test_the_observer_reads_a_masked_model_before_its_own_mask_and_only_a_prefill_that_ends_the_sequence():
     """Observers read the head's own pattern (module doc of rh_models.attention): masking the observed layer leaves
-    its masses unchanged, masking an earlier layer changes them; a forward over a cache is not the sequence's."""
+    its masses unchanged, masking an earlier layer changes them. A generation's decoding steps are passed over; a
+    prefill that does not hold every row is refused, and so is a block in which no forward ran."""
     model = _model("llama")
     control = HeadControl.attach(model)
-    test = repeat_tests(torch.arange(3, VOCAB), [1], REPEAT, samples=1, seed=0, score="induction")
+    test = repeat_tests(torch.arange(3, VOCAB), [1], LENGTH, samples=1, seed=0, score="induction")
     stock = measure(model, control, test)
     control.set_mask(HeadSet(((1, 0), (1, 2)), control.n_layers, control.n_heads), method="uniform")
     assert torch.equal(measure(model, control, test), stock)
@@ -135,16 +139,38 @@ def test_the_observer_reads_a_masked_model_before_its_own_mask_and_refuses_a_cac
     assert torch.equal(masked[:, 0], stock[:, 0]) and not torch.equal(masked[:, 1], stock[:, 1])
     control.set_mask(HeadSet((), control.n_layers, control.n_heads))
 
-    mass = TargetMass(test.rows, test.targets, test.ids.shape[1], control.n_layers)
-    with torch.no_grad(), control.observing(mass):
-        model(test.ids[:, :4], use_cache=False)  # not the whole sequence: passed over
+    def observed(run) -> TargetMass:
+        mass = TargetMass(test.rows, test.targets, LENGTH, control.n_layers)
+        with torch.no_grad(), control.observing(mass):
+            run()
+        return mass
+
+    def generate() -> None:  # a prefill, then decoding steps (as rh-hf's generate_until marks them)
+        with control.generating(LENGTH):
+            model.generate(test.ids, attention_mask=torch.ones_like(test.ids), max_new_tokens=3, min_new_tokens=3,
+                           do_sample=False, pad_token_id=0)
+
+    torch.testing.assert_close(observed(generate).result(), stock, rtol=1e-5, atol=1e-7)
+    with pytest.raises(RHError, match="reads one prefill forward that ends the 25-token sequence"):
+        observed(lambda: model(test.ids[:, :4], use_cache=False))
     with pytest.raises(RHError, match=r"read each layer \[0\] times"):
-        mass.result()
-    with torch.no_grad():
-        cache = model(test.ids[:, :4], use_cache=True).past_key_values
-        with control.observing(mass), pytest.raises(RHError, match="without a cache before it"):
-            model(test.ids, **{cache_kwarg(): cache}, use_cache=True)
+        observed(lambda: None).result()
     assert control.observers == []
+
+
+def test_attention_score_with_prefix_reuse_is_the_same_as_without(tiny_llama_dir):
+    """Detection continues each prompt from the hay an earlier prompt of its length cached (RHHFLM.cached_prompt)."""
+    from rh_models.lm import RHHFLM
+    from rh_tasks.niah_docs import build_docs
+
+    lm = RHHFLM(pretrained=str(tiny_llama_dir), device="cpu")
+    docs = build_docs(lm.tokenizer, lengths=[200], depths=[100, 50], samples=1, max_length=lm.max_length)
+    tests = [question_test(lm.tokenizer, lm.tok_encode(doc["prompt"]), doc) for doc in docs]
+    fresh = [measure(lm.model, lm.control, test) for test in tests]
+    reused = [measure(lm.model, lm.control, test, lm.cached_prompt) for test in tests]
+    assert lm.prefix_tokens_reused > 50  # the depth-50 prompt continued the hay before its needle
+    for a, b in zip(reused, fresh):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
 
 
 @pytest.mark.parametrize("score", ["attention", "induction", "echo"])
