@@ -114,12 +114,18 @@ def repeat_tests(candidates: torch.Tensor, prefix: Sequence[int], length: int, s
     for _ in range(samples):
         tokens = candidates[torch.randperm(len(candidates), generator=generator)[:block]]
         sequences.append(torch.cat([start, tokens, tokens]))
-    first = len(start)
+    rows, targets = repeat_rows(len(start), block, score)
+    return MassTest(torch.stack(sequences), rows, targets)
+
+
+def repeat_rows(first: int, block: int, score: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows and targets of ``block`` tokens repeated twice after ``first`` others: the second copy's positions, each
+    targeting the key after (``induction``) or at (``echo``) the same offset of the first copy."""
     rows = torch.arange(first + block, first + 2 * block)
     previous = rows - block  # the same token's first occurrence
     targets = torch.zeros(block, first + 2 * block, dtype=torch.bool)
     targets[torch.arange(block), previous + 1 if score == "induction" else previous] = True
-    return MassTest(torch.stack(sequences), rows, targets)
+    return rows, targets
 
 
 def measure(model: torch.nn.Module, control: Any, test: MassTest,
