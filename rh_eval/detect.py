@@ -63,6 +63,17 @@ def evenly_spaced_lengths(max_length: int, count: int, min_length: int = DEFAULT
     return sorted({int(round((low + i * step) / 10) * 10) for i in range(count)})
 
 
+def prepare_output(output: Path, force: bool) -> Path:
+    """The journal beside ``output``: both removed with ``force``; a finished score file without one is refused."""
+    work = work_file(output)
+    if force:
+        output.unlink(missing_ok=True)
+        work.unlink(missing_ok=True)
+    elif output.exists() and not work.exists():
+        raise RHError(f"{output} exists and has no resumable {work.name}; pass --force to overwrite it")
+    return work
+
+
 def _test_key(doc: dict) -> str:
     return f"{doc['needle_id']}|{doc['cell']}"
 
@@ -117,13 +128,7 @@ def detect(
     from rh_models.lm import RHHFLM
 
     output = Path(output)
-    work = work_file(output)
-    if force:
-        output.unlink(missing_ok=True)
-        work.unlink(missing_ok=True)
-    elif output.exists() and not work.exists():
-        raise RHError(f"{output} exists and has no resumable {work.name}; pass --force to overwrite it")
-
+    work = prepare_output(output, force)
     lm = model if isinstance(model, RHHFLM) else load_hf(model, **(model_args or {}))
     budget = min(max_length or lm.max_length, lm.max_length) - max_gen_toks - 16
     if lengths is None:
@@ -260,8 +265,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
                              "question, minus a null question's; induction / echo: on random tokens repeated twice "
                              "(docs/scores.md)")
     parser.add_argument("--lengths", type=comma_ints,
-                        help="context lengths in the model's tokens, e.g. 500,1000,2000 (induction / echo: tokens "
-                             "per copy of the random sequence, default 100,200)")
+                        help="context lengths in the model's tokens, e.g. 500,1000,2000 (induction / echo: of the "
+                             "repeated random sequences, default 200,400)")
     parser.add_argument("--max-length", type=int, help="longest context (default: the model's maximum)")
     parser.add_argument("--num-lengths", type=int, help=f"lengths from 1K to --max-length (default {DEFAULT_NUM_LENGTHS})")
     parser.add_argument("--depths", type=comma_ints, help="needle depths in percent (default 0,10,...,100)")

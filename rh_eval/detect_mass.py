@@ -7,7 +7,8 @@ Usage::
 
 What each score measures is in :mod:`rh_models.mass_scores`. ``attention`` runs on the same needle tests as the copy
 score (the same grid flags, the same documents); ``induction`` and ``echo`` are data-free: ``--lengths`` are the
-lengths of the random sequences (each is repeated twice), ``--samples`` how many per length, ``--seed`` draws them.
+context lengths of the sequences (random tokens, repeated twice), ``--samples`` how many per length, ``--seed``
+draws them.
 None generates, so every test contributes and a test is one forward: the question and its null question as one
 batch of two rows, or every sample of one length as one batch.
 
@@ -29,8 +30,8 @@ from rh_eval.detect import (
     detection_settings,
     evenly_spaced_lengths,
     score_block,
+    prepare_output,
     summarize,
-    work_file,
 )
 from rh_eval.resume import Journal
 from rh_models.atomic import write_json_atomic
@@ -40,7 +41,7 @@ from rh_models.mass_scores import MASS_SCORES, NULL_QUESTION, measure, question_
 from rh_models.scores import ScoreAccumulator
 from rh_tasks.niah_docs import DEFAULT_DEPTHS, build_docs
 
-DEFAULT_REPEAT_LENGTHS = (100, 200)  # tokens per copy: short enough for any context, long enough to average
+DEFAULT_REPEAT_LENGTHS = (200, 400)  # context lengths: short enough for any model, long enough to average
 FIT_GEN_TOKS = 32  # the budget the copy score's default grid leaves for its answer: the same documents here
 
 
@@ -70,13 +71,7 @@ def detect_mass(
     if score not in MASS_SCORES:
         raise RHError(f"unknown score {score!r}: choose one of copy, {', '.join(MASS_SCORES)}")
     output = Path(output)
-    work = work_file(output)
-    if force:
-        output.unlink(missing_ok=True)
-        work.unlink(missing_ok=True)
-    elif output.exists() and not work.exists():
-        raise RHError(f"{output} exists and has no resumable {work.name}; pass --force to overwrite it")
-
+    work = prepare_output(output, force)
     lm = model if isinstance(model, RHHFLM) else load_hf(model, **(model_args or {}))
     if score == "attention":
         if lengths is None:
@@ -128,8 +123,8 @@ def detect_mass(
             tests.append(test)
 
     accumulator.write(output)
-    provenance = {**lm.provenance(), **{k: v for k, v in grid.items() if k != "inputs_sha256"},
-                  "protocol": "rh detect", "score": block}
+    inputs = {k: sorted(set(v)) if k in ("lengths", "depths") else v for k, v in grid.items() if k != "inputs_sha256"}
+    provenance = {**lm.provenance(), **inputs, "protocol": "rh detect", "score": block}
     summary = summarize(HeadScores.load(output, lm.n_layers, lm.n_heads))
     summary.update({"score": block, "tests_seen": accumulator.tests_seen, "tests_contributing": accumulator.tests_seen,
                     "seconds_this_run": round(elapsed, 1), "tests_run_now": len(todo)})

@@ -39,8 +39,10 @@ class Observer(Protocol):
 
 def row_logits(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, attention_mask: torch.Tensor | None,
                kwargs: dict[str, Any], rows: torch.Tensor) -> torch.Tensor:
-    """``(batch, heads, len(rows), kv)``: the attention logits of query rows ``rows`` (indices into this call's
-    queries), as the model's eager attention computes them, ``-inf`` where its mask hides a key.
+    """``(batch, heads, len(rows), w)``: the attention logits of query rows ``rows`` (indices into this call's
+    queries) over the first ``w`` keys, as the model's eager attention computes them, ``-inf`` where its mask hides a
+    key. ``w`` ends at the last key any of the rows may see (under a causal mask, the last row's own position): the
+    keys after it would all be ``-inf``, so they are not computed.
 
     Under GQA query head ``h`` reads KV head ``h // (heads / kv_heads)``, as transformers' ``repeat_kv`` lays them out.
     """
@@ -50,18 +52,21 @@ def row_logits(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, 
         raise RHError(f"{type(module).__name__} slides a window over a padding-only mask; its attention rows cannot "
                       "be read from the mask")
     rows = rows.to(query.device)
+    visible = visible_keys(attention_mask, batch, q_length, kv_length, query.device, rows=rows)
+    seen = visible.any(dim=1).any(dim=0).nonzero()
+    width = int(seen.max()) + 1 if len(seen) else kv_length
+    visible, key = visible[..., :width], key[:, :, :width]
     chosen = query.index_select(2, rows).reshape(batch, kv_heads, (n_heads // kv_heads) * len(rows), head_dim)
-    logits = torch.matmul(chosen, key.transpose(-1, -2)).reshape(batch, n_heads, len(rows), kv_length)
+    logits = torch.matmul(chosen, key.transpose(-1, -2)).reshape(batch, n_heads, len(rows), width)
     scaling = kwargs.get("scaling")
-    logits = logits * (scaling if scaling is not None else head_dim**-0.5)  # as eager does: same ties
+    logits.mul_(scaling if scaling is not None else head_dim**-0.5)  # as eager does: same ties
     softcap = kwargs.get("softcap")
     if softcap is not None:
         logits = torch.tanh(logits / softcap) * softcap
     bias = kwargs.get("position_bias")
     if bias is not None:
-        logits = logits + bias.index_select(-2, rows)
-    visible = visible_keys(attention_mask, batch, q_length, kv_length, query.device, rows=rows)
-    return logits.masked_fill(~visible[:, None], float("-inf"))
+        logits = logits + bias.index_select(-2, rows)[..., :width]
+    return logits.masked_fill_(~visible[:, None], float("-inf"))
 
 
 @dataclass
@@ -144,10 +149,11 @@ class TargetMass:
         total = torch.zeros(batch, n_heads, dtype=torch.float32, device=query.device)
         for start in range(0, len(self.rows), ROW_BLOCK):
             rows = self.rows[start : start + ROW_BLOCK].to(query.device)
-            targets = self.targets[start : start + ROW_BLOCK].to(query.device) - first_key  # key indices
-            held = targets >= 0  # padding (-1), or a key a sliding layer's cache no longer holds (nor could it see)
             logits = row_logits(module, query, key, attention_mask, kwargs, rows - first_query).float()
-            picked = logits.gather(-1, targets.clamp(min=0).expand(batch, n_heads, *targets.shape))
+            targets = self.targets[start : start + ROW_BLOCK].to(query.device) - first_key  # key indices
+            # padding (-1), a key a sliding layer's cache no longer holds, or one after every row: none of them seen
+            held = (targets >= 0) & (targets < logits.shape[-1])
+            picked = logits.gather(-1, targets.clamp(0, logits.shape[-1] - 1).expand(batch, n_heads, *targets.shape))
             weights = torch.exp(picked - torch.logsumexp(logits, dim=-1, keepdim=True))  # softmax, as eager: float32
             total += weights.masked_fill(~held, 0.0).sum(dim=(-1, -2))
         self.sums[layer] = total / len(self.rows)

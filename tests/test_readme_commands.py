@@ -195,6 +195,21 @@ def _check_tie(record: dict, heads: list, scores: Path) -> None:
     assert record["tie_break"] == "random" and record["unscored_heads"] == unscored > 0, (record, unscored)
 
 
+SCORE_GRID = (Sub("GRID", "--lengths", "200"), Sub("GRID", "--depths", "0,100"), Sub("GRID", "--samples", "1"))
+REPEAT_GRID = (Sub("GRID", "--lengths", "32"), Sub("GRID", "--samples", "2"))
+
+
+def check_score(result, ws, score: str, tests: int) -> None:
+    """docs/scores.md: a score file of every head, whose .meta.json names the score, its parameters and its tests."""
+    name = result.args[result.args.index("--output") + 1]
+    scores = _score_file(ws.dir / name)
+    # every test counts for a mass score; copy keeps only the tests answered right (none, on a tiny random model)
+    assert all(len(values) == tests if score != "copy" else len(values) <= tests for values in scores.values())
+    meta = _json((ws.dir / name).with_suffix(".meta.json"))
+    assert meta["score"]["name"] == score and meta["score"]["parameters"] and meta["tests_seen"] == tests, meta["score"]
+    assert f"wrote {name}" in result.stdout
+
+
 def check_models(result, ws):
     names = [line.split("\t")[0] for line in result.stdout.splitlines()]
     assert names == ["smollm2-135m", "gemma3-270m"], result.stdout
@@ -564,6 +579,19 @@ COMMANDS: dict[str, Run | CheckedBy | ParseOnly] = {
     "benchmarks/results/peers-smollm2-135m_cpu-2core.json": CheckedBy(
         "tests/test_peers.py::test_every_masking_contender_equals_the_zeroed_weights_reference",
         "its contenders against an explicit reference on a tiny llama, in .venv-peers (skipped elsewhere)"),
+    # docs/scores.md: rh detect --score (issue 28, part 1) and its cost in rh bench (part 5)
+    "rh detect --model smollm2-135m --score copy --output copy.json --lengths 500,1000 --depths 0,50,100": Run(
+        "detect_copy", (TINY, *SCORE_GRID), lambda result, ws: check_score(result, ws, "copy", tests=2)),
+    "rh detect --model smollm2-135m --score attention --output attention.json --lengths 500,1000 --depths 0,50,100":
+        Run("detect_attention", (TINY, *SCORE_GRID), lambda result, ws: check_score(result, ws, "attention", tests=2)),
+    "rh detect --model smollm2-135m --score induction --output induction.json --lengths 500,1000": Run(
+        "detect_induction", (TINY, *REPEAT_GRID), lambda result, ws: check_score(result, ws, "induction", tests=2)),
+    "rh detect --model smollm2-135m --score echo --output echo.json --lengths 500,1000": Run(
+        "detect_echo", (TINY, *REPEAT_GRID), lambda result, ws: check_score(result, ws, "echo", tests=2)),
+    'rh bench --contenders hf,record,attention,induction,echo --lengths 1000,2000 --repeats 3 --detect-lengths ""':
+        CheckedBy("tests/test_bench.py::test_each_mass_score_contender_reads_the_bench_prompt_and_changes_no_token",
+                  "each score's contender on the tiny model's bench prompt (the timing loop and its memory probes are "
+                  "test_bench_end_to_end_on_a_tiny_model's)"),
 }
 RUNS = {entry.name: (command, entry) for command, entry in COMMANDS.items() if isinstance(entry, Run)}
 PARSE_ONLY = [command for command, entry in COMMANDS.items() if isinstance(entry, ParseOnly)]
@@ -583,6 +611,7 @@ def test_readme_parser_joins_continuations_and_drops_comments():
 
 def test_every_readme_command_has_an_entry():
     commands = readme_commands(README.read_text(encoding="utf-8"))
+    commands += readme_commands((ROOT / "docs" / "scores.md").read_text(encoding="utf-8"))  # until docs/*.md are read
     assert len(commands) == len(set(commands)), "a README command appears twice: one entry would cover both"
     missing = [c for c in commands if c not in COMMANDS]
     stale = [c for c in COMMANDS if c not in commands]
