@@ -41,6 +41,11 @@ from rh_tasks.niah_docs import DEFAULT_DEPTHS, build_docs
 
 DEFAULT_NUM_LENGTHS = 20
 DEFAULT_MIN_LENGTH = 1000
+SCORES = ("copy", "attention", "induction", "echo")  # --score; the last three: rh_eval.detect_mass
+SCORE_INPUTS = {"copy": "needle tests: greedy answers, copying heads counted on correct ones",
+                "attention": "needle tests: the prompt and a null question in its place, one forward each",
+                "induction": "random tokens repeated twice (data-free)",
+                "echo": "random tokens repeated twice (data-free)"}
 
 
 def work_file(output: Path) -> Path:
@@ -56,6 +61,17 @@ def evenly_spaced_lengths(max_length: int, count: int, min_length: int = DEFAULT
         return [max_length // 10 * 10]
     step = (max_length - low) / (count - 1)
     return sorted({int(round((low + i * step) / 10) * 10) for i in range(count)})
+
+
+def prepare_output(output: Path, force: bool) -> Path:
+    """The journal beside ``output``: both removed with ``force``; a finished score file without one is refused."""
+    work = work_file(output)
+    if force:
+        output.unlink(missing_ok=True)
+        work.unlink(missing_ok=True)
+    elif output.exists() and not work.exists():
+        raise RHError(f"{output} exists and has no resumable {work.name}; pass --force to overwrite it")
+    return work
 
 
 def _test_key(doc: dict) -> str:
@@ -112,13 +128,7 @@ def detect(
     from rh_models.lm import RHHFLM
 
     output = Path(output)
-    work = work_file(output)
-    if force:
-        output.unlink(missing_ok=True)
-        work.unlink(missing_ok=True)
-    elif output.exists() and not work.exists():
-        raise RHError(f"{output} exists and has no resumable {work.name}; pass --force to overwrite it")
-
+    work = prepare_output(output, force)
     lm = model if isinstance(model, RHHFLM) else load_hf(model, **(model_args or {}))
     budget = min(max_length or lm.max_length, lm.max_length) - max_gen_toks - 16
     if lengths is None:
@@ -167,7 +177,9 @@ def detect(
     provenance = lm.provenance()
     provenance.update({"lengths": sorted(set(lengths)), "depths": sorted(set(depths)), "needles": needles,
                        "haystack": haystack, "seed": seed, "samples": samples, "chat_template": chat_template,
-                       "max_gen_toks": max_gen_toks, "protocol": "rh detect"})
+                       "max_gen_toks": max_gen_toks, "protocol": "rh detect",
+                       "score": score_block("copy", min_score=min_score, count_repeats=count_repeats,
+                                            max_gen_toks=max_gen_toks)})
     recorder.accumulator.write(output)
     summary = summarize(HeadScores.load(output, lm.n_layers, lm.n_heads), recorder)
     summary.update({"seconds_this_run": round(elapsed, 1), "tests_run_now": len(todo),
@@ -215,10 +227,18 @@ def summarize(scores: HeadScores, recorder=None, top: int = 20) -> dict:
     return summary
 
 
+def score_block(score: str, **parameters: Any) -> dict[str, Any]:
+    """The ``"score"`` entry of a detection's ``.meta.json``: which score, on what inputs, with which parameters."""
+    return {"name": score, "inputs": SCORE_INPUTS[score], "parameters": parameters}
+
+
 def print_summary(summary: dict, output: Path, file: TextIO | None = None) -> None:
+    score = (summary.get("score") or {}).get("name", "copy")
+    tests = (f"tests: {summary.get('tests_seen')} run, {summary.get('tests_contributing')} answered correctly "
+             f"(only those contribute)" if score == "copy" else
+             f"tests: {summary.get('tests_seen')} run (score {score}: no generation, every test counts)")
     lines = [
-        f"tests: {summary.get('tests_seen')} run, {summary.get('tests_contributing')} answered correctly "
-        f"(only those contribute)",
+        tests,
         f"heads with mean score > {DEFAULT_RETRIEVAL_THRESHOLD}: {summary['fraction_above_0.1']:.1%}; "
         f"> 0.5: {summary['fraction_above_0.5']:.1%}",
         "top heads: " + ", ".join(f"{head} ({score:.3f})" for head, score in summary["top"]),
@@ -228,47 +248,84 @@ def print_summary(summary: dict, output: Path, file: TextIO | None = None) -> No
 
 
 # ---------------------------------------------------------------------------------------------------- CLI
+# the options each score reads beyond --model/--output/--lengths/--samples/--seed/--device/--dtype/--force/--plot:
+# any other given with a score is refused (an option that would change nothing is an error, not a silent no-op)
+NIAH_OPTIONS = ("max_length", "num_lengths", "depths", "needles", "haystack", "chat_template")
+GENERATION_OPTIONS = ("batch_cells", "batch_lengths", "max_gen_toks", "no_prefix_reuse", "count_repeats", "min_score")
+SCORE_OPTIONS = {"copy": NIAH_OPTIONS + GENERATION_OPTIONS, "attention": NIAH_OPTIONS, "induction": (), "echo": ()}
+OPTION_DEFAULTS = {"num_lengths": DEFAULT_NUM_LENGTHS, "depths": list(DEFAULT_DEPTHS), "needles": "paper",
+                   "haystack": "pg_essays", "max_gen_toks": 32, "min_score": ANSWERED_ABOVE}
+
+
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=DEFAULT_MODEL, help="alias, local folder or hub id (default: %(default)s)")
     parser.add_argument("--output", required=True, type=Path, help="score file to write (paper format)")
-    parser.add_argument("--lengths", type=comma_ints, help="context lengths in the model's tokens, e.g. 500,1000,2000")
+    parser.add_argument("--score", choices=SCORES, default="copy",
+                        help="copy: the paper's copy score (default); attention: needle attention mass from the "
+                             "question, minus a null question's; induction / echo: on random tokens repeated twice "
+                             "(docs/scores.md)")
+    parser.add_argument("--lengths", type=comma_ints,
+                        help="context lengths in the model's tokens, e.g. 500,1000,2000 (induction / echo: of the "
+                             "repeated random sequences, default 200,400)")
     parser.add_argument("--max-length", type=int, help="longest context (default: the model's maximum)")
-    parser.add_argument("--num-lengths", type=int, default=DEFAULT_NUM_LENGTHS, help="lengths from 1K to --max-length")
-    parser.add_argument("--depths", type=comma_ints, default=list(DEFAULT_DEPTHS), help="needle depths in percent")
-    parser.add_argument("--needles", default="paper", help="needle kind: paper (default), kv, multikey, ...")
-    parser.add_argument("--samples", type=int, default=3, help="needles per cell (default 3, as the paper)")
-    parser.add_argument("--haystack", default="pg_essays", help="pg_essays, noise, needles, a folder of .txt")
+    parser.add_argument("--num-lengths", type=int, help=f"lengths from 1K to --max-length (default {DEFAULT_NUM_LENGTHS})")
+    parser.add_argument("--depths", type=comma_ints, help="needle depths in percent (default 0,10,...,100)")
+    parser.add_argument("--needles", help="needle kind: paper (default), kv, multikey, ...")
+    parser.add_argument("--samples", type=int, default=3,
+                        help="needles per cell (default 3, as the paper); induction / echo: sequences per length")
+    parser.add_argument("--haystack", help="pg_essays (default), noise, needles, a folder of .txt")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch-cells", action="store_true",
                         help="generate a cell's needles as one batch (default: one test at a time)")
     parser.add_argument("--batch-lengths", action="store_true",
                         help="generate all tests of a context length as one batch (the demo's choice on CPU)")
-    parser.add_argument("--max-gen-toks", type=int, default=32)
+    parser.add_argument("--max-gen-toks", type=int, help="tokens generated per test (default 32)")
     parser.add_argument("--chat-template", action="store_true", help="render prompts with the chat template")
     parser.add_argument("--no-prefix-reuse", action="store_true", help="prefill every prompt from scratch")
     parser.add_argument("--count-repeats", action="store_true", help="count repeated copies as the paper's code does")
-    parser.add_argument("--min-score", type=float, default=ANSWERED_ABOVE,
+    parser.add_argument("--min-score", type=float,
                         help="a test counts when its answer scores above this with the task's metric (paper: ROUGE-1 "
-                             "recall > 0.5)")
+                             f"recall > {ANSWERED_ABOVE})")
     parser.add_argument("--device", default=None)
     parser.add_argument("--dtype", default=None)
     parser.add_argument("--force", action="store_true", help="overwrite an existing score file")
     parser.add_argument("--plot", type=Path, help="write a layers x heads heatmap of mean scores")
 
 
+def score_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The options ``--score`` reads, defaults filled in; one that it does not read, given, is refused in one line."""
+    reads = SCORE_OPTIONS[args.score]
+    given = [name for name in NIAH_OPTIONS + GENERATION_OPTIONS if getattr(args, name) not in (None, False)]
+    ignored = [name for name in given if name not in reads]
+    if ignored:
+        flags = ", ".join("--" + name.replace("_", "-") for name in ignored)
+        raise RHError(f"--score {args.score} does not use {flags} (see docs/scores.md for what each score reads)")
+    return {name: getattr(args, name) if getattr(args, name) is not None else OPTION_DEFAULTS.get(name)
+            for name in reads}
+
+
 def run(args: argparse.Namespace) -> int:
     model_args = {k: v for k, v in (("device", args.device), ("dtype", args.dtype)) if v}
-    summary = detect(
-        args.model, args.output, lengths=args.lengths, max_length=args.max_length, num_lengths=args.num_lengths,
-        depths=args.depths, needles=args.needles, haystack=args.haystack, samples=args.samples, seed=args.seed,
-        max_gen_toks=args.max_gen_toks, chat_template=args.chat_template, prefix_reuse=not args.no_prefix_reuse,
-        batch_by="length" if args.batch_lengths else "cell" if args.batch_cells else "none",
-        force=args.force, min_score=args.min_score, count_repeats=args.count_repeats, model_args=model_args,
-    )
+    options = score_options(args)
+    common = dict(lengths=args.lengths, samples=args.samples, seed=args.seed, force=args.force, model_args=model_args)
+    if args.score == "copy":
+        summary = detect(
+            args.model, args.output, max_length=options["max_length"], num_lengths=options["num_lengths"],
+            depths=options["depths"], needles=options["needles"], haystack=options["haystack"],
+            max_gen_toks=options["max_gen_toks"], chat_template=options["chat_template"],
+            prefix_reuse=not options["no_prefix_reuse"],
+            batch_by="length" if options["batch_lengths"] else "cell" if options["batch_cells"] else "none",
+            min_score=options["min_score"], count_repeats=options["count_repeats"], **common,
+        )
+    else:
+        from rh_eval.detect_mass import detect_mass
+
+        summary = detect_mass(args.model, args.output, args.score, **options, **common)
     print_summary(summary, args.output)
     if args.plot:
         from rh_eval.plots.heads import plot_head_scores
 
-        plot_head_scores(HeadScores.load(args.output), args.plot)
+        plot_head_scores(HeadScores.load(args.output), args.plot,
+                         label="retrieval score" if args.score == "copy" else f"{args.score} score")
         print(f"wrote {args.plot}")
     return 0

@@ -5,7 +5,9 @@ Usage::
     from rh_models.attention import HeadControl
     control = HeadControl.attach(model)                 # model now runs "rh_<its own implementation>"
     control.set_mask(head_set, method="zero", scope="all")
-    control.start_recording(); model.generate(...); rows = control.stop_recording()
+    control.start_recording(); model.generate(...); rows = control.stop_recording()   # the copy score's rows
+    with control.observing(TargetMass(rows, targets, length, n_layers)) as mass:       # a mass score's rows
+        model.base_model(input_ids=ids, use_cache=False)
     with control.generating(prompt_length):             # scope="decode" masks only inside such a block
         model.generate(...)
 
@@ -23,13 +25,14 @@ exactly the masks (and keeps exactly the fast paths) it would build for the stoc
   such by :meth:`HeadControl.generating` (never guessed from a one-token query); ``rh-hf`` refuses it on
   loglikelihood requests, which generate none.
 * Means are taken at the same place: :meth:`HeadControl.summing_outputs` adds every position's head outputs up.
-* Recording computes ``q . K`` for the *last query row only* (the row that produces the next token) and
-  keeps the arg-max position per head — no eager attention, no ``output_attentions``. It observes each head's
-  own attention pattern *before* any mask edits it, the same for ``zero``, ``mean`` and ``uniform``: a masked
-  head's record is where it would look (its query against the keys the model's mask lets it see), in the model
-  as masked so far (heads masked in earlier layers do change what later layers see). Why: a head's copy score
-  then means "where this head looks" under every method, rather than ``uniform``'s tie (its first visible key)
-  for a masked head and its real pattern under ``zero`` / ``mean``.
+* Observers (:mod:`rh_models.observers`) compute ``q . K`` for the *query rows a score needs* only -- the copy
+  score's last row (its arg-max, the position each head copies from), an attention-mass score's question rows, or
+  induction / echo's second copy of a repeated sequence (their softmax weight on chosen keys) -- over the keys the
+  model's mask lets each row see: no eager attention, no ``output_attentions``. They observe each head's own
+  attention pattern *before* any mask edits it, the same for ``zero``, ``mean`` and ``uniform``: a masked head's
+  record is where it would look, in the model as masked so far (heads masked in earlier layers do change what later
+  layers see). Why: a head's score then means "where this head looks" under every method, rather than
+  ``uniform``'s tie (its first visible key) for a masked head and its real pattern under ``zero`` / ``mean``.
 * A KV budget (:mod:`rh_models.kv_budget`) splits a layer's heads into those that keep the full context and
   *streaming* heads that see only a sink and a recent window: the full heads run the model's own attention call
   unchanged, the streaming heads run through sdpa (the eager function on an eager model; flash kernels take no
@@ -38,7 +41,10 @@ exactly the masks (and keeps exactly the fast paths) it would build for the stoc
 One call of the registered function (:meth:`HeadControl.__call__`) is these steps, in this order::
 
     step  method             acts when                  what it does
-    1     _observe           recording                  reads the last query row's top-1 key per head (observers)
+    1     _observe           an observer is attached    each reads the rows it needs of the unedited q . K:
+                                                        copy (start_recording): the last row's top-1 key per head;
+                                                        attention mass, induction, echo (observing(TargetMass)):
+                                                        chosen rows' softmax weight on chosen keys
     2     _edit_query        mask_method=uniform        the masked heads' queries become 0
     3     _attend            always                     a KV budget's full + streaming heads, else the prefix
                                                         cascade where it applies, else the model's own kernel
@@ -46,10 +52,10 @@ One call of the registered function (:meth:`HeadControl.__call__`) is these step
     5     _edit_output       mask_method=zero / mean    the masked heads' output slices become 0 / their means
 
 Why this order: observers read before any edit (a masked head's record is its own pattern; means are the
-unmasked model's), a query edit must precede the attention that uses it, an output edit must follow it. A new
-score (an attention-mass observer over the question's rows, say) is one more observer in step 1, not a mode
-threaded through the others. Prefill and decoding are told apart by :meth:`HeadControl.generating`, never by a
-step's shapes.
+unmasked model's), a query edit must precede the attention that uses it, an output edit must follow it. Each
+score is one observer in step 1 (the copy score's ``TopOneRows``, the mass scores' ``TargetMass``); none is a mode
+threaded through the masking or KV steps, which do not know which score, if any, is being read. Prefill and
+decoding are told apart by :meth:`HeadControl.generating`, never by a step's shapes.
 """
 
 from __future__ import annotations
@@ -58,7 +64,6 @@ import sys
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
@@ -78,6 +83,7 @@ from rh_models.errors import RHError
 from rh_models.head_means import HeadMeans, require_means
 from rh_models.heads import HeadSet
 from rh_models.kv_budget import BLOCK, LayerPlan, StreamingHeads, StreamingLayout, streaming_mask, visible_keys
+from rh_models.observers import Observer, TopOneRows
 from rh_models.shape import head_shape
 
 PREFIX = "rh_"
@@ -109,31 +115,6 @@ def _base_function(base: str, module: torch.nn.Module) -> Callable:
     return ALL_ATTENTION_FUNCTIONS[base]
 
 
-@dataclass
-class TopOneRows:
-    """Top-1 attended positions of the last query row, one entry per (forward step, layer).
-
-    ``positions[step][layer]`` is a ``(batch, heads)`` tensor of key indices into that layer's cache;
-    ``kv_lengths[step][layer]`` is the cache length it indexes (shorter than the sequence for sliding
-    layers that keep only a window), so absolute position = index + seq_len_at_step - kv_length. A masked head's
-    entry is its pattern before its own mask (see the module doc).
-    """
-
-    positions: list[list[torch.Tensor]] = field(default_factory=list)
-    kv_lengths: list[list[int]] = field(default_factory=list)
-
-    def absolute(self, prompt_length: int) -> torch.Tensor:
-        """``(steps, batch, layers, heads)`` absolute positions in the padded prompt+generation sequence."""
-        steps = []
-        for step, (layers, lengths) in enumerate(zip(self.positions, self.kv_lengths)):
-            seen = prompt_length + step
-            if max(lengths) > seen:  # a preallocated (static) cache: indices are not "the last n positions"
-                raise RHError(f"a layer's cache held {max(lengths)} keys at step {step} of a {seen}-token sequence "
-                              "(a static cache?); recorded positions cannot be mapped back to the prompt")
-            steps.append(torch.stack([p + (seen - n) for p, n in zip(layers, lengths)], dim=1))
-        return torch.stack(steps).cpu()
-
-
 class HeadControl:
     """Per-model state read by the registered attention function: which heads to mask, whether to record."""
 
@@ -151,7 +132,8 @@ class HeadControl:
         self.phase = "prefill"  # "decode" only for forwards that generating() marks as decoding steps
         self.heads = HeadSet((), n_layers, n_heads)
         self.modules: list[torch.nn.Module] = []  # each layer's attention module, in layer order
-        self.rows: TopOneRows | None = None
+        self.observers: list[Observer] = []  # step 1: each reads the unedited query and keys of every call
+        self._recording: TopOneRows | None = None  # the copy score's observer, between start/stop_recording
         self.cascade: PrefixCascade | None = None  # set while a prompt continues a reused prefix cache
         self.kv: StreamingHeads | None = None  # a KV budget: which heads stream (sink + window)
         self._streaming_masks: tuple[Any, tuple, StreamingLayout | None] | None = None  # one per forward
@@ -242,28 +224,43 @@ class HeadControl:
                           f"{self.n_layers} x {self.n_heads}")
         self.kv, self._streaming_masks = streaming, None
 
-    # ------------------------------------------------------------------ recording
+    # ------------------------------------------------------------------ observing (step 1)
     def start_recording(self) -> None:
-        if self.kv is not None:
-            raise RHError("recording retrieval scores under a KV budget is not supported: a streaming head's top-1 "
-                          "would be taken over keys its cache no longer holds; record without kv_full_heads")
-        self.rows = TopOneRows()
+        """Record the copy score's rows (the last query row's top-1 per head) until :meth:`stop_recording`."""
+        self._recording = TopOneRows(n_layers=self.n_layers)
+        self._attach_observer(self._recording)
 
     def stop_recording(self) -> TopOneRows:
-        rows, self.rows = self.rows, None
+        rows, self._recording = self._recording, None
         if rows is None:
             raise RuntimeError("stop_recording() without start_recording()")
+        self.observers.remove(rows)
         return rows
+
+    @contextmanager
+    def observing(self, observer: Observer) -> Iterator[Observer]:
+        """Inside the block, ``observer`` reads every attention call's unedited query and keys (step 1)."""
+        self._attach_observer(observer)
+        try:
+            yield observer
+        finally:
+            self.observers.remove(observer)
+
+    def _attach_observer(self, observer: Observer) -> None:
+        if self.kv is not None:
+            raise RHError("observing attention rows under a KV budget is not supported: a streaming head's row would "
+                          "be read over keys its cache no longer holds; record without kv_full_heads")
+        self.observers.append(observer)
 
     @contextmanager
     def prefilling(self, cascade: PrefixCascade | None) -> Iterator[None]:
         """A forward that only fills a prefix cache: not a decoding step to record; ``cascade`` for its attention."""
-        saved = self.rows, self.cascade, self.phase
-        self.rows, self.cascade, self.phase = None, cascade, "prefill"
+        saved = self.observers, self.cascade, self.phase
+        self.observers, self.cascade, self.phase = [], cascade, "prefill"
         try:
             yield
         finally:
-            self.rows, self.cascade, self.phase = saved
+            self.observers, self.cascade, self.phase = saved
 
     @contextmanager
     def generating(self, prompt_length: int, cached: int = 0) -> Iterator[None]:
@@ -323,8 +320,8 @@ class HeadControl:
 
     def _observe(self, layer, module, query, key, attention_mask, kwargs) -> None:
         """Step 1, before any edit: observers read the head's own pattern, whatever its mask (module doc)."""
-        if self.rows is not None:
-            self._record(layer, module, query, key, attention_mask, kwargs)
+        for observer in self.observers:
+            observer.observe(layer, module, query, key, attention_mask, kwargs, self.phase)
 
     def _edit_query(self, masked: torch.Tensor | None, module, query: torch.Tensor, kwargs) -> torch.Tensor:
         """Step 2, ``uniform``: q = 0 -> every visible logit equals 0 (softcap/scale keep it 0) -> uniform attention."""
@@ -427,25 +424,6 @@ class HeadControl:
             return allowed
         return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(~allowed, torch.finfo(dtype).min)
 
-    def _record(self, layer, module, query, key, attention_mask, kwargs) -> None:
-        batch, n_heads, _, head_dim = query.shape
-        kv_heads, kv_length = key.shape[1], key.shape[2]
-        last = query[:, :, -1, :].reshape(batch, kv_heads, n_heads // kv_heads, head_dim)
-        scores = torch.matmul(last, key.transpose(-1, -2)).reshape(batch, n_heads, kv_length)
-        scaling = kwargs.get("scaling")
-        scores = scores * (scaling if scaling is not None else head_dim**-0.5)  # as eager does: same ties
-        bias = kwargs.get("position_bias")
-        if bias is not None:
-            scores = scores + bias[..., -1, :]
-        visible = _last_row_visibility(attention_mask, batch, kv_length)
-        if visible is not None:
-            scores = scores.masked_fill(~visible[:, None, :], float("-inf"))
-        if layer == 0 or not self.rows.positions:
-            self.rows.positions.append([None] * self.n_layers)
-            self.rows.kv_lengths.append([0] * self.n_layers)
-        self.rows.positions[-1][layer] = scores.argmax(dim=-1)
-        self.rows.kv_lengths[-1][layer] = kv_length
-
 
 _PER_HEAD_TERMS = ("position_bias", "s_aux", "sinks")  # kwargs by which a model adds its own per-head logit terms
 
@@ -457,11 +435,6 @@ def _refuse_per_head_terms(module: torch.nn.Module, kwargs: dict[str, Any], what
     if found:
         raise RHError(f"{type(module).__name__} adds per-head attention terms ({', '.join(found)}); {what} is not "
                       "supported for it")
-
-
-def _last_row_visibility(mask: torch.Tensor | None, batch: int, kv_length: int) -> torch.Tensor | None:
-    """``(batch, kv)`` bool: which keys the last query row may attend (None: no mask, it sees the whole cache)."""
-    return None if mask is None else visible_keys(mask, batch, 1, kv_length, mask.device)[:, -1]
 
 
 def attention_modules(model: torch.nn.Module, n_layers: int) -> list[torch.nn.Module]:

@@ -243,24 +243,33 @@ def causal_mask(q_length: int, kv_length: int, device: torch.device | str | None
 
 
 def visible_keys(mask: torch.Tensor | None, batch: int, q_length: int, kv_length: int,
-                 device: torch.device) -> torch.Tensor:
+                 device: torch.device, rows: torch.Tensor | None = None) -> torch.Tensor:
     """``(batch, q, kv)`` bool: which keys each query of this call may see, from any mask layout transformers uses.
 
     ``None`` means causal without padding, aligned bottom-right (transformers passes None only when the queries are
-    the last ``q`` positions: one decoding step, or a prefill with as many queries as keys).
+    the last ``q`` positions: one decoding step, or a prefill with as many queries as keys). ``rows`` (query indices)
+    keeps only those queries, ``(batch, len(rows), kv)``, without building the others' rows.
     """
+    every = rows is None
+    rows = torch.arange(q_length, device=device) if every else rows.to(device)
     if mask is None:
         if q_length != 1 and q_length != kv_length:
             raise RHError(f"no attention mask for {q_length} queries over {kv_length} keys; cannot place a KV window")
-        return causal_mask(q_length, kv_length, device).expand(batch, q_length, kv_length)
+        return _causal_rows(rows, q_length, kv_length, device).expand(batch, len(rows), kv_length)
     if mask.ndim == 4:  # sdpa (bool, True = attend) or eager (additive float, very negative = blocked)
-        rows = mask[:, 0, -q_length:, :kv_length]
-        visible = rows if rows.dtype == torch.bool else rows > torch.finfo(rows.dtype).min / 2
-        return visible.expand(batch, q_length, kv_length)
+        kept = mask[:, 0, -q_length:, :kv_length]
+        kept = kept if every else kept.index_select(1, rows.to(kept.device))
+        visible = kept if kept.dtype == torch.bool else kept > torch.finfo(kept.dtype).min / 2
+        return visible.expand(batch, len(rows), kv_length)
     if mask.ndim == 2:  # flash: (batch, kv) padding mask, 1 = token; causal on top, aligned bottom-right
         padding = mask[:, -kv_length:].bool()
-        return causal_mask(q_length, kv_length, device)[None] & padding[:, None, :]
+        return _causal_rows(rows, q_length, kv_length, device)[None] & padding[:, None, :]
     raise RHError(f"unsupported attention-mask layout {tuple(mask.shape)}: cannot tell which keys a query sees")
+
+
+def _causal_rows(rows: torch.Tensor, q_length: int, kv_length: int, device: torch.device) -> torch.Tensor:
+    """``causal_mask``'s rows ``rows`` (query indices, any order), ``(len(rows), kv)``."""
+    return torch.arange(kv_length, device=device)[None, :] <= (rows + kv_length - q_length)[:, None]
 
 
 BLOCK = 256  # queries per streaming-attention call in prefill: each block needs only sink + window + BLOCK keys

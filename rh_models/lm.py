@@ -449,6 +449,15 @@ class RHHFLM(MaskedLM, HFLM):
         self.prefix.keep(cache, context, attention_mask)
         return output
 
+    def cached_prompt(self, ids: torch.Tensor) -> Any:
+        """A cache holding every token of the one-row ``ids``, resumed from the longest prefix of the prompts cached
+        before it (and kept as the candidate for the next): prefix reuse for callers that run their own forwards
+        (``rh detect --score attention``), the same computation as prefilling ``ids`` in full."""
+        cache = self.prefix.take(ids, None, self._prefill, capacity=ids.shape[1])
+        self._prefill([ids[0].tolist()], cache)  # the last tokens take() leaves for generate() to prefill
+        self.prefix.keep(cache, ids, None)
+        return cache
+
     def _prefill(self, rows: list[list[int]], cache: Any) -> None:
         """Extend a prefix cache (one row per row) to all of each row's tokens: the decoder only, no logits.
 

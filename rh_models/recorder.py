@@ -35,7 +35,7 @@ import torch
 
 from rh_models.answers import ANSWERED_ABOVE, METRICS, score_answer
 from rh_models.atomic import write_json_atomic, write_text_atomic
-from rh_models.attention import TopOneRows
+from rh_models.observers import TopOneRows
 from rh_models.errors import RHError
 from rh_models.scores import ScoreAccumulator, copy_events, retrieval_scores
 
@@ -63,6 +63,11 @@ def needle_char_spans(context: str, needles: Sequence[str]) -> list[tuple[int, i
             raise RHError(f"needle occurs more than once in the prompt: {needle[:60]!r}")
         spans.append((start, start + len(needle)))
     return spans
+
+
+def span_tokens(offsets: Sequence[tuple[int, int]], start: int, end: int) -> list[int]:
+    """Indices of the tokens (by their character ``offsets``) that overlap characters ``start .. end``."""
+    return [i for i, (s, e) in enumerate(offsets) if s < end and e > start]
 
 
 def answer_steps(decode: Callable[[list[int]], str], generated: list[int], answer: str,
@@ -147,8 +152,7 @@ class ScoreRecorder:
             raise RHError("prompt tokens differ from a standalone tokenization; cannot locate the needle")
         positions = []
         for start, end in needle_char_spans(context, needles):
-            tokens = [i for i, (s, e) in enumerate(offsets) if s < end and e > start]
-            positions.extend(shift + i for i in tokens)
+            positions.extend(shift + i for i in span_tokens(offsets, start, end))
         if min(positions) < kept_from:
             raise RHError("the needle was cut by left truncation: make the prompt shorter than max_length - max_gen_toks")
         return positions

@@ -319,6 +319,8 @@ def _make_doc(tokenizer: Any, hay: TokenizedHaystack, needle_set: NeedleSet, gen
         if prompt.count(needle) != 1:
             raise RHError(f"the haystack {haystack!r} already contains the needle {needle[:60]!r}; use another haystack")
     spans = [[prompt.index(needle), prompt.index(needle) + len(needle)] for needle in needle_set.inserted]
+    hay_end = prompt.index(context) + len(context)
+    question_at = prompt.index(needle_set.question, hay_end)
     asked = len(needle_set.asked)
     metric_keys = [f"score_len_{length:0{width}d}", f"score_depth_{depth:03d}"]
     if cell_metrics:
@@ -333,6 +335,8 @@ def _make_doc(tokenizer: Any, hay: TokenizedHaystack, needle_set: NeedleSet, gen
         "needle_start": spans[0][0],
         "needle_end": spans[0][1],
         "needle_spans": spans[:asked],
+        "hay_end": hay_end,
+        "question_span": [question_at, question_at + len(needle_set.question)],
         "distractors": list(needle_set.distractors),
         "length": length,
         "depth": depth,

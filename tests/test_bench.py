@@ -24,7 +24,7 @@ def test_bench_end_to_end_on_a_tiny_model(tmp_path, tiny_llama_dir, capsys):
     assert main(["bench", "--model", str(tiny_llama_dir), "--lengths", "150,300", "--new-tokens", "4",
                  "--repeats", "2", "--mask-heads", "0-1;1-3", "--naive-limit-gb", "0.0015",
                  "--detect-lengths", "150", "--detect-depths", "50,100", "--detect-samples", "1",
-                 "--output", str(out)]) == 0
+                 "--contenders", "hf,none,mask,kv,record,naive", "--output", str(out)]) == 0  # the mass scores: below
     result = json.loads(out.read_text())
     rows = {(row["contender"], row["length"]): row for row in result["overhead"]}
     assert {name for name, _ in rows} == {"hf", "rh-hf none", "rh-hf mask 2", "rh-hf kv random:10%", "rh-hf record",
@@ -77,4 +77,20 @@ def test_overhead_contenders_are_checked_before_anything_loads(capsys):
 
     assert pick_overhead_contenders("kv, mask") == ("kv", "mask")
     assert main(["bench", "--contenders", "kv,flash", "--lengths", "100"]) == 2
-    assert "--contenders: unknown flash; choose from hf, none, mask, kv, record, naive" in capsys.readouterr().err
+    assert ("--contenders: unknown flash; choose from hf, none, mask, kv, record, attention, induction, echo, naive"
+            in capsys.readouterr().err)
+
+
+def test_each_mass_score_contender_reads_the_bench_prompt_and_changes_no_token(tiny_llama_dir):
+    """`rh bench`'s attention / induction / echo contenders: the same lm-eval generation as stock hf, with the score's
+    observer reading the prompt's prefill (each call checks every layer was read once). The end-to-end test above
+    times the other contenders only: three more would cost CI three more fresh-process memory probes per length."""
+    from rh_eval.bench.overhead import MASS_CONTENDERS, Workload
+
+    workload = Workload(str(tiny_llama_dir), [150], new_tokens=3, mask_heads="0-1")
+    try:
+        stock = workload.call("hf", 150)()
+        assert [workload.call(key, 150)() for key in MASS_CONTENDERS] == [stock] * 3
+        assert [workload.label(key) for key in MASS_CONTENDERS] == ["rh-hf attention", "rh-hf induction", "rh-hf echo"]
+    finally:
+        workload.cleanup()

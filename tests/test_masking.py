@@ -11,7 +11,8 @@ import pytest
 import torch
 from conftest import ARCHITECTURES, VOCAB, tiny_model
 
-from rh_models.attention import HeadControl, TopOneRows, attention_modules
+from rh_models.attention import HeadControl, attention_modules
+from rh_models.observers import TopOneRows
 from rh_models.errors import RHError
 from rh_models.heads import HeadSet
 

@@ -203,6 +203,21 @@ def _check_tie(record: dict, heads: list, scores: Path) -> None:
     assert record["tie_break"] == "random" and record["unscored_heads"] == unscored > 0, (record, unscored)
 
 
+SCORE_GRID = (Sub("GRID", "--lengths", "200"), Sub("GRID", "--depths", "0,100"), Sub("GRID", "--samples", "1"))
+REPEAT_GRID = (Sub("GRID", "--lengths", "32"), Sub("GRID", "--samples", "2"))
+
+
+def check_score(result, ws, score: str, tests: int) -> None:
+    """docs/scores.md: a score file of every head, whose .meta.json names the score, its parameters and its tests."""
+    name = result.args[result.args.index("--output") + 1]
+    scores = _score_file(ws.dir / name)
+    # every test counts for a mass score; copy keeps only the tests answered right (none, on a tiny random model)
+    assert all(len(values) == tests if score != "copy" else len(values) <= tests for values in scores.values())
+    meta = _json((ws.dir / name).with_suffix(".meta.json"))
+    assert meta["score"]["name"] == score and meta["score"]["parameters"] and meta["tests_seen"] == tests, meta["score"]
+    assert f"wrote {name}" in result.stdout
+
+
 def check_models(result, ws):
     names = [line.split("\t")[0] for line in result.stdout.splitlines()]
     assert names == ["smollm2-135m", "gemma3-270m"], result.stdout
@@ -570,30 +585,25 @@ def check_heads_compare_n(result, ws):
     assert "| duo  | mine | 3/10" in result.stdout and "wrote agreement.png" in result.stdout
 
 
-RANKING_FILES = {  # docs/compare-rankings.md's two rankings, for the tiny llama (2 x 4 heads): different top heads
-    "copy": {"0-1": 0.9, "1-2": 0.5, "0-0": 0.2, "0-2": 0.1, "0-3": 0.05, "1-0": 0.04, "1-1": 0.03, "1-3": 0.02},
-    "attention": {"1-3": 0.8, "0-1": 0.6, "1-2": 0.3, "0-0": 0.2, "0-2": 0.1, "0-3": 0.05, "1-0": 0.04, "1-1": 0.03},
-}
-
-
-def prepare_rankings(ws):
-    """copy.json, attention.json: the score files the page takes for granted (`rh detect` and the other scores)."""
-    for name, scores in RANKING_FILES.items():
-        (ws.dir / f"{name}.json").write_text(json.dumps({head: [score] for head, score in scores.items()}))
-
-
 def check_compare_rankings(result, ws):
+    """docs/compare-rankings.md on the rankings docs/scores.md's detections wrote: on the tiny model the copy score
+    ranks no head (it answers no needle: TIE draws both places), the attention score ranks every head it saw."""
+    from rh_models.heads import HeadScores
+
     out = ws.dir / "rankings"
     rows = ["full", "copy@2", "attention@2", "random@2", "streaming", "copy-kv@25%", "attention-kv@25%", "random-kv@25%"]
     board = _board(out, rows, "rh_niah_paper/score,none")
     records = board["conditions"]
-    assert records["copy@2"]["heads"] == [[0, 1], [1, 2]] and records["attention@2"]["heads"] == [[1, 3], [0, 1]]
-    assert records["copy@2"]["mask"]["spec"] == "top:2" and records["attention@2"]["mask"]["head_scores"] == "attention.json"
-    assert records["copy-kv@25%"]["kv"]["selected_heads"] == [[0, 1], [1, 2]]  # rh-hf's own KV selection
-    assert records["attention-kv@25%"]["kv"]["full_query_heads"] == [[0, 0], [0, 1], [1, 2], [1, 3]]  # GQA groups
-    random = records["random@2-seed0"]
-    assert random["excluded_heads"] == [[0, 1], [1, 2], [1, 3]] and len(random["heads"]) == 2
-    assert not {tuple(h) for h in random["heads"]} & {(0, 1), (1, 2), (1, 3)} and random["mask"]["method"] == "zero"
+    _check_tie(records["copy@2"]["mask"], records["copy@2"]["heads"], ws.dir / "copy.json")
+    attention = HeadScores.load(ws.dir / "attention.json")
+    means = {(l, h): attention.mean((l, h)) for l in range(attention.n_layers) for h in range(attention.n_heads)}
+    top2 = sorted(means, key=lambda head: (-means[head], head))[:2]
+    assert means[top2[1]] > 0 and [tuple(h) for h in records["attention@2"]["heads"]] == top2, (records, means)
+    assert records["attention@2"]["mask"]["head_scores"] == "attention.json"
+    random = records["random@2-seed0"]  # one control for both rankings: no head of either ranking's top 2
+    ranked = {tuple(h) for name in ("copy@2", "attention@2") for h in records[name]["heads"]}
+    assert {tuple(h) for h in random["excluded_heads"]} == ranked and len(random["heads"]) == 2
+    assert not {tuple(h) for h in random["heads"]} & ranked and random["mask"]["method"] == "zero"
     tests = {(t["row"], t["against"]) for t in board["tests"]}
     assert {("copy@2", "attention@2"), ("copy-kv@25%", "attention-kv@25%"), ("attention@2", "random@2")} <= tests
     assert set(_json(out / "run.json")["settings"]["rankings"]) == {"copy", "attention"}
@@ -809,11 +819,26 @@ COMMANDS: dict[str, Run | CheckedBy | ParseOnly] = {
     "\"samples\": 2, \"seed\": 1}'": Run(
         "compare_rankings", (TINY, Sub("GRID", "--tasks", "rh_niah_paper"), Sub("K", "--k", "2"),
                              Sub("GRID", "--kv-budgets", "25%"), Sub("GRID", "--seeds", "1"),
-                             Sub("GRID", "--metadata", '{{"lengths": [200], "depths": [0, 100], "samples": 1, "seed": 1}}')),
-        check_compare_rankings, prepare=prepare_rankings),
+                             Sub("GRID", "--metadata", '{{"lengths": [200], "depths": [0, 100], "samples": 1, "seed": 1}}'),
+                             TIE),
+        check_compare_rankings, needs=("detect_copy", "detect_attention")),
     # docs/report.md: rebuild the page rh demo / rh compare wrote (byte for byte) from their folders
     "rh report demo-out": Run("report_demo", (), check_report_demo, needs=("demo",), prepare=_keep_report("demo-out")),
     "rh report out": Run("report_compare", (), check_report_compare, needs=("compare",), prepare=_keep_report("out")),
+    # docs/scores.md: rh detect --score (issue 28, part 1) and its cost in rh bench (part 5)
+    "rh detect --model smollm2-135m --score copy --output copy.json --lengths 500,1000 --depths 0,50,100": Run(
+        "detect_copy", (TINY, *SCORE_GRID), lambda result, ws: check_score(result, ws, "copy", tests=2)),
+    "rh detect --model smollm2-135m --score attention --output attention.json --lengths 500,1000 --depths 0,50,100":
+        Run("detect_attention", (TINY, *SCORE_GRID), lambda result, ws: check_score(result, ws, "attention", tests=2)),
+    "rh detect --model smollm2-135m --score induction --output induction.json --lengths 500,1000": Run(
+        "detect_induction", (TINY, *REPEAT_GRID), lambda result, ws: check_score(result, ws, "induction", tests=2)),
+    "rh detect --model smollm2-135m --score echo --output echo.json --lengths 500,1000": Run(
+        "detect_echo", (TINY, *REPEAT_GRID), lambda result, ws: check_score(result, ws, "echo", tests=2)),
+    'rh bench --contenders hf,none,record,attention,induction,echo --lengths 1000,2000 --repeats 3 --detect-lengths "" '
+    '--output benchmarks/results/smollm2-135m_cpu-2core_scores.json':
+        CheckedBy("tests/test_bench.py::test_each_mass_score_contender_reads_the_bench_prompt_and_changes_no_token",
+                  "each score's contender on the tiny model's bench prompt (the timing loop and its memory probes are "
+                  "test_bench_end_to_end_on_a_tiny_model's)"),
 }
 RUNS = {entry.name: (command, entry) for command, entry in COMMANDS.items() if isinstance(entry, Run)}
 PARSE_ONLY = [command for command, entry in COMMANDS.items() if isinstance(entry, ParseOnly)]

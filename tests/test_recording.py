@@ -13,7 +13,7 @@ import torch
 from lm_eval.api.instance import Instance
 
 from rh_eval.heads_compare import compare_scores
-from rh_models.attention import TopOneRows
+from rh_models.observers import TopOneRows
 from rh_models.errors import RHError
 from rh_models.heads import HeadScores
 from rh_models.recorder import ScoreRecorder, answer_steps

@@ -10,7 +10,12 @@ Contenders, all on the same NIAH prompt per length, greedy, exactly ``--new-toke
 * ``rh-hf none``, ``rh-hf mask``: our model class without a mask and masking ``--mask-heads`` heads;
 * ``rh-hf kv``: a KV budget by head, 10 % of heads (drawn with seed 0) keeping the full context and the others
   a sink of 4 + a window of 64 (what ``kv_full_heads=random:10%`` does; target ≤ 1.3x stock at 4K);
-* ``rh-hf record``: recording top-1 positions and scoring (what ``record_scores=`` does);
+* ``rh-hf record``: recording top-1 positions and scoring (what ``record_scores=`` does): the copy score's cost;
+* ``rh-hf attention``, ``rh-hf induction``, ``rh-hf echo``: the same generation with that score's observer reading
+  the prompt's prefill (attention: the rows after the haystack onto the needle; induction / echo: every position of
+  the prompt's second half onto one key each, the rows a repeated sequence of that length gives them): what
+  recording each score costs beside the model's own work. (A detection with them runs no generation, and the
+  ``attention`` score runs a second, null-question row: that is the score's input, not its recording overhead.)
 * ``naive eager``: eager attention with ``output_attentions=True`` during ``generate`` and an arg-max over
   the returned maps — the obvious way, skipped where its attention maps would not fit in memory.
 
@@ -101,7 +106,8 @@ def naive_attention_gb(n_layers: int, n_heads: int, length: int, new_tokens: int
 
 
 KV_FULL_HEADS = "random:10%"  # the kv contender: 10 % of heads keep the full context (DuoAttention's regime)
-CONTENDERS = ("hf", "none", "mask", "kv", "record", "naive")  # stable keys; display names come from Workload.label
+MASS_CONTENDERS = ("attention", "induction", "echo")  # rh_models.mass_scores' observers, on the same prompts
+CONTENDERS = ("hf", "none", "mask", "kv", "record", *MASS_CONTENDERS, "naive")  # stable keys; names: Workload.label
 
 
 class Workload:
@@ -136,6 +142,8 @@ class Workload:
         self.scratch = Path(f"/tmp/rh-bench-{time.time_ns()}.json")
 
     def label(self, key: str) -> str:
+        if key in MASS_CONTENDERS:
+            return f"rh-hf {key}"
         return {"hf": "hf", "none": "rh-hf none", "mask": f"rh-hf mask {len(self.mask)}", "record": "rh-hf record",
                 "kv": f"rh-hf kv {self.kv_full_heads}", "naive": "naive eager"}[key]
 
@@ -185,11 +193,31 @@ class Workload:
             # mask and KV budget are swapped through the control directly: the self-checks would be timed too
             ours.control.set_mask(self.mask if key == "mask" else HeadSet((), ours.n_layers, ours.n_heads))
             ours.control.set_kv(self._streaming(ours) if key == "kv" else None)
+            if key in MASS_CONTENDERS:
+                mass = self._mass(ours, doc, key)
+                with ours.control.observing(mass):
+                    output = through_lm_eval(ours)
+                mass.result()  # the prefill was read, once per layer (else this raises)
+                return output
             if key != "record":
                 return through_lm_eval(ours)
             with ours.settings(recorder=ours.new_recorder(self.scratch)):
                 return through_lm_eval(ours)
         return call
+
+    def _mass(self, ours, doc: dict, key: str):
+        """The observer ``rh detect --score key`` arms, with the rows and targets it reads on ``doc``'s prompt."""
+        from rh_models.mass_scores import question_test, repeat_rows
+        from rh_models.observers import TargetMass
+
+        ids = ours.tok_encode(doc["prompt"])
+        if key == "attention":
+            test = question_test(ours.tokenizer, ids, doc)
+            rows, targets = test.rows, test.targets
+        else:
+            block = len(ids) // 2
+            rows, targets = repeat_rows(len(ids) - 2 * block, block, key)
+        return TargetMass(rows, targets, len(ids), ours.n_layers)
 
     def _streaming(self, ours):
         """The KV budget of the ``kv`` contender: ``kv_full_heads`` keep the full context, the rest sink 4 + window 64."""
