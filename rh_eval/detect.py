@@ -130,17 +130,8 @@ def detect(
     output = Path(output)
     work = prepare_output(output, force)
     lm = model if isinstance(model, RHHFLM) else load_hf(model, **(model_args or {}))
-    budget = min(max_length or lm.max_length, lm.max_length) - max_gen_toks - 16
-    if lengths is None:
-        lengths = evenly_spaced_lengths(budget, num_lengths)
-    docs = build_docs(
-        lm.tokenizer, lengths=lengths, depths=depths, needles=needles, haystack=haystack, seed=seed,
-        max_length=lm.max_length, max_gen_toks=max_gen_toks, chat_template=chat_template, samples=samples,
-    )
-    # Deepest needle first, every needle of a depth before the next depth: each prompt then shares all the hay
-    # before its needle with the previous prompt (the haystack of a length does not depend on the needle),
-    # 46 % of prompt tokens on the paper's grid; (needle, length, -depth) order shared only 40 %.
-    docs.sort(key=lambda d: (d["length"], -d["depth"], d["needle_id"]))
+    lengths, docs = needle_tests(lm, lengths, max_length, num_lengths, depths, needles, haystack, samples, seed,
+                                 max_gen_toks, chat_template)
 
     settings = detection_settings(lm, docs, lengths=lengths, depths=depths, needles=needles, haystack=haystack,
                                   samples=samples, seed=seed, max_gen_toks=max_gen_toks, chat_template=chat_template,
@@ -186,6 +177,28 @@ def detect(
                     "prefix_tokens_reused": lm.prefix_tokens_reused})
     write_json_atomic(recorder.meta_path, {**provenance, **summary, "tests": recorder.tests})
     return summary
+
+
+def needle_tests(lm: Any, lengths: list[int] | None, max_length: int | None, num_lengths: int,
+                 depths: list[int] | tuple[int, ...], needles: str, haystack: str, samples: int | None, seed: int,
+                 max_gen_toks: int, chat_template: bool) -> tuple[list[int], list[dict]]:
+    """A detection's lengths and its needle-test documents, in the order they run.
+
+    The copy score and the attention score (:mod:`rh_eval.detect_mass`) read the same documents, so they are built
+    here once. Without ``lengths``, ``num_lengths`` evenly spaced ones up to what the model's context leaves for the
+    answer. Deepest needle first, every needle of a depth before the next depth: each prompt then shares all the hay
+    before its needle with the previous prompt (the haystack of a length does not depend on the needle), 46 % of
+    prompt tokens on the paper's grid; (needle, length, -depth) order shared only 40 %.
+    """
+    if lengths is None:
+        lengths = evenly_spaced_lengths(min(max_length or lm.max_length, lm.max_length) - max_gen_toks - 16,
+                                        num_lengths)
+    docs = build_docs(
+        lm.tokenizer, lengths=lengths, depths=depths, needles=needles, haystack=haystack, seed=seed,
+        max_length=lm.max_length, max_gen_toks=max_gen_toks, chat_template=chat_template, samples=samples,
+    )
+    docs.sort(key=lambda d: (d["length"], -d["depth"], d["needle_id"]))
+    return lengths, docs
 
 
 def detection_settings(lm: Any, docs: list[dict], **grid: Any) -> dict[str, Any]:

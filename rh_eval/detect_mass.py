@@ -28,7 +28,7 @@ from rh_eval.detect import (
     DEFAULT_NUM_LENGTHS,
     _test_key,
     detection_settings,
-    evenly_spaced_lengths,
+    needle_tests,
     score_block,
     prepare_output,
     summarize,
@@ -39,7 +39,7 @@ from rh_models.errors import RHError
 from rh_models.heads import HeadScores
 from rh_models.mass_scores import MASS_SCORES, NULL_QUESTION, measure, question_test, repeat_tests, token_candidates
 from rh_models.scores import ScoreAccumulator
-from rh_tasks.niah_docs import DEFAULT_DEPTHS, build_docs
+from rh_tasks.niah_docs import DEFAULT_DEPTHS
 
 DEFAULT_REPEAT_LENGTHS = (200, 400)  # context lengths: short enough for any model, long enough to average
 FIT_GEN_TOKS = 32  # the budget the copy score's default grid leaves for its answer: the same documents here
@@ -50,19 +50,23 @@ def detect_mass(
     output: str | Path,
     score: str,
     lengths: list[int] | None = None,
+    samples: int = 3,
+    seed: int = 0,
+    force: bool = False,
+    progress: bool | TextIO = True,
+    model_args: dict | None = None,
     max_length: int | None = None,
     num_lengths: int = DEFAULT_NUM_LENGTHS,
     depths: list[int] | tuple[int, ...] = DEFAULT_DEPTHS,
     needles: str = "paper",
     haystack: str = "pg_essays",
-    samples: int = 3,
-    seed: int = 0,
     chat_template: bool = False,
-    force: bool = False,
-    progress: bool | TextIO = True,
-    model_args: dict | None = None,
 ) -> dict:
-    """Write ``output`` (paper format) and ``.meta.json`` for one of :data:`MASS_SCORES`; returns the summary."""
+    """Write ``output`` (paper format) and ``.meta.json`` for one of :data:`MASS_SCORES`; returns the summary.
+
+    ``lengths``, ``samples`` and ``seed`` are every score's; the rest pick ``attention``'s needle tests, the copy
+    score's documents (:func:`rh_eval.detect.needle_tests`).
+    """
     from tqdm import tqdm
 
     from rh_eval.models import load_hf
@@ -74,13 +78,8 @@ def detect_mass(
     work = prepare_output(output, force)
     lm = model if isinstance(model, RHHFLM) else load_hf(model, **(model_args or {}))
     if score == "attention":
-        if lengths is None:
-            lengths = evenly_spaced_lengths(min(max_length or lm.max_length, lm.max_length) - FIT_GEN_TOKS - 16,
-                                            num_lengths)
-        docs = build_docs(lm.tokenizer, lengths=lengths, depths=depths, needles=needles, haystack=haystack, seed=seed,
-                          max_length=lm.max_length, max_gen_toks=FIT_GEN_TOKS, chat_template=chat_template,
-                          samples=samples)
-        docs.sort(key=lambda d: (d["length"], -d["depth"], d["needle_id"]))
+        lengths, docs = needle_tests(lm, lengths, max_length, num_lengths, depths, needles, haystack, samples, seed,
+                                     FIT_GEN_TOKS, chat_template)
         jobs = [(_test_key(d), d) for d in docs]
         parameters = {"null_question": NULL_QUESTION, "rows": "every token after the haystack",
                       "targets": "the asked needles' tokens", "calibrated": "question minus null question"}
