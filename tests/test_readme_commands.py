@@ -23,7 +23,8 @@ Each entry says how its command is checked:
     model answers. The real models' answers are tested in test_compare / test_gemma3 / test_recording.
   - GRID: a smaller grid or fewer examples (``--lengths``, ``--depths``, ``--metadata``, ``--limit``,
     ``--seeds``, the demo's ``--detect-*`` / ``--niah-*``), or fewer tasks (a skipped optional task of the demo,
-    ``--tasks`` without the CoT pair: a random model's chains of thought only ever stop at ``max_gen_toks``).
+    ``--tasks`` without the CoT pair: a random model's chains of thought only ever stop at ``max_gen_toks``), or
+    fewer ``--rankings`` (the tiny model's 8 heads cannot hold four rankings' top K and a random control besides).
   - K: a ``--k`` above the tiny models' 8 heads becomes 2.
   - OUT: ``--output_path`` added to an ``lm_eval`` run, the only way to read its results JSON.
   - TIE: a tiny random model answers no needle, so its detection ranks no head: commands that rank heads on it
@@ -813,14 +814,14 @@ COMMANDS: dict[str, Run | CheckedBy | ParseOnly] = {
     "agreement.json --plot agreement.png": Run(
         "heads_compare_n", (TINY,), check_heads_compare_n, needs=("detect", "import_duo", "import_csv")),
     # docs/compare-rankings.md
-    "rh compare --model smollm2-135m --rankings copy=copy.json,attention=attention.json --tasks "
-    "rh_niah_paper,rh_factsum_cot,rh_factsum --k 8 --kv-budgets 10%,25%,50% --seeds 3 --output-dir rankings "
-    "--batch-size 48 --limit 48 --prefix-reuse --metadata '{\"lengths\": [500, 1000], \"depths\": [0, 50, 100], "
-    "\"samples\": 2, \"seed\": 1}'": Run(
-        "compare_rankings", (TINY, Sub("GRID", "--tasks", "rh_niah_paper"), Sub("K", "--k", "2"),
+    "rh compare --model smollm2-135m --rankings copy=copy.json,attention=attention.json,induction=induction.json,"
+    "echo=echo.json --tasks rh_niah_paper,rh_factsum_cot,rh_factsum --k 8 --kv-budgets 10%,25%,50% --seeds 2 "
+    "--tie-break random --output-dir rankings --batch-size 48 --limit 48 --prefix-reuse --apply-chat-template "
+    "--metadata '{\"lengths\": [500, 1000], \"depths\": [0, 50, 100], \"samples\": 2, \"seed\": 1}'": Run(
+        "compare_rankings", (TINY, Sub("GRID", "--rankings", "copy=copy.json,attention=attention.json"),
+                             Sub("GRID", "--tasks", "rh_niah_paper"), Sub("K", "--k", "2"),
                              Sub("GRID", "--kv-budgets", "25%"), Sub("GRID", "--seeds", "1"),
-                             Sub("GRID", "--metadata", '{{"lengths": [200], "depths": [0, 100], "samples": 1, "seed": 1}}'),
-                             TIE),
+                             Sub("GRID", "--metadata", '{{"lengths": [200], "depths": [0, 100], "samples": 1, "seed": 1}}')),
         check_compare_rankings, needs=("detect_copy", "detect_attention")),
     # docs/report.md: rebuild the page rh demo / rh compare wrote (byte for byte) from their folders
     "rh report demo-out": Run("report_demo", (), check_report_demo, needs=("demo",), prepare=_keep_report("demo-out")),
