@@ -308,7 +308,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def score_options(args: argparse.Namespace) -> dict[str, Any]:
     """The options ``--score`` reads, defaults filled in; one that it does not read, given, is refused in one line."""
     reads = SCORE_OPTIONS[args.score]
-    given = [name for name in NIAH_OPTIONS + GENERATION_OPTIONS if getattr(args, name) not in (None, False)]
+    given = [name for name in NIAH_OPTIONS + GENERATION_OPTIONS  # 0 is given too: not `in (None, False)`
+             if getattr(args, name) is not None and getattr(args, name) is not False]
     ignored = [name for name in given if name not in reads]
     if ignored:
         flags = ", ".join("--" + name.replace("_", "-") for name in ignored)

@@ -283,14 +283,14 @@ def provenance(settings: dict[str, Any], folder: Path) -> dict[str, Any]:
 
 def render_report(folder: str | Path) -> str:
     """The page of a finished folder, as HTML text (nothing written)."""
-    from jinja2 import Environment, FileSystemLoader, select_autoescape
+    from jinja2 import Environment, FileSystemLoader
 
     folder = Path(folder)
     check_folder(folder)
     settings = read_settings(folder)
     board, board_note = read_board(folder)
     main = headline(board)
-    env = Environment(loader=FileSystemLoader(Path(__file__).parent / "templates"), autoescape=select_autoescape(),
+    env = Environment(loader=FileSystemLoader(Path(__file__).parent / "templates"), autoescape=True,
                       trim_blocks=True, lstrip_blocks=True)
     groups: dict[str, list[Figure]] = {}
     for figure in figures(folder, board):

@@ -255,7 +255,7 @@ def visible_keys(mask: torch.Tensor | None, batch: int, q_length: int, kv_length
     if mask is None:
         if q_length != 1 and q_length != kv_length:
             raise RHError(f"no attention mask for {q_length} queries over {kv_length} keys; cannot place a KV window")
-        return _causal_rows(rows, q_length, kv_length, device).expand(batch, len(rows), kv_length)
+        return causal_rows(rows, q_length, kv_length, device).expand(batch, len(rows), kv_length)
     if mask.ndim == 4:  # sdpa (bool, True = attend) or eager (additive float, very negative = blocked)
         kept = mask[:, 0, -q_length:, :kv_length]
         kept = kept if every else kept.index_select(1, rows.to(kept.device))
@@ -263,11 +263,11 @@ def visible_keys(mask: torch.Tensor | None, batch: int, q_length: int, kv_length
         return visible.expand(batch, len(rows), kv_length)
     if mask.ndim == 2:  # flash: (batch, kv) padding mask, 1 = token; causal on top, aligned bottom-right
         padding = mask[:, -kv_length:].bool()
-        return _causal_rows(rows, q_length, kv_length, device)[None] & padding[:, None, :]
+        return causal_rows(rows, q_length, kv_length, device)[None] & padding[:, None, :]
     raise RHError(f"unsupported attention-mask layout {tuple(mask.shape)}: cannot tell which keys a query sees")
 
 
-def _causal_rows(rows: torch.Tensor, q_length: int, kv_length: int, device: torch.device) -> torch.Tensor:
+def causal_rows(rows: torch.Tensor, q_length: int, kv_length: int, device: torch.device) -> torch.Tensor:
     """``causal_mask``'s rows ``rows`` (query indices, any order), ``(len(rows), kv)``."""
     return torch.arange(kv_length, device=device)[None, :] <= (rows + kv_length - q_length)[:, None]
 

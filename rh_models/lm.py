@@ -452,7 +452,12 @@ class RHHFLM(MaskedLM, HFLM):
     def cached_prompt(self, ids: torch.Tensor) -> Any:
         """A cache holding every token of the one-row ``ids``, resumed from the longest prefix of the prompts cached
         before it (and kept as the candidate for the next): prefix reuse for callers that run their own forwards
-        (``rh detect --score attention``), the same computation as prefilling ``ids`` in full."""
+        (``rh detect --score attention``), the same computation as prefilling ``ids`` in full. A model whose cache
+        layers the prefix cache cannot hold (linear attention, ...) gets its own cache of a full prefill, as
+        ``generate`` does without reuse."""
+        if not self.prefix.supported(type(self.model).__name__):
+            with torch.no_grad(), self.control.prefilling(None):
+                return self.model.base_model(input_ids=ids, use_cache=True).past_key_values
         cache = self.prefix.take(ids, None, self._prefill, capacity=ids.shape[1])
         self._prefill([ids[0].tolist()], cache)  # the last tokens take() leaves for generate() to prefill
         self.prefix.keep(cache, ids, None)

@@ -3,7 +3,7 @@
 Usage::
 
     control.start_recording(); model.generate(...); top1 = control.stop_recording()   # copy: TopOneRows
-    mass = TargetMass(rows, targets, n_layers)             # rows: query positions; targets: (rows, keys) bool
+    mass = TargetMass(rows, targets, length, n_layers)     # rows: query positions; targets: (rows, length) bool
     with control.observing(mass):
         model.base_model(input_ids=ids, use_cache=False)   # the prefill that ends the sequence (a cache may precede)
     mass.result()                                          # (batch, layers, heads): mean weight on the targets
@@ -25,7 +25,7 @@ from typing import Any, Protocol
 import torch
 
 from rh_models.errors import RHError
-from rh_models.kv_budget import visible_keys
+from rh_models.kv_budget import causal_rows, visible_keys
 
 ROW_BLOCK = 256  # query rows per softmax: a block's (batch, heads, rows, keys) weights, not the whole map
 
@@ -48,13 +48,24 @@ def row_logits(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, 
     """
     batch, n_heads, q_length, head_dim = query.shape
     kv_heads, kv_length = key.shape[1], key.shape[2]
-    if attention_mask is not None and attention_mask.ndim == 2 and kwargs.get("sliding_window") is not None:
-        raise RHError(f"{type(module).__name__} slides a window over a padding-only mask; its attention rows cannot "
-                      "be read from the mask")
+    last_row = int(rows.max())  # rows live on the CPU: no device sync
     rows = rows.to(query.device)
-    visible = visible_keys(attention_mask, batch, q_length, kv_length, query.device, rows=rows)
-    seen = visible.any(dim=1).any(dim=0).nonzero()
-    width = int(seen.max()) + 1 if len(seen) else kv_length
+    if attention_mask is None or attention_mask.ndim == 2:
+        # flash kernels (and calls without padding) get no 4-D mask: causal, aligned bottom-right, on top of any
+        # padding; and a sliding layer's window, which flash applies itself and no mask then carries
+        visible = causal_rows(rows, q_length, kv_length, query.device)[None]
+        if attention_mask is not None:
+            visible = visible & attention_mask[:, -kv_length:].bool()[:, None, :]
+        window = kwargs.get("sliding_window")
+        if window is not None:
+            own = rows + kv_length - q_length  # each row's own key index
+            visible = visible & (torch.arange(kv_length, device=query.device)[None, :] > (own - window)[:, None])[None]
+        visible = visible.expand(batch, len(rows), kv_length)
+        width = last_row + kv_length - q_length + 1  # causal: no row sees past the last row's own key
+    else:
+        visible = visible_keys(attention_mask, batch, q_length, kv_length, query.device, rows=rows)
+        seen = visible.any(dim=1).any(dim=0).nonzero()
+        width = int(seen.max()) + 1 if len(seen) else kv_length
     visible, key = visible[..., :width], key[:, :, :width]
     chosen = query.index_select(2, rows).reshape(batch, kv_heads, (n_heads // kv_heads) * len(rows), head_dim)
     logits = torch.matmul(chosen, key.transpose(-1, -2)).reshape(batch, n_heads, len(rows), width)
@@ -84,7 +95,7 @@ class TopOneRows:
     n_layers: int = 0
 
     def observe(self, layer, module, query, key, attention_mask, kwargs, phase: str = "prefill") -> None:
-        last = torch.tensor([query.shape[2] - 1], device=query.device)
+        last = torch.tensor([query.shape[2] - 1])
         scores = row_logits(module, query, key, attention_mask, kwargs, last)[:, :, 0]
         if layer == 0 or not self.positions:
             self.positions.append([None] * self.n_layers)
@@ -148,7 +159,7 @@ class TargetMass:
         batch, n_heads = query.shape[:2]
         total = torch.zeros(batch, n_heads, dtype=torch.float32, device=query.device)
         for start in range(0, len(self.rows), ROW_BLOCK):
-            rows = self.rows[start : start + ROW_BLOCK].to(query.device)
+            rows = self.rows[start : start + ROW_BLOCK]  # on the CPU: row_logits moves them
             logits = row_logits(module, query, key, attention_mask, kwargs, rows - first_query).float()
             targets = self.targets[start : start + ROW_BLOCK].to(query.device) - first_key  # key indices
             # padding (-1), a key a sliding layer's cache no longer holds, or one after every row: none of them seen

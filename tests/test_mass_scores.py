@@ -215,3 +215,37 @@ def test_detect_refuses_options_a_score_does_not_read(capsys):
     assert "--score induction does not use --depths" in capsys.readouterr().err
     assert main(["detect", "--score", "attention", "--output", "x.json", "--max-gen-toks", "8", "--batch-cells"]) == 2
     assert "--score attention does not use --batch-cells, --max-gen-toks" in capsys.readouterr().err
+    assert main(["detect", "--score", "attention", "--output", "x.json", "--min-score", "0"]) == 2  # 0 is given too
+    assert "--score attention does not use --min-score" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("window", [None, 3])
+@pytest.mark.parametrize("padding", [False, True])
+def test_row_logits_under_flash_layouts_equal_an_explicit_causal_and_sliding_reference(window, padding):
+    """Flash kernels get no 4-D mask: None (no padding) or a (batch, kv) padding mask, causal aligned bottom-right,
+    and a sliding layer's window applied by the kernel itself. row_logits must place both, for any rows, also with
+    fewer queries than keys (a prefill after a cached prefix), where transformers passes None too."""
+    from rh_models.observers import row_logits
+
+    torch.manual_seed(0)
+    batch, heads, kv_heads, q_length, kv_length, dim = 2, 4, 2, 5, 9, 8
+    query, key = torch.randn(batch, heads, q_length, dim), torch.randn(batch, kv_heads, kv_length, dim)
+    mask = torch.ones(batch, kv_length, dtype=torch.long)
+    if padding:
+        mask[1, :2] = 0  # the second row left-padded by two keys
+    rows = torch.tensor([4, 0, 2])
+    kwargs = {"scaling": 0.5, "sliding_window": window}
+    got = row_logits(torch.nn.Identity(), query, key, mask if padding else None, kwargs, rows)
+
+    expanded = key.repeat_interleave(heads // kv_heads, dim=1)
+    for b in range(batch):
+        for i, row in enumerate(rows.tolist()):
+            own = row + kv_length - q_length
+            for k in range(kv_length):
+                seen = k <= own and (window is None or k > own - window) and bool(mask[b, k] or not padding)
+                logit = (query[b, :, row] * expanded[b, :, k]).sum(-1) * 0.5
+                if k < got.shape[-1]:
+                    expected = logit if seen else torch.full_like(logit, float("-inf"))
+                    torch.testing.assert_close(got[b, :, i, k], expected)
+                else:
+                    assert not seen, (b, row, k)  # a key past the computed width is one no row sees

@@ -190,3 +190,17 @@ def test_the_tiny_demo_page_in_chromium(chromium, tiny_demo, tmp_path):
     shot = tmp_path / "report.png"
     assert browser.screenshot(chromium, folder / REPORT_FILE, shot).errors == []
     assert _not_blank(shot.read_bytes()) > 0.05, "the screenshot is (nearly) blank"
+
+
+def test_the_page_escapes_what_the_run_recorded(fake_demo, tmp_path):
+    """Text from the run's files (a command line, a model path) is text on the page, never markup: a command line
+    with ``<`` and ``&`` (a shell redirect, a metadata string) reads as typed."""
+    from rh_eval.report import render_report
+
+    folder = _copy(fake_demo, tmp_path)
+    state = json.loads((folder / "demo.json").read_text())
+    state["runs"][0]["command"] = "rh demo --output-dir out <in.txt && echo '<b>done</b>'"
+    (folder / "demo.json").write_text(json.dumps(state))
+    page = render_report(folder)
+    assert "&lt;in.txt &amp;&amp; echo &#39;&lt;b&gt;done&lt;/b&gt;&#39;" in page
+    assert "<b>done</b>" not in page and "<table" in page and "<script" in page  # the page's own markup stays
