@@ -89,20 +89,20 @@ from rh_eval.rankings import (
     ranking_hashes,
 )
 from rh_eval.resume import clear_outputs, resume_record, save_record, settle
-from rh_eval.run_files import RUN_FILE, samples_name
+from rh_eval.detect import work_file
+from rh_eval.run_files import DETECTED_SCORES, RUN_FILE, samples_name
 from rh_models.atomic import write_text_atomic
 from rh_models.attention import MASK_METHODS, MASK_SCOPES
 from rh_models.compat import as_logged_sample
 from rh_models.errors import RHError
 from rh_models.files import read_json, require_file
 from rh_models.head_means import check_means_request
-from rh_models.heads import TIE_BREAKS, HeadScores, check_ranking, parse_head_spec
+from rh_models.heads import TIE_BREAKS, HeadScores, check_ranking, parse_head_spec, score_meta_path
 from rh_models.kv_budget import DEFAULT_SINK, DEFAULT_WINDOW
 from rh_models.zoo import DEFAULT_MODEL
 
 NUMERICS = "numerics"  # the settings only a loaded model knows (dtype, device, attention): run.json records them then
 BACKENDS = ("hf", "vllm")
-DETECTED_SCORES = "head_scores.json"  # where a detection run by `rh compare` itself lands, in the output folder
 HEADS_PLOT = "head_scores.png"  # under plots/: the layers x heads map of the scores the conditions rank by
 
 
@@ -334,7 +334,7 @@ def run_settings(config: CompareConfig, head_scores: Path | None) -> dict[str, A
 
 # what rh compare writes into its output folder: --force removes these (and only these)
 OUTPUTS = (RUN_FILE, "conditions", "plots", *(f"leaderboard.{ext}" for ext in EXTENSIONS), DETECTED_SCORES,
-           "head_scores.meta.json", "head_scores.tests.jsonl", "report.html")
+           score_meta_path(DETECTED_SCORES).name, work_file(Path(DETECTED_SCORES)).name, "report.html")
 
 
 def start_over(config: CompareConfig) -> None:
@@ -346,7 +346,7 @@ def start_over(config: CompareConfig) -> None:
     given += [(f"--rankings {r.name}", Path(r.path)) for r in config.rankings]
     for option, path in given:
         scores = path.resolve()
-        keep |= {scores, scores.with_suffix(".meta.json"), scores.with_suffix(".tests.jsonl")}
+        keep |= {scores, score_meta_path(scores), work_file(scores)}
         for name in OUTPUTS:
             if (out_dir / name).is_dir() and (out_dir / name).resolve() in scores.parents:
                 raise RHError(f"{option} {path} lies inside {out_dir / name}, which --force would remove; move it "
@@ -708,11 +708,14 @@ def compare(
 
         plots = make_plots(board, out_dir / "plots", conditions_dir=out_dir / "conditions", tasks=tasks)
         # the score map the conditions rank heads by: one, or one per ranking (head_scores_<ranking>.png)
-        maps = [(HEADS_PLOT, head_scores)] if head_scores is not None and not config.rankings else []
-        maps += [(f"{Path(HEADS_PLOT).stem}_{safe_name(r.name)}.png", Path(r.path)) for r in config.rankings]
-        for name, scores in maps:
+        # labelled by what ranks them: the copy score's retrieval score, or the ranking's own name
+        maps = ([(HEADS_PLOT, head_scores, "retrieval score")]
+                if head_scores is not None and not config.rankings else [])
+        maps += [(f"{Path(HEADS_PLOT).stem}_{safe_name(r.name)}.png", Path(r.path), f"{r.name} score")
+                 for r in config.rankings]
+        for name, scores, label in maps:
             plots.append(plot_head_scores(HeadScores.load(scores), out_dir / "plots" / name,
-                                          title=f"retrieval score per head ({Path(scores).name})"))
+                                          title=f"{label} per head ({Path(scores).name})", label=label))
         print(f"{log}: {len(plots)} plots in {out_dir / 'plots'}")
     if pending:
         record = read_json(out_dir / RUN_FILE, "resume record")

@@ -41,7 +41,7 @@ from rh_eval.compare import BACKENDS, OUTPUTS, CompareConfig, compare, load_mode
 from rh_eval.console import quiet_console
 from rh_eval.leaderboard import Leaderboard
 from rh_eval.provenance import run_entry
-from rh_eval.run_files import DEMO_FILE
+from rh_eval.run_files import DEMO_FILE, DETECTED_SCORES
 from rh_eval.verdicts import cot_line, headline, kv_line, shape_checks
 from rh_eval.resume import clear_outputs, resume_record, save_record
 from rh_models.atomic import write_text_atomic
@@ -52,7 +52,6 @@ from rh_models.zoo import DEFAULT_MODEL
 
 SUMMARY_FILE = "summary.md"
 LOG_FILE = "demo.log"  # lm-eval's warnings, progress bars and per-condition tables
-SCORES_FILE = "head_scores.json"
 
 # Sized for SmolLM2-135M on 2 CPU cores (README, "What it finds", gives the measured time).
 DETECT_SAMPLES = 3  # needles per detection cell, as in the paper
@@ -268,7 +267,7 @@ def run_detection(out_dir: Path, state: dict[str, Any], get_lm: ModelOnce, termi
     """Stage 1: ``rh detect`` on the demo's grid, re-used once finished (resumed if interrupted)."""
     from rh_eval.detect import detect, print_summary
 
-    scores = out_dir / SCORES_FILE
+    scores = out_dir / DETECTED_SCORES
     if state.get("detection", {}).get("done") and scores.is_file():
         print(f"rh demo: detection: re-using {scores}", file=terminal)
         return scores

@@ -9,8 +9,9 @@ What each score measures is in :mod:`rh_models.mass_scores`. ``attention`` runs 
 score (the same grid flags, the same documents); ``induction`` and ``echo`` are data-free: ``--lengths`` are the
 context lengths of the sequences (random tokens, repeated twice), ``--samples`` how many per length, ``--seed``
 draws them.
-None generates, so every test contributes and a test is one forward: the question and its null question as one
-batch of two rows, or every sample of one length as one batch.
+None generates, so every test contributes. An ``attention`` test prefills its prompt up to the question once (from
+the longest prefix an earlier prompt cached) and then reads the question and its null question as one batch of two
+rows over that cache; an ``induction`` / ``echo`` test is one forward over every sample of one length.
 
 The output is what ``rh detect`` writes for the copy score: the score file (``{"L-H": [score per test, ...]}``),
 ``.meta.json`` with the model's provenance and ``"score": {"name", "inputs", "parameters"}``, and the
@@ -36,7 +37,7 @@ from rh_eval.detect import (
 from rh_eval.resume import Journal
 from rh_models.atomic import write_json_atomic
 from rh_models.errors import RHError
-from rh_models.heads import HeadScores
+from rh_models.heads import HeadScores, score_meta_path
 from rh_models.mass_scores import MASS_SCORES, NULL_QUESTION, measure, question_test, repeat_tests, token_candidates
 from rh_models.scores import ScoreAccumulator
 from rh_tasks.niah_docs import DEFAULT_DEPTHS
@@ -127,5 +128,5 @@ def detect_mass(
     summary = summarize(HeadScores.load(output, lm.n_layers, lm.n_heads))
     summary.update({"score": block, "tests_seen": accumulator.tests_seen, "tests_contributing": accumulator.tests_seen,
                     "seconds_this_run": round(elapsed, 1), "tests_run_now": len(todo)})
-    write_json_atomic(output.with_suffix(".meta.json"), {**provenance, **summary, "tests": tests})
+    write_json_atomic(score_meta_path(output), {**provenance, **summary, "tests": tests})
     return summary

@@ -9,8 +9,9 @@ Usage::
 For every pair of score files: the overlap of their top-K heads (count and Jaccard) and Kendall's tau-b over all
 heads' mean scores (scipy), once per query head and once per KV head. Why per KV head: under GQA a KV cache is
 kept per KV head, so two rankings can pick the same KV groups (the same KV budget) through different query heads;
-a KV head's score here is the mean of its query heads' scores, and its top-k is ``--top-kv`` (default K divided by
-the group size, rounded up: the fewest KV heads K query heads can fill).
+a KV head's score here is the highest of its query heads' scores -- a KV budget keeps a KV head's cache as soon as
+any of its query heads is chosen, so that is where a ranking reaches it -- and its top-k is ``--top-kv`` (default K
+divided by the group size, rounded up: the fewest KV heads K query heads can fill).
 
 The KV-head count comes from ``--kv-heads``, else ``--model`` (its config only), else the score files' provenance
 (``n_kv_heads`` in the ``.meta.json`` that ``rh detect`` and ``rh heads import`` write, when they agree); which one
@@ -102,13 +103,14 @@ def kv_count(rankings: list[Ranking], kv_heads: int | None = None, model_shape: 
 
 
 def by_kv_head(scores: HeadScores, n_kv_heads: int) -> HeadScores:
-    """Each KV head's score: the mean of its query heads' mean scores (layers x KV heads)."""
+    """Each KV head's score: the highest of its query heads' mean scores (layers x KV heads), the rank at which a
+    KV budget by this ranking first keeps that KV head's cache (it keeps it when any of its query heads is chosen)."""
     sums: dict[tuple[int, int], list[float]] = {}
     for layer in range(scores.n_layers):
         for head in range(scores.n_heads):
             key = (layer, kv_head_of(head, scores.n_heads, n_kv_heads))
             sums.setdefault(key, []).append(scores.mean((layer, head)))
-    return HeadScores({key: [sum(v) / len(v)] for key, v in sums.items()}, scores.n_layers, n_kv_heads,
+    return HeadScores({key: [max(v)] for key, v in sums.items()}, scores.n_layers, n_kv_heads,
                       source=f"{scores.source} by KV head")
 
 
@@ -173,7 +175,7 @@ def compare_rankings(rankings: list[Ranking], top: int = 10, n_kv_heads: int | N
         group = scores.n_heads // n_kv_heads
         top_kv = math.ceil(top / group) if top_kv is None else top_kv
         kv = {"n_kv_heads": n_kv_heads, "group": group, "source": kv_source, "top": top_kv,
-              "aggregate": "mean of the group's query heads"}
+              "aggregate": "highest of the group's query heads"}
         per_kv = {r.name: by_kv_head(r.scores, n_kv_heads) for r in rankings}
     pairs = []
     for a, b in combinations(rankings, 2):
@@ -223,7 +225,7 @@ def describe(result: dict[str, Any]) -> str:
     kv = result["kv"]
     if kv:
         lines.append(f"per KV head: {kv['n_kv_heads']} KV heads per layer (from {kv['source']}), each scored by the "
-                     f"mean of its {kv['group']} query heads; top-{kv['top']} KV heads")
+                     f"highest of its {kv['group']} query heads; top-{kv['top']} KV heads")
     else:
         lines.append(f"per KV head: not computed ({result['kv_missing']})")
     for ranking in result["rankings"]:

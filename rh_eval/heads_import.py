@@ -214,7 +214,7 @@ def describe_import(record: dict[str, Any], output: str | Path, top: int = 5) ->
         total = record["n_layers"] * record["n_heads"]
         read = f"read {record['heads_listed']} of {total} heads from {record['source']}"
         if record["heads_unlisted"]:
-            read += f"; the other {record['heads_unlisted']} get no score (they rank after every scored head)"
+            read += f"; the other {record['heads_unlisted']} get no score (they rank after every head scored above 0)"
     scored = scores.above(0.0)
     best = ", ".join(f"{format_head(h)} ({scores.mean(h):.3g})" for h in scored[:top]) or "none"
     return "\n".join([read, f"heads scored above 0: {len(scored)}; top: {best}",

@@ -41,18 +41,18 @@ from rh_eval.leaderboard import (
     is_number,
 )
 from rh_eval.plots.conditions import cot_column_pairs
-from rh_eval.run_files import DEMO_FILE, RUN_FILE, samples_by_task
+from rh_eval.run_files import DEMO_FILE, DETECTED_SCORES, RUN_FILE, samples_by_task
 from rh_eval.verdicts import BREAKDOWN_PREFIXES, cot_line, headline, kv_line, shape_checks
 from rh_models.atomic import write_text_atomic
 from rh_models.errors import RHError
 from rh_models.files import read_json
-from rh_models.heads import format_head
+from rh_models.heads import format_head, score_meta_path
 
 REPORT_FILE = "report.html"
 TEMPLATE = "report.html.j2"
 # figures by file name, in the page's order: (prefix, section title); NIAH breakdown curves go last
 FIGURE_GROUPS = (
-    ("head_scores", "Retrieval score per head"),
+    ("head_scores", "Head scores (what ranks the heads)"),
     ("niah_", "NIAH: score per context length and needle depth, per condition and its difference from full"),
     ("dose_", "Score against heads masked"),
     ("kv_budget_", "Score against KV budget"),
@@ -217,13 +217,13 @@ def _ranked_by(records: list[dict[str, Any]], settings: dict[str, Any], folder: 
                  for name, digest in rankings.items()]
         return f" Heads are ranked by {len(named)} rankings, each row named after its own: {', '.join(named)}."
     scores = next((r["mask"]["head_scores"] for r in records if (r.get("mask") or {}).get("head_scores")),
-                  "head_scores.json" if (folder / "head_scores.json").is_file() else None)  # a detection in the folder
+                  DETECTED_SCORES if (folder / DETECTED_SCORES).is_file() else None)  # a detection in the folder
     if not scores:
         return ""
     digest = str(settings.get("head_scores_sha256") or "")[:12]
     text = f" Heads are ranked by their retrieval scores in {Path(scores).name}" + (f" (sha256 {digest}…)" if digest else "")
-    meta = folder / "head_scores.meta.json"
-    detection = read_json(meta) if meta.is_file() and Path(scores).name == "head_scores.json" else {}
+    meta = score_meta_path(folder / DETECTED_SCORES)
+    detection = read_json(meta) if meta.is_file() and Path(scores).name == DETECTED_SCORES else {}
     if isinstance(detection, dict) and detection.get("lengths"):
         text += (f", a detection (rh detect) on {detection.get('needles', 'paper')} needles at lengths "
                  f"{', '.join(map(str, detection['lengths']))} tokens × depths "

@@ -31,6 +31,7 @@ from rh_models.errors import RHError
 
 RUN_FILE = "run.json"  # rh compare's resume record: the settings, and the runs that did work (rh_eval.provenance)
 DEMO_FILE = "demo.json"  # rh demo's: its detection settings, timings, runs and shape checks
+DETECTED_SCORES = "head_scores.json"  # where rh compare / rh demo put the detection they ran themselves
 DATE_ID = r"\d{4}-\d{2}-\d{2}T[0-9.\-:]+"
 _NAME = re.compile(rf"^samples_(?P<task>.+?)(?:_(?P<date>{DATE_ID}))?\.jsonl$")
 RESULTS_NAME = re.compile(rf"^results_(?P<date>{DATE_ID})\.json$")

@@ -222,6 +222,9 @@ class HeadControl:
         if streaming is not None and (streaming.n_layers, streaming.selected.n_heads) != (self.n_layers, self.n_heads):
             raise RHError(f"KV budget is for {streaming.n_layers} x {streaming.selected.n_heads} heads, the model has "
                           f"{self.n_layers} x {self.n_heads}")
+        if streaming is not None and self.observers:  # the other order of _attach_observer's refusal
+            raise RHError("a KV budget cannot start while attention rows are observed: a streaming head's row would "
+                          "be read over keys its cache no longer holds")
         self.kv, self._streaming_masks = streaming, None
 
     # ------------------------------------------------------------------ observing (step 1)

@@ -22,8 +22,9 @@ Three scores beside the paper's copy score (:mod:`rh_models.scores`), each a mea
   one) leads the sequence, since models without it put their attention sink elsewhere.
 
 No generation, no answer filter: every test counts (a head's list holds one score per test, the paper's format).
-The rows are read by :class:`rh_models.observers.TargetMass` in step 1 of the attention function, from one forward
-over the whole sequence without a cache.
+The rows are read by :class:`rh_models.observers.TargetMass` in step 1 of the attention function, from the one
+forward that ends the sequence: after a cache of the shared prefix (the prompt before the question, where a question
+and its null question share it), or over the whole sequence.
 """
 
 from __future__ import annotations

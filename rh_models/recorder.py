@@ -37,6 +37,7 @@ from rh_models.answers import ANSWERED_ABOVE, METRICS, score_answer
 from rh_models.atomic import write_json_atomic, write_text_atomic
 from rh_models.observers import TopOneRows
 from rh_models.errors import RHError
+from rh_models.heads import score_meta_path
 from rh_models.scores import ScoreAccumulator, copy_events, retrieval_scores
 
 
@@ -138,7 +139,7 @@ class ScoreRecorder:
 
     @property
     def meta_path(self) -> Path:
-        return self.path.with_suffix(".meta.json")
+        return score_meta_path(self.path)
 
     def needle_positions(self, context: str, needles: Sequence[str], row: torch.Tensor, real_length: int) -> list[int]:
         """Token positions (in the padded batch row) of every needle token."""

@@ -84,10 +84,6 @@ class HeadShape:
             raise RHError("the KV-head count is not known")
         return self.n_heads // self.n_kv_heads
 
-    def describe(self) -> str:
-        kv = f" ({self.n_kv_heads} KV heads per layer)" if self.n_kv_heads is not None else ""
-        return f"{self.n_layers} layers x {self.n_heads} heads{kv}"
-
 
 def head_dim(config: Any) -> int:
     """Width of one query head's output (its slice of the output projection's input)."""

@@ -55,7 +55,7 @@ def test_three_rankings_agree_on_kv_groups_and_disagree_on_heads(three, tmp_path
     assert code == 0, err
     result = json.loads((tmp_path / "agreement.json").read_text())
     assert result["kv"] == {"n_kv_heads": 2, "group": 2, "source": "--kv-heads", "top": 2,
-                            "aggregate": "mean of the group's query heads"}
+                            "aggregate": "highest of the group's query heads"}
     pairs = {(p["a"], p["b"]): p for p in result["pairs"]}
     assert list(pairs) == [("copy", "squared"), ("copy", "other"), ("squared", "other")]
     same = pairs[("copy", "squared")]
@@ -70,18 +70,19 @@ def test_three_rankings_agree_on_kv_groups_and_disagree_on_heads(three, tmp_path
     assert header == ["a", "b", "top-3 overlap", "Jaccard", "Kendall tau", "KV top-2 overlap", "KV Jaccard",
                       "KV Kendall tau"]
     assert rows[1][:4] == ["copy", "other", "0/3", "0.00"] and rows[1][5:7] == ["2/2", "1.00"]
-    assert "per KV head: 2 KV heads per layer (from --kv-heads), each scored by the mean of its 2 query heads" in out
+    assert "per KV head: 2 KV heads per layer (from --kv-heads), each scored by the highest of its 2 query heads" in out
     assert not out.startswith("top-3 overlap")  # the two-file lines are for two files
     assert (tmp_path / "agreement.png").read_bytes()[:8] == PNG
     assert overlap_matrix(result, "query") == [[3, 3, 0], [3, 3, 0], [0, 0, 3]]
     assert overlap_matrix(result, "kv") == [[2, 2, 2], [2, 2, 2], [2, 2, 2]]
 
 
-def test_a_kv_head_scores_the_mean_of_its_query_heads():
+def test_a_kv_head_scores_the_highest_of_its_query_heads():
+    # a KV budget keeps KV head (0, 0) as soon as 0-1 (0.6) is chosen: that is its rank, not the group's mean 0.45
     scores = HeadScores({(0, 0): [0.2, 0.4], (0, 1): [0.6], (1, 3): [0.5]}, 2, 4)
     kv = by_kv_head(scores, 2)
     assert (kv.n_layers, kv.n_heads) == (2, 2)
-    assert [kv.mean(h) for h in [(0, 0), (0, 1), (1, 0), (1, 1)]] == pytest.approx([0.45, 0.0, 0.0, 0.25])
+    assert [kv.mean(h) for h in [(0, 0), (0, 1), (1, 0), (1, 1)]] == pytest.approx([0.6, 0.0, 0.0, 0.5])
 
 
 def test_the_two_file_form_keeps_its_lines_and_says_when_scores_stop(tmp_path, capsys):
@@ -146,6 +147,7 @@ def test_a_tie_at_the_cut_is_said_not_hidden(tmp_path, capsys):
     code, out, _ = _rh(capsys, gates, _write(tmp_path / "a.json", COPY), "--top", 2, "--output", tmp_path / "r.json")
     ranking = json.loads((tmp_path / "r.json").read_text())["rankings"][0]
     assert code == 0 and ranking["tie_at_cut"] == {"score": 1.0, "tied": 3, "inside": 2}
-    assert ranking["kv_tie_at_cut"] is None  # KV heads (0,0) = 1.0 and (1,1) = 0.75: no tie at a top-1 cut
+    # KV heads (0,0) and (1,1) both reach 1.0 (their highest query heads): the KV top-1 is a tie too
+    assert ranking["kv_tie_at_cut"] == {"score": 1.0, "tied": 2, "inside": 1}
     assert f"tie: 3 heads of {gates} share the top-2 cut's score 1; its top-2 takes the first 2 of them" in out
     assert json.loads((tmp_path / "r.json").read_text())["rankings"][1]["tie_at_cut"] is None

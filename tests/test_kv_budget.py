@@ -378,3 +378,18 @@ def test_kv_form_runs_from_the_stock_cli_in_bounded_memory(form, tiny_llama_dir,
         assert bad.returncode != 0 and "Loading weights" not in bad.stderr
         assert rh_error_lines(bad.stderr) == ["rh-eval: error: kv_full_heads=top:5 needs head_scores=PATH (a score "
                                               "file from `rh detect`)"], bad.stderr[-1500:]
+
+
+def test_observing_and_a_kv_budget_refuse_each_other_in_either_order():
+    """A streaming head's row would be read over keys its cache no longer holds: never both at once."""
+    model = tiny_model("llama", "sdpa")
+    control = HeadControl.attach(model)
+    control.set_kv(_streaming(model, _selected(model)))
+    with pytest.raises(RHError, match="observing attention rows under a KV budget is not supported"):
+        control.start_recording()
+    control.set_kv(None)
+    control.start_recording()
+    with pytest.raises(RHError, match="a KV budget cannot start while attention rows are observed"):
+        control.set_kv(_streaming(model, _selected(model)))
+    control.stop_recording()
+    control.set_kv(_streaming(model, _selected(model)))  # once the rows are no longer observed
