@@ -30,14 +30,15 @@ from itertools import combinations
 from pathlib import Path
 from typing import Any
 
+from rh_eval.rankings import parse_ranking, unique_names
 from rh_models.errors import RHError
 from rh_models.heads import HeadScores, format_heads, read_score_provenance
 from rh_models.shape import HeadShape, kv_head_of
 
 
 @dataclass(frozen=True)
-class Ranking:
-    """One score file under the name it is shown with (``name=path`` on the command line, else its path)."""
+class LoadedRanking:
+    """A ranking (:class:`rh_eval.rankings.Ranking`: ``name=path`` on the command line, else its path) read."""
 
     name: str
     path: str
@@ -45,21 +46,14 @@ class Ranking:
     provenance: dict = field(default_factory=dict)
 
 
-def load_rankings(items: list[str]) -> list[Ranking]:
+def load_rankings(items: list[str]) -> list[LoadedRanking]:
     """``["copy=a.json", "b.json"]`` -> rankings of one shape, uniquely named; at least two."""
     if len(items) < 2:
         raise RHError("rh heads compare needs at least two score files")
-    rankings = []
-    for item in items:
-        name, equals, path = item.partition("=")
-        name, path = (name.strip(), path.strip()) if equals and not Path(item).is_file() else (item, item)
-        if not name or not path:
-            raise RHError(f"bad ranking {item!r}: expected PATH or NAME=PATH")
-        rankings.append(Ranking(name, path, HeadScores.load(path), read_score_provenance(path)))
-    names = [r.name for r in rankings]
-    if len(set(names)) != len(names):
-        raise RHError(f"rankings named twice: {', '.join(sorted({n for n in names if names.count(n) > 1}))}; "
-                      "name them NAME=PATH")
+    parsed = [parse_ranking(item, "rh heads compare", bare_path=True) for item in items]
+    unique_names(parsed, "rh heads compare")
+    rankings = [LoadedRanking(r.name, str(r.path), HeadScores.load(r.path), read_score_provenance(r.path))
+                for r in parsed]
     first = rankings[0].scores
     for ranking in rankings[1:]:
         if (ranking.scores.n_layers, ranking.scores.n_heads) != (first.n_layers, first.n_heads):
@@ -68,7 +62,7 @@ def load_rankings(items: list[str]) -> list[Ranking]:
     return rankings
 
 
-def kv_count(rankings: list[Ranking], kv_heads: int | None = None, model_shape: HeadShape | None = None,
+def kv_count(rankings: list[LoadedRanking], kv_heads: int | None = None, model_shape: HeadShape | None = None,
              model: str | None = None) -> tuple[int | None, str]:
     """KV heads per layer and where that came from; (None, why not) when nothing says.
 
@@ -166,7 +160,7 @@ def tie_at_cut(scores: HeadScores, top: int) -> dict[str, Any] | None:
     return {"score": score, "tied": len(tied), "inside": inside} if len(tied) > inside else None
 
 
-def compare_rankings(rankings: list[Ranking], top: int = 10, n_kv_heads: int | None = None,
+def compare_rankings(rankings: list[LoadedRanking], top: int = 10, n_kv_heads: int | None = None,
                      kv_source: str = "", top_kv: int | None = None) -> dict[str, Any]:
     """Every pair's agreement, per query head and (with a KV-head count) per KV head: what ``--output`` writes."""
     scores = rankings[0].scores

@@ -47,25 +47,35 @@ class Ranking:
     path: Path
 
 
+def parse_ranking(item: str, option: str, bare_path: bool = False) -> Ranking:
+    """``NAME=FILE`` -> a Ranking; a bad name or an item without ``=`` is refused in one line. With ``bare_path``
+    (``rh heads compare``, where a name only labels a table) a plain FILE is a ranking named by its path."""
+    name, equals, path = (part.strip() for part in item.partition("="))
+    if bare_path and (not equals or Path(item).is_file()):
+        return Ranking(item.strip(), Path(item.strip()))
+    if not equals or not path:
+        raise RHError(f"{option} takes NAME=FILE items, e.g. copy=copy.json,attention=attention.json; got {item!r}")
+    if not NAME.match(name) or name in RESERVED:
+        raise RHError(f"{option}: {name!r} cannot name a ranking: use letters, digits and _ (starting with a "
+                      f"letter), other than {', '.join(RESERVED)}")
+    return Ranking(name, Path(path))
+
+
+def unique_names(rankings: Iterable[Ranking], option: str) -> None:
+    names = [r.name for r in rankings]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise RHError(f"{option} names a ranking twice: {', '.join(twice)}")
+
+
 def parse_rankings(text: str | None) -> tuple[Ranking, ...]:
     """``copy=a.json,attention=b.json`` -> rankings in the order typed; None/empty -> (). Bad names, a name twice
     or an item without ``=`` are refused in one line."""
     if text in (None, ""):
         return ()
-    rankings = []
-    for item in parse_list(text, "--rankings"):
-        name, equals, path = (part.strip() for part in item.partition("="))
-        if not equals or not path:
-            raise RHError(f"--rankings takes NAME=FILE items, e.g. copy=copy.json,attention=attention.json; got "
-                          f"{item!r}")
-        if not NAME.match(name) or name in RESERVED:
-            raise RHError(f"--rankings: {name!r} cannot name a ranking: use letters, digits and _ (starting with a "
-                          f"letter), other than {', '.join(RESERVED)}")
-        rankings.append(Ranking(name, Path(path)))
-    names = [r.name for r in rankings]
-    if len(set(names)) != len(names):
-        raise RHError(f"--rankings names a ranking twice: {text}")
-    return tuple(rankings)
+    rankings = tuple(parse_ranking(item, "--rankings") for item in parse_list(text, "--rankings"))
+    unique_names(rankings, "--rankings")
+    return rankings
 
 
 def check_rankings(rankings: Iterable[Ranking]) -> dict[str, HeadScores]:

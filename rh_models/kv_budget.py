@@ -37,7 +37,7 @@ import torch
 from rh_models.arguments import parse_int
 from rh_models.errors import RHError
 from rh_models.heads import Head, HeadScores, HeadSet, HeadSpec, check_ranking, parse_head_spec, require_scores
-from rh_models.shape import text_config
+from rh_models.shape import kv_head_of, text_config
 
 DEFAULT_SINK = 4
 DEFAULT_WINDOW = 64
@@ -147,7 +147,8 @@ class StreamingHeads:
         """KV heads of ``layer`` that keep the full context: those with at least one selected query head."""
         if layer in self.sliding:
             return list(range(self.n_kv_heads))
-        return sorted({head // self.group for l, head in self.selected if l == layer})
+        n_heads = self.selected.n_heads
+        return sorted({kv_head_of(head, n_heads, self.n_kv_heads) for l, head in self.selected if l == layer})
 
     def full_query_heads(self) -> list[Head]:
         """Every query head that ends up seeing the full context (whole GQA groups), in compressed layers."""

@@ -123,7 +123,7 @@ def test_the_kv_head_count_comes_from_model_or_provenance_and_says_which(tmp_pat
     (("{a}", "{b}", "--model", "{phi3}", "--kv-heads", "2"), "give --model or --kv-heads, not both"),
     (("{a}", "{b}", "--top", "0"), "--top must be at least 1"),
     (("{a}", "{b}", "--top-kv", "0"), "--top-kv must be at least 1"),
-    (("x={a}", "x={b}"), "rankings named twice: x"),
+    (("x={a}", "x={b}"), "rh heads compare names a ranking twice: x"),
     (("{a}", "{wide}"), "score files are for different shapes"),
     (("{a}", "{b}", "--model", "{wide_model}"), "but {wide_model} has 2 x 8"),
     (("{a}", "{tmp}/missing.json"), "missing.json does not exist"),
