@@ -210,6 +210,10 @@ def test_detect_writes_each_score_with_provenance_and_resumes(score, tiny_llama_
 
 def test_detect_refuses_options_a_score_does_not_read(capsys):
     from rh_eval.cli import main
+    from rh_eval.detect import SCORES
+    from rh_models.mass_scores import MASS_SCORES
+
+    assert SCORES == ("copy", *MASS_SCORES)  # rh detect's --score choices: the copy score and every mass score
 
     assert main(["detect", "--score", "induction", "--output", "x.json", "--depths", "0,50"]) == 2
     assert "--score induction does not use --depths" in capsys.readouterr().err

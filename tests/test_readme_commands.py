@@ -212,9 +212,10 @@ def check_score(result, ws, score: str, tests: int) -> None:
     """docs/scores.md: a score file of every head, whose .meta.json names the score, its parameters and its tests."""
     name = result.args[result.args.index("--output") + 1]
     scores = _score_file(ws.dir / name)
-    # every test counts for a mass score; copy keeps only the tests answered right (none, on a tiny random model)
-    assert all(len(values) == tests if score != "copy" else len(values) <= tests for values in scores.values())
     meta = _json((ws.dir / name).with_suffix(".meta.json"))
+    # every test counts for a mass score; copy keeps only the tests answered right (none, on a tiny random model)
+    kept = tests if score != "copy" else meta["tests_contributing"]
+    assert all(len(values) == kept for values in scores.values()), (kept, scores)
     assert meta["score"]["name"] == score and meta["score"]["parameters"] and meta["tests_seen"] == tests, meta["score"]
     assert f"wrote {name}" in result.stdout
 
