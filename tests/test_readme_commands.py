@@ -617,6 +617,18 @@ def check_compare_rankings(result, ws):
     assert "| copy@2 vs attention@2 " in (out / "leaderboard.md").read_text()
 
 
+def check_scores_agreement(result, ws):
+    """docs/compare-rankings.md: the four scores of docs/scores.md compared pairwise, per query head and per KV head."""
+    data = _json(ws.dir / "scores-agreement.json")
+    names = ["copy", "attention", "induction", "echo"]
+    assert [r["name"] for r in data["rankings"]] == names and data["top"] == 8
+    assert [(p["a"], p["b"]) for p in data["pairs"]] == [(a, b) for i, a in enumerate(names) for b in names[i + 1:]]
+    assert data["kv"]["n_kv_heads"] == 2 and data["kv"]["source"] == f"--model {ws.models['tiny_llama']}"
+    assert (ws.dir / "scores-agreement.png").read_bytes()[:8] == PNG
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| ") and "---" not in line]
+    assert len(rows) == 1 + 6 and rows[-1].split("|")[1:3] == [" induction ", " echo      "], rows
+
+
 # --- checks of docs/report.md's commands -----------------------------------------------------------------
 
 def _keep_report(folder: str) -> Callable:
@@ -818,6 +830,10 @@ COMMANDS: dict[str, Run | CheckedBy | ParseOnly] = {
     "agreement.json --plot agreement.png": Run(
         "heads_compare_n", (TINY,), check_heads_compare_n, needs=("detect", "import_duo", "import_csv")),
     # docs/compare-rankings.md
+    "rh heads compare copy=copy.json attention=attention.json induction=induction.json echo=echo.json --top 8 "
+    "--model smollm2-135m --output scores-agreement.json --plot scores-agreement.png": Run(
+        "scores_agreement", (TINY,), check_scores_agreement,
+        needs=("detect_copy", "detect_attention", "detect_induction", "detect_echo")),
     "rh compare --model smollm2-135m --rankings copy=copy.json,attention=attention.json,induction=induction.json,"
     "echo=echo.json --tasks rh_niah_paper,rh_factsum_cot,rh_factsum --k 8 --kv-budgets 10%,25%,50% --seeds 2 "
     "--tie-break random --output-dir rankings --batch-size 48 --limit 48 --prefix-reuse --apply-chat-template "
