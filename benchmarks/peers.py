@@ -332,8 +332,6 @@ def probe_in_subprocess(args: argparse.Namespace, name: str) -> dict:
 def describe_machine() -> dict:
     from importlib.metadata import PackageNotFoundError, version
 
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
     memory = next(int(line.split()[1]) * 1024 for line in Path("/proc/meminfo").read_text().splitlines()
                   if line.startswith("MemTotal"))
     versions = {}
@@ -346,11 +344,13 @@ def describe_machine() -> dict:
     import rh_models
     import torch
 
+    from rh_eval.provenance import cpu_model
+
     source = Path(rh_models.__file__).resolve().parent.parent
     commit = subprocess.run(["git", "-C", str(source), "rev-parse", "HEAD"], capture_output=True, text=True)
     dirty = subprocess.run(["git", "-C", str(source), "status", "--porcelain", "rh_models", "rh_tasks"],
                            capture_output=True, text=True)
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+    return {"cpu": cpu_model(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "memory_gb": round(memory / 2**30, 1), "gpu": "none", "os": platform.platform(), "versions": versions,
             "rh_eval_source": {"commit": commit.stdout.strip() or None,
                                "uncommitted_changes_in_rh_models_rh_tasks": bool(dirty.stdout.strip())}}

@@ -407,7 +407,7 @@ def demo(config: DemoConfig) -> int:
     seconds = time.perf_counter() - started
     state.setdefault("runs", []).append({
         **run_entry(wall_started), "comparison_seconds": round(time.perf_counter() - compare_started, 1),
-        "model_loaded": loaded, "cpu_count": os.cpu_count(),
+        "model_loaded": loaded,  # run_entry's machine holds the cores (a top-level cpu_count: runs before it)
     })
     state["shape_checks"] = [{**asdict(c), "holds": c.holds} for c in checks]
     state["plots"] = [os.path.relpath(p, out_dir) for p in plots]

@@ -266,9 +266,6 @@ def print_summary(summary: dict, output: Path, file: TextIO | None = None) -> No
 NIAH_OPTIONS = ("max_length", "num_lengths", "depths", "needles", "haystack", "chat_template")
 GENERATION_OPTIONS = ("batch_cells", "batch_lengths", "max_gen_toks", "no_prefix_reuse", "count_repeats", "min_score")
 SCORE_OPTIONS = {"copy": NIAH_OPTIONS + GENERATION_OPTIONS, "attention": NIAH_OPTIONS, "induction": (), "echo": ()}
-OPTION_DEFAULTS = {"num_lengths": DEFAULT_NUM_LENGTHS, "depths": list(DEFAULT_DEPTHS), "needles": "paper",
-                   "haystack": "pg_essays", "max_gen_toks": 32, "min_score": ANSWERED_ABOVE}
-
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=DEFAULT_MODEL, help="alias, local folder or hub id (default: %(default)s)")
@@ -306,16 +303,15 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def score_options(args: argparse.Namespace) -> dict[str, Any]:
-    """The options ``--score`` reads, defaults filled in; one that it does not read, given, is refused in one line."""
-    reads = SCORE_OPTIONS[args.score]
-    given = [name for name in NIAH_OPTIONS + GENERATION_OPTIONS  # 0 is given too: not `in (None, False)`
-             if getattr(args, name) is not None and getattr(args, name) is not False]
-    ignored = [name for name in given if name not in reads]
+    """The options given on the command line (the detection functions' own defaults fill the rest); one that
+    ``--score`` does not read, given, is refused in one line."""
+    given = {name: getattr(args, name) for name in NIAH_OPTIONS + GENERATION_OPTIONS  # 0 is given too
+             if getattr(args, name) is not None and getattr(args, name) is not False}
+    ignored = [name for name in given if name not in SCORE_OPTIONS[args.score]]
     if ignored:
         flags = ", ".join("--" + name.replace("_", "-") for name in ignored)
         raise RHError(f"--score {args.score} does not use {flags} (see docs/scores.md for what each score reads)")
-    return {name: getattr(args, name) if getattr(args, name) is not None else OPTION_DEFAULTS.get(name)
-            for name in reads}
+    return given
 
 
 def run(args: argparse.Namespace) -> int:
@@ -323,14 +319,9 @@ def run(args: argparse.Namespace) -> int:
     options = score_options(args)
     common = dict(lengths=args.lengths, samples=args.samples, seed=args.seed, force=args.force, model_args=model_args)
     if args.score == "copy":
-        summary = detect(
-            args.model, args.output, max_length=options["max_length"], num_lengths=options["num_lengths"],
-            depths=options["depths"], needles=options["needles"], haystack=options["haystack"],
-            max_gen_toks=options["max_gen_toks"], chat_template=options["chat_template"],
-            prefix_reuse=not options["no_prefix_reuse"],
-            batch_by="length" if options["batch_lengths"] else "cell" if options["batch_cells"] else "none",
-            min_score=options["min_score"], count_repeats=options["count_repeats"], **common,
-        )
+        by_length, by_cell = options.pop("batch_lengths", False), options.pop("batch_cells", False)
+        summary = detect(args.model, args.output, prefix_reuse=not options.pop("no_prefix_reuse", False),
+                         batch_by="length" if by_length else "cell" if by_cell else "none", **options, **common)
     else:
         from rh_eval.detect_mass import detect_mass
 
