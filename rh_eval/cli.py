@@ -28,7 +28,7 @@ from rh_models.errors import RHError
 # subcommand -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "models": ("rh_eval.models_cli", "list embedded model aliases, or print the local folder of one"),
-    "detect": ("rh_eval.detect", "run the paper's NIAH retrieval-head detection and write a score file"),
+    "detect": ("rh_eval.detect_cli", "run the paper's NIAH retrieval-head detection and write a score file"),
     "means": ("rh_eval.means", "each head's mean output over a reference set, for mask_method=mean"),
     "heads": ("rh_eval.heads_cli", "inspect and compare head-score files"),
     "compare": ("rh_eval.compare", "full vs retrieval-masked vs random-masked leaderboard"),
