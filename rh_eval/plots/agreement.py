@@ -34,7 +34,7 @@ def plot_agreement(result: dict[str, Any], out: str | Path) -> Path:
     names = [r["name"] for r in result["rankings"]]
     levels = [("query", "query heads", result["top"])]
     if result["kv"]:
-        levels.append(("kv", "KV heads (mean of their query heads)", result["kv"]["top"]))
+        levels.append(("kv", f"KV heads ({result['kv']['aggregate']})", result["kv"]["top"]))
     size = max(3.2, 0.55 * len(names) + 2.2)
     fig = new_figure(size * len(levels) + 0.8, size)
     axes = fig.subplots(1, len(levels), squeeze=False)[0]
