@@ -17,6 +17,7 @@ import torch
 import transformers
 from conftest import ARCHITECTURES, TINY_CONFIGS, VOCAB, tiny_model
 
+from rh_models import observers
 from rh_models.attention import HeadControl
 from rh_models.compat import cache_kwarg
 from rh_models.errors import RHError
@@ -99,8 +100,9 @@ def test_token_candidates_leave_special_tokens_out(smollm_tokenizer):
 
 
 @pytest.mark.parametrize("arch", MASS_ARCHITECTURES)
-def test_every_mass_score_equals_the_eager_reference(arch, smollm_tokenizer):
-    """attention (question minus null question), induction and echo, each from the eager maps by its definition."""
+def test_every_mass_score_equals_the_eager_reference(arch, smollm_tokenizer, monkeypatch):
+    """attention (question minus null question), induction and echo, each from the eager maps by its definition;
+    the repeats' 12 rows also in blocks of 5 (the observer's row blocks: two full, a shorter last one)."""
     model = _model(arch)
     control = HeadControl.attach(model)
 
@@ -121,6 +123,9 @@ def test_every_mass_score_equals_the_eager_reference(arch, smollm_tokenizer):
         rows = torch.arange(1 + REPEAT, 1 + 2 * REPEAT)
         expected = maps[:, :, :, rows, rows - REPEAT + shift].mean(-1)  # weight on each row's target, averaged
         torch.testing.assert_close(measure(model, control, test), expected, rtol=1e-4, atol=1e-7)
+        with monkeypatch.context() as patch:
+            patch.setattr(observers, "ROW_BLOCK", 5)
+            torch.testing.assert_close(measure(model, control, test), expected, rtol=1e-4, atol=1e-7)
         assert expected.max() > 1e-2 if (arch, score) != (SLIDING_MISTRAL, "echo") else not expected.any()
 
 
