@@ -506,3 +506,51 @@ def test_rh_compare_with_the_vllm_backend_writes_the_hf_backends_leaderboard(hf_
     niah = {row: vllm["values"][row]["rh_niah_paper/score,none"] for row in ("full", "retrieval@8", "random@8")}
     print(f"\nrh compare --backend vllm, NIAH: {niah}")
     assert niah["retrieval@8"] < 0.5 < niah["random@8"], niah
+
+
+@engine
+def test_rh_compare_rankings_with_the_vllm_backend_gives_rh_hfs_rows_heads_and_values(hf_lm, scores, tmp_path):
+    """``--rankings`` on one rh-vllm engine: each ranking's top K masked as weight edits, the random control drawn
+    outside every ranking's top K, the same rows, heads and (within 0.05) values as rh-hf in this process. The second
+    ranking is the copy score's order turned upside down (distinct values), so its top 8 are heads the copy score
+    ranks last."""
+    from rh_eval.cli import build_parser
+    from rh_eval.compare import compare, config_from_args
+
+    copy = json.loads(scores.read_text())
+    ascending = sorted(copy, key=lambda head: (sum(copy[head]) / len(copy[head]), head))
+    upside_down = tmp_path / "upside_down.json"
+    upside_down.write_text(json.dumps({head: [1.0 - i / len(ascending)] for i, head in enumerate(ascending)}))
+    rankings = f"copy={scores},low={upside_down}"
+    boards, heads = {}, {}
+    for backend in ("hf", "vllm"):
+        out = tmp_path / backend
+        args = ["compare", "--backend", backend, "--model", "smollm2-135m", "--rankings", rankings, "--tasks",
+                "rh_niah_paper", "--metadata", json.dumps(COMPARE_GRID), "--k", "8", "--seeds", "1", "--no-plots",
+                "--output-dir", str(out)]
+        if backend == "hf":
+            try:
+                compare(config_from_args(build_parser("compare").parse_args([*args, "--batch-size", "10"])),
+                        get_lm=lambda: hf_lm)
+            finally:
+                hf_lm.set_mask("none")
+        else:
+            done = run_cli("rh", *args, "--model-args", "dtype=float32,max_model_len=2048",
+                           memory_gb=VLLM_CLI_MEMORY_GB, timeout=1200)
+            assert done.returncode == 0, done.stderr[-3000:]
+        boards[backend] = json.loads((out / "leaderboard.json").read_text())
+        heads[backend] = {p.name: json.loads((p / "condition.json").read_text())["heads"]
+                          for p in (out / "conditions").iterdir()}
+    hf, vllm = boards["hf"], boards["vllm"]
+    assert [r["name"] for r in vllm["rows"]] == [r["name"] for r in hf["rows"]]
+    assert {r["name"] for r in hf["rows"]} == {"full", "copy@8", "low@8", "random@8"}
+    assert heads["vllm"] == heads["hf"]
+    top = {name: {tuple(h) for h in heads["hf"][name]} for name in ("copy@8", "low@8", "random@8-seed0")}
+    assert not top["copy@8"] & top["low@8"] and not top["random@8-seed0"] & (top["copy@8"] | top["low@8"])
+    for row, values in hf["values"].items():
+        for column, value in values.items():
+            if isinstance(value, (int, float)):
+                assert abs(vllm["values"][row][column] - value) <= 0.05, (row, column, value, vllm["values"][row])
+    niah = {row: vllm["values"][row]["rh_niah_paper/score,none"] for row in ("full", "copy@8", "low@8")}
+    print(f"\nrh compare --backend vllm --rankings, NIAH: {niah}")
+    assert niah["copy@8"] < 0.5 and niah["copy@8"] < niah["low@8"], niah
