@@ -855,7 +855,7 @@ COMMANDS: dict[str, Run | CheckedBy | ParseOnly] = {
         "detect_induction", (TINY, *REPEAT_GRID), lambda result, ws: check_score(result, ws, "induction", tests=2)),
     "rh detect --model smollm2-135m --score echo --output echo.json --lengths 500,1000": Run(
         "detect_echo", (TINY, *REPEAT_GRID), lambda result, ws: check_score(result, ws, "echo", tests=2)),
-    'rh bench --contenders hf,none,record,attention,induction,echo --lengths 1000,2000 --repeats 3 --detect-lengths "" '
+    'rh bench --contenders hf,none,record,attention,induction,echo --lengths 1000,2000 --repeats 5 --detect-lengths "" '
     '--output benchmarks/results/smollm2-135m_cpu-2core_scores.json':
         CheckedBy("tests/test_bench.py::test_each_mass_score_contender_reads_the_bench_prompt_and_changes_no_token",
                   "each score's contender on the tiny model's bench prompt (the timing loop and its memory probes are "

@@ -512,16 +512,17 @@ def test_rh_compare_with_the_vllm_backend_writes_the_hf_backends_leaderboard(hf_
 def test_rh_compare_rankings_with_the_vllm_backend_gives_rh_hfs_rows_heads_and_values(hf_lm, scores, tmp_path):
     """``--rankings`` on one rh-vllm engine: each ranking's top K masked as weight edits, the random control drawn
     outside every ranking's top K, the same rows, heads and (within 0.05) values as rh-hf in this process. The second
-    ranking is the copy score's order turned upside down (distinct values), so its top 8 are heads the copy score
-    ranks last."""
+    ranking is the copy score's order with its top 8 moved last (distinct values), so its top 8 are the copy score's
+    9th to 16th heads: another plausible ranking, disjoint from the first at K = 8."""
     from rh_eval.cli import build_parser
     from rh_eval.compare import compare, config_from_args
+    from rh_models.heads import HeadScores
 
-    copy = json.loads(scores.read_text())
-    ascending = sorted(copy, key=lambda head: (sum(copy[head]) / len(copy[head]), head))
-    upside_down = tmp_path / "upside_down.json"
-    upside_down.write_text(json.dumps({head: [1.0 - i / len(ascending)] for i, head in enumerate(ascending)}))
-    rankings = f"copy={scores},low={upside_down}"
+    ranked = [head for head, _ in HeadScores.load(scores).ranked()]
+    shifted = ranked[8:] + ranked[:8]
+    next8 = tmp_path / "next8.json"
+    next8.write_text(json.dumps({f"{layer}-{head}": [1.0 - i / len(shifted)] for i, (layer, head) in enumerate(shifted)}))
+    rankings = f"copy={scores},next8={next8}"
     boards, heads = {}, {}
     for backend in ("hf", "vllm"):
         out = tmp_path / backend
@@ -543,14 +544,15 @@ def test_rh_compare_rankings_with_the_vllm_backend_gives_rh_hfs_rows_heads_and_v
                           for p in (out / "conditions").iterdir()}
     hf, vllm = boards["hf"], boards["vllm"]
     assert [r["name"] for r in vllm["rows"]] == [r["name"] for r in hf["rows"]]
-    assert {r["name"] for r in hf["rows"]} == {"full", "copy@8", "low@8", "random@8"}
-    assert heads["vllm"] == heads["hf"]
-    top = {name: {tuple(h) for h in heads["hf"][name]} for name in ("copy@8", "low@8", "random@8-seed0")}
-    assert not top["copy@8"] & top["low@8"] and not top["random@8-seed0"] & (top["copy@8"] | top["low@8"])
+    assert {r["name"] for r in hf["rows"]} == {"full", "copy@8", "next8@8", "random@8"}
+    assert vllm["columns"] == hf["columns"] and heads["vllm"] == heads["hf"]
+    top = {name: {tuple(h) for h in heads["hf"][name]} for name in ("copy@8", "next8@8", "random@8-seed0")}
+    assert top["copy@8"] == set(ranked[:8]) and top["next8@8"] == set(ranked[8:16])
+    assert not top["random@8-seed0"] & (top["copy@8"] | top["next8@8"])  # drawn outside both rankings' top 8
     for row, values in hf["values"].items():
         for column, value in values.items():
             if isinstance(value, (int, float)):
                 assert abs(vllm["values"][row][column] - value) <= 0.05, (row, column, value, vllm["values"][row])
-    niah = {row: vllm["values"][row]["rh_niah_paper/score,none"] for row in ("full", "copy@8", "low@8")}
+    niah = {row: vllm["values"][row]["rh_niah_paper/score,none"] for row in ("full", "copy@8", "next8@8", "random@8")}
     print(f"\nrh compare --backend vllm --rankings, NIAH: {niah}")
-    assert niah["copy@8"] < 0.5 and niah["copy@8"] < niah["low@8"], niah
+    assert niah["copy@8"] < 0.5 < niah["random@8"], niah
