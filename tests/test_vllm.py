@@ -463,76 +463,27 @@ def test_stock_cli_collapses_niah_with_the_top_heads(scores, tmp_path):
     assert "enforce_eager=True, gpu_memory_utilization=0.3 chosen" in done.stderr  # said, in one line
 
 
-@engine
-def test_rh_compare_with_the_vllm_backend_writes_the_hf_backends_leaderboard(hf_lm, scores, tmp_path):
-    """One engine, masks swapped per condition: same rows, columns, heads and (within 0.05) values as rh-hf.
-
-    The vLLM side is the README's command in a process of its own; the rh-hf reference is the same ``rh compare``
-    run in this process on the module's loaded rh-hf model (what ``rh compare --backend hf --batch-size 10`` loads)."""
+def _compare_on_both_backends(hf_lm, tmp_path: Path, selection: list[str], seeds: int,
+                              head_scores: Path | None = None) -> tuple[dict, dict]:
+    """The same ``rh compare`` (``selection``: --head-scores or --rankings) on the module's rh-hf model in this process
+    (what ``rh compare --backend hf --batch-size 10`` loads) and on rh-vllm in a process of its own, the README's
+    command: neither enforce_eager nor gpu_memory_utilization, which rh-vllm chooses on CPU. Returns each backend's
+    leaderboard.json and the heads of each condition."""
     from rh_eval.cli import build_parser
     from rh_eval.compare import compare, config_from_args
 
     boards, heads = {}, {}
     for backend in ("hf", "vllm"):
         out = tmp_path / backend
-        args = ["compare", "--backend", backend, "--model", "smollm2-135m", "--head-scores", str(scores), "--tasks",
-                "rh_niah_paper", "--metadata", json.dumps(COMPARE_GRID), "--k", "8", "--seeds", "2", "--no-plots",
+        args = ["compare", "--backend", backend, "--model", "smollm2-135m", *selection, "--tasks", "rh_niah_paper",
+                "--metadata", json.dumps(COMPARE_GRID), "--k", "8", "--seeds", str(seeds), "--no-plots",
                 "--output-dir", str(out)]
         if backend == "hf":
             config = config_from_args(build_parser("compare").parse_args([*args, "--batch-size", "10"]))
             assert hf_lm.batch_size == config.batch_size == 10
             try:
-                compare(config, scores, get_lm=lambda: hf_lm.use_head_scores(scores))
-            finally:
-                hf_lm.set_mask("none")
-        else:  # neither enforce_eager nor gpu_memory_utilization: on CPU rh-vllm chooses both (the README's command)
-            done = run_cli("rh", *args, "--model-args", "dtype=float32,max_model_len=2048",
-                           memory_gb=VLLM_CLI_MEMORY_GB, timeout=1200)
-            assert done.returncode == 0, done.stderr[-3000:]
-        boards[backend] = json.loads((out / "leaderboard.json").read_text())
-        heads[backend] = {p.name: json.loads((p / "condition.json").read_text())["heads"]
-                          for p in (out / "conditions").iterdir()}
-    hf, vllm = boards["hf"], boards["vllm"]
-    assert [r["name"] for r in vllm["rows"]] == [r["name"] for r in hf["rows"]] == ["full", "retrieval@8", "random@8"]
-    assert heads["vllm"] == heads["hf"] and sorted(heads["hf"]) == ["full", "random@8-seed0", "random@8-seed1",
-                                                                    "retrieval@8"]
-    assert vllm["rows"] == hf["rows"] and vllm["columns"] == hf["columns"]
-    assert vllm["values"].keys() == hf["values"].keys()
-    for row, values in hf["values"].items():
-        assert vllm["values"][row].keys() == values.keys()
-        for column, value in values.items():
-            if isinstance(value, (int, float)):
-                assert abs(vllm["values"][row][column] - value) <= 0.05, (row, column, value, vllm["values"][row])
-    niah = {row: vllm["values"][row]["rh_niah_paper/score,none"] for row in ("full", "retrieval@8", "random@8")}
-    print(f"\nrh compare --backend vllm, NIAH: {niah}")
-    assert niah["retrieval@8"] < 0.5 < niah["random@8"], niah
-
-
-@engine
-def test_rh_compare_rankings_with_the_vllm_backend_gives_rh_hfs_rows_heads_and_values(hf_lm, scores, tmp_path):
-    """``--rankings`` on one rh-vllm engine: each ranking's top K masked as weight edits, the random control drawn
-    outside every ranking's top K, the same rows, heads and (within 0.05) values as rh-hf in this process. The second
-    ranking is the copy score's order with its top 8 moved last (distinct values), so its top 8 are the copy score's
-    9th to 16th heads: another plausible ranking, disjoint from the first at K = 8."""
-    from rh_eval.cli import build_parser
-    from rh_eval.compare import compare, config_from_args
-    from rh_models.heads import HeadScores
-
-    ranked = [head for head, _ in HeadScores.load(scores).ranked()]
-    shifted = ranked[8:] + ranked[:8]
-    next8 = tmp_path / "next8.json"
-    next8.write_text(json.dumps({f"{layer}-{head}": [1.0 - i / len(shifted)] for i, (layer, head) in enumerate(shifted)}))
-    rankings = f"copy={scores},next8={next8}"
-    boards, heads = {}, {}
-    for backend in ("hf", "vllm"):
-        out = tmp_path / backend
-        args = ["compare", "--backend", backend, "--model", "smollm2-135m", "--rankings", rankings, "--tasks",
-                "rh_niah_paper", "--metadata", json.dumps(COMPARE_GRID), "--k", "8", "--seeds", "1", "--no-plots",
-                "--output-dir", str(out)]
-        if backend == "hf":
-            try:
-                compare(config_from_args(build_parser("compare").parse_args([*args, "--batch-size", "10"])),
-                        get_lm=lambda: hf_lm)
+                compare(config, head_scores,
+                        get_lm=lambda: hf_lm.use_head_scores(head_scores) if head_scores is not None else hf_lm)
             finally:
                 hf_lm.set_mask("none")
         else:
@@ -543,16 +494,45 @@ def test_rh_compare_rankings_with_the_vllm_backend_gives_rh_hfs_rows_heads_and_v
         heads[backend] = {p.name: json.loads((p / "condition.json").read_text())["heads"]
                           for p in (out / "conditions").iterdir()}
     hf, vllm = boards["hf"], boards["vllm"]
-    assert [r["name"] for r in vllm["rows"]] == [r["name"] for r in hf["rows"]]
-    assert {r["name"] for r in hf["rows"]} == {"full", "copy@8", "next8@8", "random@8"}
-    assert vllm["columns"] == hf["columns"] and heads["vllm"] == heads["hf"]
-    top = {name: {tuple(h) for h in heads["hf"][name]} for name in ("copy@8", "next8@8", "random@8-seed0")}
-    assert top["copy@8"] == set(ranked[:8]) and top["next8@8"] == set(ranked[8:16])
-    assert not top["random@8-seed0"] & (top["copy@8"] | top["next8@8"])  # drawn outside both rankings' top 8
+    assert vllm["rows"] == hf["rows"] and vllm["columns"] == hf["columns"] and heads["vllm"] == heads["hf"]
+    assert vllm["values"].keys() == hf["values"].keys()
     for row, values in hf["values"].items():
+        assert vllm["values"][row].keys() == values.keys()
         for column, value in values.items():
             if isinstance(value, (int, float)):
                 assert abs(vllm["values"][row][column] - value) <= 0.05, (row, column, value, vllm["values"][row])
-    niah = {row: vllm["values"][row]["rh_niah_paper/score,none"] for row in ("full", "copy@8", "next8@8", "random@8")}
+    return boards, heads["hf"]
+
+
+@engine
+def test_rh_compare_with_the_vllm_backend_writes_the_hf_backends_leaderboard(hf_lm, scores, tmp_path):
+    """One engine, masks swapped per condition: same rows, columns, heads and (within 0.05) values as rh-hf."""
+    boards, heads = _compare_on_both_backends(hf_lm, tmp_path, ["--head-scores", str(scores)], 2, head_scores=scores)
+    assert [r["name"] for r in boards["vllm"]["rows"]] == ["full", "retrieval@8", "random@8"]
+    assert sorted(heads) == ["full", "random@8-seed0", "random@8-seed1", "retrieval@8"]
+    niah = {row: boards["vllm"]["values"][row]["rh_niah_paper/score,none"] for row in ("full", "retrieval@8", "random@8")}
+    print(f"\nrh compare --backend vllm, NIAH: {niah}")
+    assert niah["retrieval@8"] < 0.5 < niah["random@8"], niah
+
+
+@engine
+def test_rh_compare_rankings_with_the_vllm_backend_gives_rh_hfs_rows_heads_and_values(hf_lm, scores, tmp_path):
+    """``--rankings`` on one rh-vllm engine: each ranking's top K masked as weight edits, the random control drawn
+    outside every ranking's top K, the same rows, heads and (within 0.05) values as rh-hf in this process. The second
+    ranking is the copy score's order with its top 8 moved last (distinct values), so its top 8 are the copy score's
+    9th to 16th heads: another plausible ranking, disjoint from the first at K = 8."""
+    from rh_models.heads import HeadScores
+
+    ranked = [head for head, _ in HeadScores.load(scores).ranked()]
+    shifted = ranked[8:] + ranked[:8]
+    next8 = tmp_path / "next8.json"
+    next8.write_text(json.dumps({f"{layer}-{head}": [1.0 - i / len(shifted)] for i, (layer, head) in enumerate(shifted)}))
+    boards, heads = _compare_on_both_backends(hf_lm, tmp_path, ["--rankings", f"copy={scores},next8={next8}"], 1)
+    assert {r["name"] for r in boards["hf"]["rows"]} == {"full", "copy@8", "next8@8", "random@8"}
+    top = {name: {tuple(h) for h in heads[name]} for name in ("copy@8", "next8@8", "random@8-seed0")}
+    assert top["copy@8"] == set(ranked[:8]) and top["next8@8"] == set(ranked[8:16])
+    assert not top["random@8-seed0"] & (top["copy@8"] | top["next8@8"])  # drawn outside both rankings' top 8
+    niah = {row: boards["vllm"]["values"][row]["rh_niah_paper/score,none"]
+            for row in ("full", "copy@8", "next8@8", "random@8")}
     print(f"\nrh compare --backend vllm --rankings, NIAH: {niah}")
     assert niah["copy@8"] < 0.5 < niah["random@8"], niah
