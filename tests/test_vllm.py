@@ -464,11 +464,12 @@ def test_stock_cli_collapses_niah_with_the_top_heads(scores, tmp_path):
 
 
 def _compare_on_both_backends(hf_lm, tmp_path: Path, selection: list[str], seeds: int,
-                              head_scores: Path | None = None) -> tuple[dict, dict]:
+                              head_scores: Path | None = None, vllm_lm=None) -> tuple[dict, dict]:
     """The same ``rh compare`` (``selection``: --head-scores or --rankings) on the module's rh-hf model in this process
-    (what ``rh compare --backend hf --batch-size 10`` loads) and on rh-vllm in a process of its own, the README's
-    command: neither enforce_eager nor gpu_memory_utilization, which rh-vllm chooses on CPU. Returns each backend's
-    leaderboard.json and the heads of each condition."""
+    (what ``rh compare --backend hf --batch-size 10`` loads) and on rh-vllm: in a process of its own, the README's
+    command (neither enforce_eager nor gpu_memory_utilization, which rh-vllm chooses on CPU), or on the module's
+    engine ``vllm_lm`` in this process (no engine start of its own). Returns each backend's leaderboard.json and the
+    heads of each condition."""
     from rh_eval.cli import build_parser
     from rh_eval.compare import compare, config_from_args
 
@@ -478,14 +479,16 @@ def _compare_on_both_backends(hf_lm, tmp_path: Path, selection: list[str], seeds
         args = ["compare", "--backend", backend, "--model", "smollm2-135m", *selection, "--tasks", "rh_niah_paper",
                 "--metadata", json.dumps(COMPARE_GRID), "--k", "8", "--seeds", str(seeds), "--no-plots",
                 "--output-dir", str(out)]
-        if backend == "hf":
-            config = config_from_args(build_parser("compare").parse_args([*args, "--batch-size", "10"]))
-            assert hf_lm.batch_size == config.batch_size == 10
+        lm = hf_lm if backend == "hf" else vllm_lm
+        if lm is not None:
+            batch = ["--batch-size", "10"] if backend == "hf" else []
+            config = config_from_args(build_parser("compare").parse_args([*args, *batch]))
+            assert backend != "hf" or hf_lm.batch_size == config.batch_size == 10
             try:
                 compare(config, head_scores,
-                        get_lm=lambda: hf_lm.use_head_scores(head_scores) if head_scores is not None else hf_lm)
+                        get_lm=lambda: lm.use_head_scores(head_scores) if head_scores is not None else lm)
             finally:
-                hf_lm.set_mask("none")
+                lm.set_mask("none")
         else:
             done = run_cli("rh", *args, "--model-args", "dtype=float32,max_model_len=2048",
                            memory_gb=VLLM_CLI_MEMORY_GB, timeout=1200)
@@ -516,18 +519,21 @@ def test_rh_compare_with_the_vllm_backend_writes_the_hf_backends_leaderboard(hf_
 
 
 @engine
-def test_rh_compare_rankings_with_the_vllm_backend_gives_rh_hfs_rows_heads_and_values(hf_lm, scores, tmp_path):
-    """``--rankings`` on one rh-vllm engine: each ranking's top K masked as weight edits, the random control drawn
-    outside every ranking's top K, the same rows, heads and (within 0.05) values as rh-hf in this process. The second
-    ranking is the copy score's order with its top 8 moved last (distinct values), so its top 8 are the copy score's
-    9th to 16th heads: another plausible ranking, disjoint from the first at K = 8."""
+def test_rh_compare_rankings_with_the_vllm_backend_gives_rh_hfs_rows_heads_and_values(hf_lm, vllm_lm, scores,
+                                                                                       tmp_path):
+    """``--rankings`` on the module's rh-vllm engine (the command line form is the test above's): each ranking's top K
+    masked as weight edits, the random control drawn outside every ranking's top K, the same rows, heads and (within
+    0.05) values as rh-hf in this process. The second ranking is the copy score's order with its top 8 moved last
+    (distinct values), so its top 8 are the copy score's 9th to 16th heads: another plausible ranking, disjoint from
+    the first at K = 8."""
     from rh_models.heads import HeadScores
 
     ranked = [head for head, _ in HeadScores.load(scores).ranked()]
     shifted = ranked[8:] + ranked[:8]
     next8 = tmp_path / "next8.json"
     next8.write_text(json.dumps({f"{layer}-{head}": [1.0 - i / len(shifted)] for i, (layer, head) in enumerate(shifted)}))
-    boards, heads = _compare_on_both_backends(hf_lm, tmp_path, ["--rankings", f"copy={scores},next8={next8}"], 1)
+    boards, heads = _compare_on_both_backends(hf_lm, tmp_path, ["--rankings", f"copy={scores},next8={next8}"], 1,
+                                              vllm_lm=vllm_lm)
     assert {r["name"] for r in boards["hf"]["rows"]} == {"full", "copy@8", "next8@8", "random@8"}
     top = {name: {tuple(h) for h in heads[name]} for name in ("copy@8", "next8@8", "random@8-seed0")}
     assert top["copy@8"] == set(ranked[:8]) and top["next8@8"] == set(ranked[8:16])
