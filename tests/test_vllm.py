@@ -526,12 +526,12 @@ def test_rh_compare_rankings_with_the_vllm_backend_gives_rh_hfs_rows_heads_and_v
     0.05) values as rh-hf in this process. The second ranking is the copy score's order with its top 8 moved last
     (distinct values), so its top 8 are the copy score's 9th to 16th heads: another plausible ranking, disjoint from
     the first at K = 8."""
-    from rh_models.heads import HeadScores
+    from rh_models.heads import HeadScores, format_head
 
     ranked = [head for head, _ in HeadScores.load(scores).ranked()]
     shifted = ranked[8:] + ranked[:8]
     next8 = tmp_path / "next8.json"
-    next8.write_text(json.dumps({f"{layer}-{head}": [1.0 - i / len(shifted)] for i, (layer, head) in enumerate(shifted)}))
+    next8.write_text(json.dumps({format_head(head): [1.0 - i / len(shifted)] for i, head in enumerate(shifted)}))
     boards, heads = _compare_on_both_backends(hf_lm, tmp_path, ["--rankings", f"copy={scores},next8={next8}"], 1,
                                               vllm_lm=vllm_lm)
     assert {r["name"] for r in boards["hf"]["rows"]} == {"full", "copy@8", "next8@8", "random@8"}
