@@ -23,12 +23,12 @@ from rh_models.errors import RHError
 from rh_models.heads import HeadScores
 from rh_models.zoo import DEFAULT_MODEL
 
-
 # the options each score reads beyond --model/--output/--lengths/--samples/--seed/--device/--dtype/--force/--plot:
 # any other given with a score is refused (an option that would change nothing is an error, not a silent no-op)
 NIAH_OPTIONS = ("max_length", "num_lengths", "depths", "needles", "haystack", "chat_template")
 GENERATION_OPTIONS = ("batch_cells", "batch_lengths", "max_gen_toks", "no_prefix_reuse", "count_repeats", "min_score")
 SCORE_OPTIONS = {"copy": NIAH_OPTIONS + GENERATION_OPTIONS, "attention": NIAH_OPTIONS, "induction": (), "echo": ()}
+
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=DEFAULT_MODEL, help="alias, local folder or hub id (default: %(default)s)")
